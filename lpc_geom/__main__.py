@@ -1,0 +1,5 @@
+import sys
+
+from lpc_geom.cli import main
+
+sys.exit(main())

@@ -1,0 +1,350 @@
+"""End-to-end training of LPC classifiers (and every ablation row) with resumable, atomic checkpoints.
+
+The trainer is deterministic on CPU: every epoch draws its permutation (and its augmentation) from a
+generator seeded by ``(seed, epoch)``, so a run resumed from the checkpoint of epoch ``e`` takes exactly
+the steps an uninterrupted run takes. Under ``torchrun`` it trains with DistributedDataParallel (see
+:mod:`lpc_geom.train.distributed`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lpc_geom.ablation import get_row
+from lpc_geom.config import TrainConfig
+from lpc_geom.data import Dataset, load_dataset
+from lpc_geom.losses import Objective
+from lpc_geom.models import build_model
+from lpc_geom.optim import build_optimizer, build_preconditioner
+from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json, write_text
+from lpc_geom.train.distributed import all_reduce_sum, cleanup, init_distributed, shard_batch
+from lpc_geom.train.metrics import epoch_collapse_figures
+from lpc_geom.train.schedules import build_gamma_schedule, lr_factor
+
+CHECKPOINT = "checkpoint.pt"
+LAST_GOOD = "checkpoint_last_good.pt"
+#: Keys that may differ between a run and its resumption.
+RESUMABLE_CHANGES = ("epochs", "progress", "checkpoint_every", "device")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch, gamma, learning rate and checkpoint."""
+
+
+class CollapseToOriginWarning(UserWarning):
+    """Accuracy fell to chance while gamma grows: every class collapsed onto the origin."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns: the run directory, the per-epoch history and the final figures."""
+
+    out_dir: Path
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+    model: nn.Module
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' requested but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
+            batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and latents of ``x`` in eval mode (on CPU, in ``dtype``); restores the previous mode."""
+    was_training = model.training
+    model.eval()
+    logits, latents = [], []
+    for start in range(0, len(x), batch_size):
+        out = model(x[start: start + batch_size].to(device=device, dtype=dtype))
+        logits.append(out.logits.cpu())
+        latents.append(out.latents.cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(latents)
+
+
+class Trainer:
+    """Builds data, model, optimiser and schedules from a :class:`TrainConfig` and trains.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    dataset : Dataset, optional
+        Use this dataset instead of ``load_dataset(config.dataset, **config.dataset_options)``.
+    """
+
+    def __init__(self, config: TrainConfig, *, dataset: Dataset | None = None):
+        self.config = config
+        self.device = select_device(config.device)
+        self.dist = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        self.out_dir = Path(config.out_dir)
+        self.row = get_row(config.row)
+
+        self.data = dataset if dataset is not None else load_dataset(config.dataset, **config.dataset_options)
+        torch.manual_seed(config.seed)  # parameter initialisation; data order has its own generators
+        model = build_model(
+            config.backbone, self.row, self.data.input_shape, self.data.num_classes,
+            latent_dim=config.latent_dim, bias=config.classifier_bias, geometry=config.geometry,
+            geometry_options=config.geometry_options, **config.backbone_options,
+        ).to(device=self.device, dtype=self.dtype)
+        self.model = model
+        self.optimizer = build_optimizer(model, config.optimizer, lr=config.lr,
+                                         weight_decay=config.weight_decay)
+        self.preconditioner = build_preconditioner(
+            model, config.optimizer, lr=config.lr, damping=config.kfac_damping,
+            update_freq=config.kfac_update_freq, fisher=config.kfac_fisher,
+        )
+        if self.preconditioner is not None and self.dist.enabled:
+            raise ValueError("K-FAC optimisers are not supported under torchrun/DDP yet: "
+                             "their curvature factors would differ per rank")
+        self.ddp_model: nn.Module = model
+        if self.dist.enabled:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.gamma = build_gamma_schedule(config.gamma_schedule, **config.gamma_options)
+        self.objective = Objective(self.row, supcon_weight=config.supcon_weight,
+                                   temperature=config.temperature, epochs=config.epochs)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self._warned_origin = False
+
+    # ----------------------------------------------------------------------------------- state
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "preconditioner": None if self.preconditioner is None else self.preconditioner.state_dict(),
+            "gamma_schedule": self.gamma.state_dict(),
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def resume(self) -> None:
+        """Load ``checkpoint.pt`` from the run directory and continue after its epoch."""
+        state = load_checkpoint(self.out_dir / CHECKPOINT, map_location=self.device)
+        saved, current = state["config"], self.config.to_dict()
+        differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+        if differing:
+            raise ValueError(
+                f"cannot resume {self.out_dir}: the config differs from the checkpoint's in {differing}; "
+                f"only {list(RESUMABLE_CHANGES)} may change on resume"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.preconditioner is not None:
+            self.preconditioner.load_state_dict(state["preconditioner"])
+        self.gamma.load_state_dict(state["gamma_schedule"])
+        self.history = list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        self.start_epoch = state["epoch"] + 1
+
+    def _save(self, epoch: int, name: str = CHECKPOINT) -> Path:
+        path = self.out_dir / name
+        if self.dist.is_main:
+            save_checkpoint(self.state_dict(epoch), path)
+        return path
+
+    # ----------------------------------------------------------------------------------- training
+    def _set_learning_rates(self, epoch: int) -> float:
+        factor = lr_factor(epoch, halve_from=self.config.lr_halve_from, halve_every=self.config.lr_halve_every)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base if group.get("role") == "classifier" else base * factor
+        return self.config.lr * factor
+
+    def _non_finite(self, epoch: int, gamma: float, lr: float, parts: dict[str, torch.Tensor]) -> None:
+        params_ok = all(torch.isfinite(p).all() for p in self.model.parameters())
+        # Finite parameters are those of the last finite step (mid-epoch): keep them as the last good state.
+        where = self._save(epoch - 1, LAST_GOOD) if params_ok else self.out_dir / CHECKPOINT
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch} (gamma={gamma:.4g}, lr={lr:.4g}; terms: {terms}). "
+            f"Last good state: {where}. Lower the learning rate or grow gamma more slowly "
+            f"(e.g. --gamma-schedule threshold)."
+        )
+
+    def _train_epoch(self, epoch: int, gamma: float, lr: float) -> dict[str, float]:
+        cfg, data = self.config, self.data
+        generator = _epoch_generator(cfg.seed, epoch)
+        permutation = torch.randperm(len(data.y_train), generator=generator)
+        min_batch = 2 * self.dist.world_size  # batch norm and SupCon need two samples per rank
+        sums = torch.zeros(3 + 3, dtype=torch.float64)  # loss, correct, count, ce, compression, supcon
+        self.ddp_model.train()
+        for batch in permutation.split(cfg.batch_size):
+            if len(batch) < min_batch:
+                continue
+            local = shard_batch(batch, self.dist)
+            xb = data.x_train[local]
+            if data.augment is not None:
+                xb = data.augment(xb, generator)
+            xb = xb.to(device=self.device, dtype=self.dtype)
+            yb = data.y_train[local].to(self.device)
+            out = self.ddp_model(xb)
+            if self.preconditioner is not None:
+                self.preconditioner.update_statistics(out.logits, yb)
+            loss, parts = self.objective(out, yb, gamma=gamma, epoch=epoch)
+            if not torch.isfinite(loss):
+                self._non_finite(epoch, gamma, lr, parts)
+            # Weight so that DDP's gradient average equals the mean over the global batch.
+            weight = len(local) * self.dist.world_size / len(batch)
+            (loss * weight).backward()
+            if self.preconditioner is not None:
+                self.preconditioner.step()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            n = len(local)
+            with torch.no_grad():
+                sums[0] += float(loss) * n
+                sums[1] += float((out.logits.argmax(1) == yb).sum())
+                sums[2] += n
+                for i, key in enumerate(("ce", "compression", "supcon")):
+                    if key in parts:
+                        sums[3 + i] += float(parts[key]) * n
+        sums = all_reduce_sum(sums, self.dist)
+        count = max(float(sums[2]), 1.0)
+        return {
+            "train_loss": float(sums[0]) / count,
+            "train_acc": float(sums[1]) / count,
+            "ce": float(sums[3]) / count,
+            "compression": float(sums[4]) / count,
+            "supcon": float(sums[5]) / count,
+        }
+
+    def _evaluate(self) -> dict[str, float]:
+        logits, latents = predict(self.model, self.data.x_test, self.device, self.dtype)
+        y = self.data.y_test
+        figures = {"test_acc": float((logits.argmax(1) == y).float().mean())}
+        figures.update(epoch_collapse_figures(latents, y, manifold=getattr(self.model.head, "manifold", None)))
+        return figures
+
+    def _check_origin_collapse(self, row: dict[str, Any]) -> None:
+        chance = 1.0 / self.data.num_classes
+        collapsed = (
+            self.row.penalty and row["gamma"] > self.gamma.start
+            and row["train_acc"] <= chance + 0.05 * (1 - chance)
+        )
+        row["collapsed_to_origin"] = bool(collapsed)
+        if collapsed and not self._warned_origin:
+            self._warned_origin = True
+            warnings.warn(
+                f"epoch {row['epoch']}: training accuracy {row['train_acc']:.3f} is at chance "
+                f"({chance:.3f}) while gamma grows ({row['gamma']:.3g}): every class collapsed onto the "
+                f"origin. Grow gamma later or slower (gamma_schedule='threshold', smaller factor).",
+                CollapseToOriginWarning, stacklevel=3,
+            )
+
+    def fit(self, *, resume: bool = False) -> RunResult:
+        """Train for ``config.epochs`` epochs (continuing from the checkpoint when ``resume``)."""
+        cfg = self.config
+        if resume:
+            self.resume()
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_json(cfg.to_dict(), self.out_dir / "config.json")
+        bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs,
+                   desc=f"{cfg.row} {cfg.geometry}", disable=not (cfg.progress and self.dist.is_main),
+                   dynamic_ncols=True)
+        try:
+            for epoch in bar:
+                start = time.perf_counter()
+                gamma = self.gamma(epoch)
+                lr = self._set_learning_rates(epoch)
+                row: dict[str, Any] = {"epoch": epoch, "gamma": gamma, "lr": lr}
+                row.update(self._train_epoch(epoch, gamma, lr))
+                self.gamma.observe(epoch, row["train_acc"])
+                row["epoch_seconds"] = time.perf_counter() - start
+                row.update(self._evaluate())
+                self._check_origin_collapse(row)
+                self.history.append(row)
+                bar.set_postfix(loss=f"{row['train_loss']:.3g}", acc=f"{row['test_acc']:.3f}",
+                                gamma=f"{gamma:.3g}")
+                last = epoch == cfg.epochs - 1
+                if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+                    self._save(epoch)
+                if self.dist.is_main:
+                    write_history(self.history, self.out_dir)
+            final = self._finish()
+        finally:
+            bar.close()
+            cleanup(self.dist)
+        return RunResult(self.out_dir, self.history, final, self.model)
+
+    def _finish(self) -> dict[str, Any]:
+        """Write the final latents (train and test) and the summary; returns the summary."""
+        train_logits, train_latents = predict(self.model, self.data.x_train, self.device, self.dtype)
+        test_logits, test_latents = predict(self.model, self.data.x_test, self.device, self.dtype)
+        classifier = self.model.head.classifier
+        final = dict(self.history[-1]) if self.history else {}
+        final["train_acc_eval"] = float((train_logits.argmax(1) == self.data.y_train).float().mean())
+        if self.dist.is_main:
+            arrays = {
+                "train_latents": train_latents.numpy(), "train_labels": self.data.y_train.numpy(),
+                "train_predictions": train_logits.argmax(1).numpy(), "train_logits": train_logits.numpy(),
+                "test_latents": test_latents.numpy(), "test_labels": self.data.y_test.numpy(),
+                "test_predictions": test_logits.argmax(1).numpy(), "test_logits": test_logits.numpy(),
+            }
+            weight = getattr(classifier, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                arrays["classifier_weight"] = weight.detach().cpu().numpy()
+                bias = getattr(classifier, "bias", None)
+                if isinstance(bias, torch.Tensor):
+                    arrays["classifier_bias"] = bias.detach().cpu().numpy()
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)
+            write_bytes(buffer.getvalue(), self.out_dir / "latents.npz")
+            write_json(final, self.out_dir / "summary.json")
+        return final
+
+
+def write_history(history: list[dict[str, Any]], out_dir: Path) -> None:
+    """``history.json`` and ``history.csv`` (one row per epoch), both written atomically."""
+    write_json(history, out_dir / "history.json")
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) and math.isfinite(v) else v)
+                         for k, v in row.items()})
+    write_text(buffer.getvalue(), out_dir / "history.csv")
+
+
+def train(config: TrainConfig, *, resume: bool = False, dataset: Dataset | None = None) -> RunResult:
+    """Train one run described by ``config``; see :class:`Trainer`."""
+    return Trainer(config, dataset=dataset).fit(resume=resume)
