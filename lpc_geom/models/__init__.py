@@ -1,0 +1,38 @@
+"""Models: backbones, heads and the :class:`Classifier` that chains them.
+
+Every model returns :class:`HeadOutput` ``(logits, latents, energy)``, so analyzers read the latents
+without forward hooks and the LPC compression term is ``gamma * energy.mean()``.
+"""
+
+from lpc_geom.models.backbones import (
+    MLP,
+    CNN1d,
+    ResNet,
+    backbone_options,
+    build_backbone,
+    resnet18,
+    resnet50,
+)
+from lpc_geom.models.base import Classifier, HeadOutput, ModelOutput
+from lpc_geom.models.build import HEADS, HeadFactory, build_model, register_head
+from lpc_geom.models.heads import CosineClassifier, EuclideanHead, build_head
+
+__all__ = [
+    "HEADS",
+    "MLP",
+    "CNN1d",
+    "Classifier",
+    "CosineClassifier",
+    "EuclideanHead",
+    "HeadFactory",
+    "HeadOutput",
+    "ModelOutput",
+    "ResNet",
+    "backbone_options",
+    "build_backbone",
+    "build_head",
+    "build_model",
+    "register_head",
+    "resnet18",
+    "resnet50",
+]

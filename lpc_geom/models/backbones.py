@@ -1,0 +1,400 @@
+"""Backbones: networks that map an input ``x`` to a feature vector ``h`` of size ``out_dim``.
+
+Every backbone ends in a flat feature vector and exposes ``out_dim`` so that a head (see
+:mod:`lpc_geom.models.heads`) can be sized without a dummy forward pass. All of them use SiLU
+activations (as the LPC paper does) and none uses in-place activations, so tensor hooks and full
+backward hooks (K-FAC, robustness analyses) work on every layer.
+
+=========  =================================================  =========================
+name       architecture                                       ``out_dim``
+=========  =================================================  =========================
+mlp        flatten -> [Linear -> (BN) -> SiLU] x len(hidden)   ``hidden[-1]``
+cnn1d      [Conv1d(stride 2) -> (BN) -> SiLU] x 3 -> flatten   ``channels[-1] * L_out``
+resnet18   CIFAR ResNet-18 (BasicBlock, [2, 2, 2, 2])          512
+resnet50   CIFAR ResNet-50 (Bottleneck, [3, 4, 6, 3])          2048
+=========  =================================================  =========================
+
+The ResNets are the CIFAR variants (He et al. 2016, as used by the LPC paper): a 3x3 stride-1 stem
+without max-pooling, so a 32x32 image reaches the last stage at 4x4; global average pooling then gives
+``h``. They are written here because torchvision does not load with the CPU build of torch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BACKBONES",
+    "MLP",
+    "BasicBlock",
+    "Bottleneck",
+    "CNN1d",
+    "ResNet",
+    "backbone_options",
+    "build_backbone",
+    "resnet18",
+    "resnet50",
+]
+
+
+def _as_shape(input_shape: int | Sequence[int]) -> tuple[int, ...]:
+    shape = (int(input_shape),) if isinstance(input_shape, int) else tuple(int(s) for s in input_shape)
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {input_shape!r}")
+    return shape
+
+
+class MLP(nn.Module):
+    r"""Multi-layer perceptron on the flattened input.
+
+    .. math::
+
+        h^{(0)} = \operatorname{vec}(x), \qquad
+        h^{(l)} = \operatorname{SiLU}\big(\operatorname{BN}(W_l h^{(l-1)} + b_l)\big), \quad l = 1..L,
+
+    with ``BN`` the identity unless ``batch_norm`` (then the linear layer has no bias, which batch norm
+    would cancel).
+
+    Parameters
+    ----------
+    input_shape : int or sequence of int
+        Shape of one sample (without the batch axis); it is flattened to ``prod(input_shape)`` features.
+    hidden : sequence of int, default (512, 512)
+        Widths of the hidden layers. An empty sequence gives the identity on the flattened input
+        (a linear model once a head is attached).
+    batch_norm : bool, default False
+        Insert ``BatchNorm1d`` between each linear layer and its activation.
+
+    Attributes
+    ----------
+    out_dim : int
+        ``hidden[-1]``, or ``prod(input_shape)`` when ``hidden`` is empty.
+    """
+
+    def __init__(self, input_shape: int | Sequence[int], hidden: Sequence[int] = (512, 512),
+                 batch_norm: bool = False):
+        super().__init__()
+        self.input_shape = _as_shape(input_shape)
+        hidden = tuple(int(w) for w in hidden)
+        if any(w <= 0 for w in hidden):
+            raise ValueError(f"hidden widths must be positive, got {hidden}")
+        width = math.prod(self.input_shape)
+        layers: list[nn.Module] = [nn.Flatten(1)]
+        for w in hidden:
+            layers.append(nn.Linear(width, w, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(w))
+            layers.append(nn.SiLU())
+            width = w
+        self.net = nn.Sequential(*layers)
+        self.out_dim = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CNN1d(nn.Module):
+    r"""Small 1-D convolutional network for MNIST-1D-like signals.
+
+    Each stage is ``Conv1d(kernel k_i, stride s, padding k_i // 2) -> (BN) -> SiLU``; the output
+    length of a stage is :math:`L_{i} = \lfloor (L_{i-1} + 2\lfloor k_i/2 \rfloor - k_i)/s \rfloor + 1`
+    and the features are the flattened last stage, ``out_dim = channels[-1] * L_n``. With the defaults
+    on a length-40 signal the lengths are 40 -> 20 -> 10 -> 5 and ``out_dim = 160``. This is the
+    three-convolution design with which Greydanus (2020) reports about 94 % test accuracy on MNIST-1D
+    (with SiLU in place of ReLU).
+
+    Parameters
+    ----------
+    input_length : int, default 40
+        Length ``L`` of the signal.
+    channels : sequence of int, default (32, 32, 32)
+        Output channels of each convolution.
+    kernel_sizes : int or sequence of int, optional
+        Kernel size of each convolution (one int is used for every stage). Default: 5 for the first
+        convolution and 3 for the others, i.e. ``(5, 3, 3)`` with the default channels.
+    stride : int, default 2
+        Stride of every convolution.
+    in_channels : int, default 1
+        Channels of the input. Inputs of shape ``(N, L)`` are accepted when this is 1.
+    batch_norm : bool, default False
+        Insert ``BatchNorm1d`` after each convolution (which then has no bias).
+
+    Attributes
+    ----------
+    out_dim : int
+        ``channels[-1] * L_n``.
+    """
+
+    def __init__(self, input_length: int = 40, channels: Sequence[int] = (32, 32, 32),
+                 kernel_sizes: int | Sequence[int] | None = None, stride: int = 2, in_channels: int = 1,
+                 batch_norm: bool = False):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if not channels or any(c <= 0 for c in channels):
+            raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}")
+        if kernel_sizes is None:
+            kernel_sizes = (5,) + (3,) * (len(channels) - 1)
+        elif isinstance(kernel_sizes, int):
+            kernel_sizes = (kernel_sizes,) * len(channels)
+        kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        if len(kernel_sizes) != len(channels) or any(k <= 0 for k in kernel_sizes):
+            raise ValueError(f"kernel_sizes must give one positive size per channel entry "
+                             f"({len(channels)}), got {kernel_sizes}")
+        if stride <= 0 or in_channels <= 0:
+            raise ValueError(f"stride and in_channels must be positive, got {stride} and {in_channels}")
+        self.input_length = int(input_length)
+        self.in_channels = int(in_channels)
+        layers: list[nn.Module] = []
+        length, c_in = self.input_length, self.in_channels
+        for c_out, k in zip(channels, kernel_sizes, strict=True):
+            pad = k // 2
+            length = (length + 2 * pad - k) // stride + 1
+            if length <= 0:
+                raise ValueError(f"input_length {input_length} is too short for kernel sizes "
+                                 f"{kernel_sizes} with stride {stride}")
+            layers.append(nn.Conv1d(c_in, c_out, k, stride=stride, padding=pad, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(c_out))
+            layers.append(nn.SiLU())
+            c_in = c_out
+        layers.append(nn.Flatten(1))
+        self.net = nn.Sequential(*layers)
+        self.out_dim = c_in * length
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and self.in_channels == 1:
+            x = x.unsqueeze(1)
+        if x.dim() != 3 or x.shape[1:] != (self.in_channels, self.input_length):
+            raise ValueError(f"CNN1d expects inputs of shape (N, {self.in_channels}, {self.input_length})"
+                             + (f" or (N, {self.input_length})" if self.in_channels == 1 else "")
+                             + f", got {tuple(x.shape)}")
+        return self.net(x)
+
+
+def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+
+
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
+    if stride == 1 and c_in == c_out:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+
+class BasicBlock(nn.Module):
+    r"""ResNet basic block: :math:`y = \operatorname{SiLU}(\operatorname{BN}(C_2\,
+    \operatorname{SiLU}(\operatorname{BN}(C_1 x))) + S x)` with 3x3 convolutions ``C_1`` (carrying the
+    stride) and ``C_2``, and ``S`` the identity or a strided 1x1 convolution + BN when the shape changes.
+    """
+
+    expansion = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = _conv3x3(c_in, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act = nn.SiLU()
+        self.shortcut = _shortcut(c_in, planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act(out + self.shortcut(x))
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+
+class Bottleneck(nn.Module):
+    r"""ResNet bottleneck block (stride on the 3x3 convolution, "ResNet v1.5"):
+    ``1x1 (planes) -> 3x3 (planes, stride) -> 1x1 (4 planes)``, each followed by BN, SiLU after the
+    first two and after the residual sum :math:`y = \operatorname{SiLU}(F(x) + S x)`.
+    """
+
+    expansion = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int = 1):
+        super().__init__()
+        c_out = planes * self.expansion
+        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, c_out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.act = nn.SiLU()
+        self.shortcut = _shortcut(c_in, c_out, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(self.bn1(self.conv1(x)))
+        out = self.act(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.act(out + self.shortcut(x))
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet backbone (no classifier): ``h = avgpool(stages(SiLU(BN(conv3x3(x)))))``.
+
+    Parameters
+    ----------
+    block : type
+        :class:`BasicBlock` or :class:`Bottleneck`.
+    num_blocks : sequence of 4 ints
+        Blocks per stage; the stages have 64, 128, 256, 512 planes and strides 1, 2, 2, 2.
+    in_channels : int, default 3
+        Input image channels.
+    zero_init_residual : bool, default False
+        Start the last batch norm of every block at scale 0, so each block starts as the identity
+        (Goyal et al. 2017). Off by default, as in the LPC paper's setup.
+
+    Attributes
+    ----------
+    out_dim : int
+        ``512 * block.expansion`` (512 for ResNet-18, 2048 for ResNet-50).
+
+    Notes
+    -----
+    Convolutions use He-normal initialisation (fan-out), batch norms start at scale 1 and shift 0.
+    Any input with spatial size at least 8x8 is accepted (global average pooling makes the output size
+    independent of the resolution).
+    """
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], num_blocks: Sequence[int],
+                 in_channels: int = 3, zero_init_residual: bool = False):
+        super().__init__()
+        if len(num_blocks) != 4:
+            raise ValueError(f"num_blocks must have 4 entries (one per stage), got {num_blocks}")
+        self.in_channels = int(in_channels)
+        self.stem = nn.Sequential(_conv3x3(self.in_channels, 64), nn.BatchNorm2d(64), nn.SiLU())
+        c_in = 64
+        stages = []
+        for planes, n, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2), strict=True):
+            blocks = []
+            for s in [stride] + [1] * (int(n) - 1):
+                blocks.append(block(c_in, planes, s))
+                c_in = planes * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = c_in
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, BasicBlock | Bottleneck):
+                    nn.init.zeros_(m.last_bn.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"ResNet expects inputs of shape (N, {self.in_channels}, H, W), "
+                             f"got {tuple(x.shape)}")
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.pool(x), 1)
+
+
+def resnet18(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
+    """CIFAR ResNet-18 backbone (BasicBlock, [2, 2, 2, 2]); ``out_dim = 512``, about 11.17 M parameters."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels=in_channels, zero_init_residual=zero_init_residual)
+
+
+def resnet50(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
+    """CIFAR ResNet-50 backbone (Bottleneck, [3, 4, 6, 3]); ``out_dim = 2048``, about 23.5 M parameters."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels=in_channels, zero_init_residual=zero_init_residual)
+
+
+def _mlp_from_shape(shape: tuple[int, ...], **options) -> MLP:
+    return MLP(shape, **options)
+
+
+def _cnn1d_from_shape(shape: tuple[int, ...], **options) -> CNN1d:
+    if len(shape) == 1:
+        in_channels, length = 1, shape[0]
+    elif len(shape) == 2:
+        in_channels, length = shape
+    else:
+        raise ValueError(f"cnn1d needs input_shape (L,) or (C, L), got {shape}")
+    return CNN1d(input_length=length, in_channels=in_channels, **options)
+
+
+def _resnet_from_shape(factory: Callable[..., ResNet]) -> Callable[..., ResNet]:
+    def build(shape: tuple[int, ...], **options) -> ResNet:
+        if len(shape) != 3:
+            raise ValueError(f"{factory.__name__} needs image input_shape (C, H, W), got {shape}")
+        if min(shape[1:]) < 8:
+            raise ValueError(f"{factory.__name__} needs images of at least 8x8 pixels, got {shape}")
+        return factory(in_channels=shape[0], **options)
+
+    return build
+
+
+# name -> (builder taking the per-sample input shape, the constructor whose keywords are the options,
+#          the keywords derived from input_shape and therefore not accepted as options)
+BACKBONES: dict[str, tuple[Callable[..., nn.Module], Callable[..., nn.Module], frozenset[str]]] = {
+    "mlp": (_mlp_from_shape, MLP, frozenset({"input_shape"})),
+    "cnn1d": (_cnn1d_from_shape, CNN1d, frozenset({"input_length", "in_channels"})),
+    "resnet18": (_resnet_from_shape(resnet18), resnet18, frozenset({"in_channels"})),
+    "resnet50": (_resnet_from_shape(resnet50), resnet50, frozenset({"in_channels"})),
+}
+
+
+def backbone_options(name: str) -> tuple[str, ...]:
+    """The keyword options :func:`build_backbone` accepts for backbone ``name``."""
+    try:
+        _, ctor, derived = BACKBONES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; accepted backbones: {', '.join(BACKBONES)}") from None
+    params = inspect.signature(ctor).parameters
+    return tuple(p for p in params if p not in derived)
+
+
+def build_backbone(name: str, input_shape: int | Sequence[int], **options) -> nn.Module:
+    """Build a backbone by name for inputs of shape ``input_shape`` (one sample, no batch axis).
+
+    Parameters
+    ----------
+    name : {"mlp", "cnn1d", "resnet18", "resnet50"}
+        Architecture (case-insensitive).
+    input_shape : int or sequence of int
+        Shape of one sample: anything for ``mlp`` (flattened), ``(L,)`` or ``(C, L)`` for ``cnn1d``,
+        ``(C, H, W)`` for the ResNets. Input sizes/channels are taken from it, not from ``options``.
+    **options
+        Keyword arguments of the architecture (e.g. ``hidden``, ``batch_norm`` for ``mlp``;
+        ``channels``, ``kernel_sizes``, ``stride``, ``batch_norm`` for ``cnn1d``;
+        ``zero_init_residual`` for the ResNets).
+
+    Returns
+    -------
+    nn.Module
+        The backbone, with ``out_dim`` set.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (listing the accepted names), an unknown option (listing the accepted
+        options for that backbone), or an input shape the architecture cannot take.
+    """
+    accepted = backbone_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for backbone {name!r}; "
+                         f"accepted options: {', '.join(accepted) or '(none)'}")
+    builder, _, _ = BACKBONES[name.lower()]
+    return builder(_as_shape(input_shape), **options)
