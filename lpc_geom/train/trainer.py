@@ -26,8 +26,8 @@ from lpc_geom.ablation import get_row
 from lpc_geom.config import TrainConfig
 from lpc_geom.data import Dataset, load_dataset
 from lpc_geom.losses import Objective
-from lpc_geom.models import build_model
-from lpc_geom.optim import build_optimizer, build_preconditioner
+from lpc_geom.models import Classifier, build_model
+from lpc_geom.optim import build_optimizer
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json, write_text
 from lpc_geom.train.distributed import all_reduce_sum, cleanup, init_distributed, shard_batch
 from lpc_geom.train.metrics import epoch_collapse_figures
@@ -74,6 +74,35 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
+def split_optimizer_name(name: str) -> tuple[str, bool]:
+    """``"kfac-adam"`` -> ``("adamw", True)``: the optimiser that steps, and whether K-FAC preconditions."""
+    if not name.startswith("kfac-"):
+        return name, False
+    return {"kfac-sgd": "sgd", "kfac-adam": "adamw", "kfac-riemannian": "riemannian-adam"}[name], True
+
+
+def model_from_config(config: TrainConfig, data: Dataset) -> Classifier:
+    """The :class:`Classifier` a config describes: backbone, the row's head, in the config's geometry.
+
+    Geometry heads (sphere, Poincaré ball, Stiefel) replace the linear penultimate layer of the LPC rows;
+    rows without a linear penultimate layer exist only in Euclidean geometry.
+    """
+    row = get_row(config.row)
+    head = None
+    if config.geometry != "euclidean":
+        if row.penultimate != "linear":
+            raise ValueError(f"geometry {config.geometry!r} replaces a linear penultimate layer; row {row.name} "
+                             f"has none (use a row with one: LPC, LPC-Narrow, LPC-Wide, LPC-SCL, LinPen)")
+        from lpc_geom.models.geometry import build_geometry_head
+
+        def head(row, in_dim, num_classes, *, latent_dim=None, bias=False):
+            return build_geometry_head(config.geometry, in_dim, latent_dim or row.latent_dim(num_classes),
+                                       num_classes, **config.geometry_options)
+
+    return build_model(config.backbone, row, data.input_shape, data.num_classes, latent_dim=config.latent_dim,
+                       bias=config.classifier_bias, head=head, **config.backbone_options)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
             batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,18 +143,16 @@ class Trainer:
 
         self.data = dataset if dataset is not None else load_dataset(config.dataset, **config.dataset_options)
         torch.manual_seed(config.seed)  # parameter initialisation; data order has its own generators
-        model = build_model(
-            config.backbone, self.row, self.data.input_shape, self.data.num_classes,
-            latent_dim=config.latent_dim, bias=config.classifier_bias, geometry=config.geometry,
-            geometry_options=config.geometry_options, **config.backbone_options,
-        ).to(device=self.device, dtype=self.dtype)
+        model = model_from_config(config, self.data).to(device=self.device, dtype=self.dtype)
         self.model = model
-        self.optimizer = build_optimizer(model, config.optimizer, lr=config.lr,
-                                         weight_decay=config.weight_decay)
-        self.preconditioner = build_preconditioner(
-            model, config.optimizer, lr=config.lr, damping=config.kfac_damping,
-            update_freq=config.kfac_update_freq, fisher=config.kfac_fisher,
-        )
+        base_optimizer, use_kfac = split_optimizer_name(config.optimizer)
+        self.optimizer = build_optimizer(model, base_optimizer, lr=config.lr, weight_decay=config.weight_decay)
+        self.preconditioner = None
+        if use_kfac:
+            from lpc_geom.optim.kfac import KFAC
+
+            self.preconditioner = KFAC(model, fisher=config.kfac_fisher, damping=config.kfac_damping,
+                                       update_freq=config.kfac_update_freq, lr=config.lr)
         if self.preconditioner is not None and self.dist.enabled:
             raise ValueError("K-FAC optimisers are not supported under torchrun/DDP yet: "
                              "their curvature factors would differ per rank")
@@ -253,9 +280,11 @@ class Trainer:
 
     def _check_origin_collapse(self, row: dict[str, Any]) -> None:
         chance = 1.0 / self.data.num_classes
+        # At chance *after* the classes had separated (or after gamma grew 100-fold): not a slow start.
+        had_separated = any(r["train_acc"] >= chance + 0.25 * (1 - chance) for r in self.history)
         collapsed = (
-            self.row.penalty and row["gamma"] > self.gamma.start
-            and row["train_acc"] <= chance + 0.05 * (1 - chance)
+            self.row.penalty and row["train_acc"] <= chance + 0.05 * (1 - chance)
+            and row["gamma"] > self.gamma.start and (had_separated or row["gamma"] >= 100 * self.gamma.start)
         )
         row["collapsed_to_origin"] = bool(collapsed)
         if collapsed and not self._warned_origin:

@@ -1,0 +1,131 @@
+"""The paper's ablation on MNIST-1D: every row x seeds, collapse figures of the training latents.
+
+Acceptance of the foundation issue, measured here: LPC (intermediate width) against NoPen on MNIST-1D
+with the default MLP backbone -- test accuracy no lower than NoPen's minus 1 point, separation ratio at
+least 50x NoPen's, sigma_W / sigma_T below 1e-4 and norm CV below 0.05 (train latents, mean over seeds).
+
+    python benchmarks/bench_ablation.py                      # all rows, 3 seeds, 2 worker processes
+    python benchmarks/bench_ablation.py --rows LPC NoPen --seeds 0 --epochs 20   # a quick look
+
+Writes runs under --out, and ablation_runs.csv/json (one row per run), ablation.csv/json (mean and
+std per row) and ablation.md (the table) next to them. Finished runs are skipped on re-launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from pathlib import Path
+
+from lpc_geom.ablation import ROWS
+from lpc_geom.experiments.demo import demo_config
+from lpc_geom.experiments.sweep import Job, aggregate, default_workers, run_jobs
+from lpc_geom.train.checkpoint import write_json, write_text
+
+COLUMNS = (
+    ("test acc %", "final_test_acc", 100.0),
+    ("sep. ratio", "train_separation_ratio", 1.0),
+    ("sigma_W/sigma_T", "train_sigma_w_rel", 1.0),
+    ("norm CV", "train_norm_cv", 1.0),
+    ("entropy/dim", "train_entropy", 1.0),
+    ("NC1", "train_nc1", 1.0),
+    ("ETF dist.", "train_etf_distance", 1.0),
+    ("s/epoch", "epoch_seconds_median", 1.0),
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), help="ablation rows (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=None, help="override the demo config's epochs")
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--out", default="results/ablation", help="output directory")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def cell_text(row: dict, key: str, scale: float) -> str:
+    mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+    if mean is None:
+        return "n/a"
+    return f"{scale * mean:.3g} ± {scale * std:.2g}"
+
+
+def markdown(rows: list[dict]) -> str:
+    header = ["row", "runs", *(title for title, _, _ in COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["row"], str(row["runs"]) + (f" ({row['failed']} failed)" if row["failed"] else "")]
+        cells += [cell_text(row, key, scale) for _, key, scale in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def acceptance(rows: dict[str, dict]) -> list[tuple[str, bool, str]]:
+    """The foundation issue's four criteria, LPC against NoPen (means over seeds)."""
+    lpc, nopen = rows.get("LPC"), rows.get("NoPen")
+    if lpc is None or nopen is None or not lpc["runs"] or not nopen["runs"]:
+        return []
+    acc_gap = 100 * (lpc["final_test_acc_mean"] - nopen["final_test_acc_mean"])
+    ratio = lpc["train_separation_ratio_mean"] / nopen["train_separation_ratio_mean"]
+    return [
+        ("test accuracy >= NoPen - 1 point", acc_gap >= -1.0, f"LPC - NoPen = {acc_gap:+.2f} points"),
+        ("separation ratio >= 50x NoPen", ratio >= 50, f"ratio {ratio:.1f}x"),
+        ("sigma_W/sigma_T < 1e-4", lpc["train_sigma_w_rel_mean"] < 1e-4, f"{lpc['train_sigma_w_rel_mean']:.3g}"),
+        ("norm CV < 0.05", lpc["train_norm_cv_mean"] < 0.05, f"{lpc['train_norm_cv_mean']:.3g}"),
+    ]
+
+
+def csv_text(rows: list[dict]) -> str:
+    fields: list[str] = []
+    for row in rows:
+        fields.extend(k for k in row if k not in fields and k != "traceback")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; accepted: {', '.join(ROWS)}")
+    out = Path(args.out)
+    base = demo_config().replace(progress=False)
+    if args.epochs is not None:
+        base = base.replace(epochs=args.epochs)
+    jobs = [
+        Job(f"{row}-seed{seed}", base.replace(row=row, seed=seed, out_dir=str(out / "runs" / f"{row}-seed{seed}")),
+            {"row": row})
+        for row in args.rows for seed in args.seeds
+    ]
+    print(f"{len(jobs)} runs ({len(args.rows)} rows x {len(args.seeds)} seeds), {base.epochs} epochs each, "
+          f"{args.workers} worker process(es); results in {out.resolve()}", flush=True)
+    records = run_jobs(jobs, workers=args.workers, progress=not args.no_progress)
+    for record in records:
+        if record["status"] != "ok":
+            print(f"FAILED {record['name']}: {record['error']}", file=sys.stderr)
+    table = aggregate(records, by=["row"])
+    by_row = {row["row"]: row for row in table}
+    text = markdown(table)
+    checks = acceptance(by_row)
+    lines = [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in checks]
+    report = (f"MNIST-1D, MLP backbone, {base.epochs} epochs, seeds {args.seeds}; train-latent figures "
+              f"(mean ± std over seeds)\n\n{text}\n\nAcceptance (LPC vs NoPen):\n" + "\n".join(lines))
+    print("\n" + report)
+    write_text(report + "\n", out / "ablation.md")
+    write_json(records, out / "ablation_runs.json")
+    write_text(csv_text(records), out / "ablation_runs.csv")
+    write_json(table, out / "ablation.json")
+    write_text(csv_text(table), out / "ablation.csv")
+    print(f"\nwritten: {out / 'ablation.md'}, ablation.csv/json, ablation_runs.csv/json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

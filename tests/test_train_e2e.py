@@ -1,0 +1,151 @@
+"""End-to-end training: determinism, resume after a kill, non-finite loss, collapse warning, DDP."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lpc_geom.config import TrainConfig
+from lpc_geom.data import make_blobs
+from lpc_geom.train import CollapseToOriginWarning, NonFiniteLossError, train
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "dataset": "blobs",
+    "dataset_options": {"num_classes": 4, "dim": 16, "num_samples": 512, "separation": 4.0},
+    "backbone_options": {"hidden": [32, 32]},
+    "latent_dim": 8,
+    "batch_size": 64,
+    "progress": False,
+}
+
+
+def tiny_config(tmp_path, name="run", **changes):
+    return TrainConfig(**{**TINY, "out_dir": str(tmp_path / name), **changes})
+
+
+def cli(*args, env=None):
+    return [sys.executable, "-m", "lpc_geom", *args]
+
+
+def test_training_writes_outputs_and_is_deterministic(tmp_path):
+    cfg = tiny_config(tmp_path, "a", epochs=4)
+    first = train(cfg)
+    second = train(cfg.replace(out_dir=str(tmp_path / "b")))
+    assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]
+    out = first.out_dir
+    for name in ("config.json", "history.json", "history.csv", "checkpoint.pt", "latents.npz", "summary.json"):
+        assert (out / name).is_file(), name
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [0, 1, 2, 3]
+    assert {"train_loss", "train_acc", "test_acc", "gamma", "lr", "sigma_w_rel", "separation_ratio",
+            "norm_cv"} <= set(history[0])
+    arrays = np.load(out / "latents.npz")
+    assert arrays["train_latents"].shape == (len(arrays["train_labels"]), 8)
+    assert arrays["test_predictions"].shape == arrays["test_labels"].shape
+    assert history[-1]["test_acc"] > 0.5  # well-separated blobs
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    """Kill a CLI run once its second checkpoint exists, resume it, compare with an uninterrupted run."""
+    epochs = 12
+    common = ["train", "--set", f"dataset_options={json.dumps(TINY['dataset_options'])}",
+              "--set", f"backbone_options={json.dumps(TINY['backbone_options'])}",
+              "--dataset", "blobs", "--latent-dim", "8", "--batch-size", "64", "--epochs", str(epochs),
+              "--checkpoint-every", "2", "--no-progress"]
+    # slow each epoch down a little so the kill reliably lands mid-run
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cli(*common, "--out", str(killed), "--set", "dataset_options="
+                                + json.dumps({**TINY["dataset_options"], "num_samples": 4096})),
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoint = killed / "checkpoint.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.exists() and (killed / "history.json").exists():
+            if len(json.loads((killed / "history.json").read_text())) >= 3:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(checkpoint, weights_only=False)["epoch"]
+    assert done < epochs - 1
+    resumed = subprocess.run(cli(*common, "--out", str(killed), "--resume", "--set", "dataset_options="
+                                 + json.dumps({**TINY["dataset_options"], "num_samples": 4096})),
+                             env=env, cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    full = tmp_path / "full"
+    straight = subprocess.run(cli(*common, "--out", str(full), "--set", "dataset_options="
+                                  + json.dumps({**TINY["dataset_options"], "num_samples": 4096})),
+                              env=env, cwd=REPO, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    a = json.loads((killed / "history.json").read_text())
+    b = json.loads((full / "history.json").read_text())
+    assert [r["epoch"] for r in a] == list(range(epochs))
+    for key in ("train_loss", "test_acc", "sigma_w_rel"):
+        assert a[-1][key] == pytest.approx(b[-1][key], rel=1e-6, abs=1e-9), key
+    np.testing.assert_allclose(np.load(killed / "latents.npz")["test_latents"],
+                               np.load(full / "latents.npz")["test_latents"], rtol=1e-5, atol=1e-7)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=2)
+    train(cfg)
+    with pytest.raises(ValueError, match=r"differs from the checkpoint's in \['seed'\]"):
+        train(cfg.replace(seed=3, epochs=4), resume=True)
+
+
+def test_non_finite_loss_names_epoch_gamma_lr_and_keeps_last_good(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=6, gamma_schedule="exponential",
+                      gamma_options={"start": 1.0, "factor": 1e30, "gamma_max": 1e300}, lr=1e-3)
+    with pytest.raises(NonFiniteLossError, match=r"epoch \d+ \(gamma=.*lr=0\.001") as info:
+        train(cfg)
+    assert "Last good state" in str(info.value)
+    last_good = tmp_path / "run" / "checkpoint_last_good.pt"
+    state = torch.load(last_good, weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_collapse_onto_origin_is_warned(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=4, gamma_options={"start": 1e4, "factor": 10.0, "gamma_max": 1e8},
+                      dataset_options={**TINY["dataset_options"], "separation": 0.5})
+    with pytest.warns(CollapseToOriginWarning, match="collapsed onto the origin"):
+        result = train(cfg)
+    assert any(r["collapsed_to_origin"] for r in result.history)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")
+def test_ddp_two_processes_match_single_process(tmp_path):
+    """Real DDP (torchrun, gloo, 2 CPU processes) against one process with the same seed."""
+    args = ["train", "--set", f"dataset_options={json.dumps(TINY['dataset_options'])}",
+            "--set", f"backbone_options={json.dumps(TINY['backbone_options'])}",
+            "--dataset", "blobs", "--latent-dim", "8", "--batch-size", "64", "--epochs", "3", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(cli(*args, "--out", str(tmp_path / "single")), env=env, cwd=REPO,
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "lpc_geom", *args, "--out", str(tmp_path / "ddp")]
+    ddp = subprocess.run(torchrun, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a = json.loads((tmp_path / "single" / "history.json").read_text())
+    b = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
+        assert ra["test_acc"] == pytest.approx(rb["test_acc"], abs=1e-3)
+    la = np.load(tmp_path / "single" / "latents.npz")["test_latents"]
+    lb = np.load(tmp_path / "ddp" / "latents.npz")["test_latents"]
+    np.testing.assert_allclose(la, lb, rtol=1e-3, atol=1e-4)
