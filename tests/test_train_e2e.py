@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from lpc_geom.config import TrainConfig
-from lpc_geom.data import make_blobs
 from lpc_geom.train import CollapseToOriginWarning, NonFiniteLossError, train
 
 pytestmark = pytest.mark.slow
@@ -34,7 +33,7 @@ def tiny_config(tmp_path, name="run", **changes):
     return TrainConfig(**{**TINY, "out_dir": str(tmp_path / name), **changes})
 
 
-def cli(*args, env=None):
+def cli(*args):
     return [sys.executable, "-m", "lpc_geom", *args]
 
 
@@ -57,44 +56,39 @@ def test_training_writes_outputs_and_is_deterministic(tmp_path):
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
-    """Kill a CLI run once its second checkpoint exists, resume it, compare with an uninterrupted run."""
+    """Kill a CLI run once it has checkpointed mid-run, resume it, compare with an uninterrupted run."""
     epochs = 12
-    common = ["train", "--set", f"dataset_options={json.dumps(TINY['dataset_options'])}",
+    data_options = {**TINY["dataset_options"], "num_samples": 4096}  # epochs long enough to kill mid-run
+    common = ["train", "--set", f"dataset_options={json.dumps(data_options)}",
               "--set", f"backbone_options={json.dumps(TINY['backbone_options'])}",
               "--dataset", "blobs", "--latent-dim", "8", "--batch-size", "64", "--epochs", str(epochs),
               "--checkpoint-every", "2", "--no-progress"]
-    # slow each epoch down a little so the kill reliably lands mid-run
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cli(*common, "--out", str(killed), "--set", "dataset_options="
-                                + json.dumps({**TINY["dataset_options"], "num_samples": 4096})),
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    checkpoint = killed / "checkpoint.pt"
-    deadline = time.time() + 120
+    proc = subprocess.Popen(cli(*common, "--out", str(killed)), env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint, history = killed / "checkpoint.pt", killed / "history.json"
+    deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if checkpoint.exists() and (killed / "history.json").exists():
-            if len(json.loads((killed / "history.json").read_text())) >= 3:
-                break
-        time.sleep(0.05)
+        if checkpoint.exists() and history.exists() and len(json.loads(history.read_text())) >= 3:
+            break
+        time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = torch.load(checkpoint, weights_only=False)["epoch"]
-    assert done < epochs - 1
-    resumed = subprocess.run(cli(*common, "--out", str(killed), "--resume", "--set", "dataset_options="
-                                 + json.dumps({**TINY["dataset_options"], "num_samples": 4096})),
-                             env=env, cwd=REPO, capture_output=True, text=True)
+    assert torch.load(checkpoint, weights_only=False)["epoch"] < epochs - 1
+    resumed = subprocess.run(cli(*common, "--out", str(killed), "--resume"), env=env, cwd=REPO,
+                             capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     full = tmp_path / "full"
-    straight = subprocess.run(cli(*common, "--out", str(full), "--set", "dataset_options="
-                                  + json.dumps({**TINY["dataset_options"], "num_samples": 4096})),
-                              env=env, cwd=REPO, capture_output=True, text=True)
+    straight = subprocess.run(cli(*common, "--out", str(full)), env=env, cwd=REPO, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
     a = json.loads((killed / "history.json").read_text())
     b = json.loads((full / "history.json").read_text())
     assert [r["epoch"] for r in a] == list(range(epochs))
-    for key in ("train_loss", "test_acc", "sigma_w_rel"):
-        assert a[-1][key] == pytest.approx(b[-1][key], rel=1e-6, abs=1e-9), key
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_loss", "test_acc", "sigma_w_rel"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-9), (ra["epoch"], key)
     np.testing.assert_allclose(np.load(killed / "latents.npz")["test_latents"],
                                np.load(full / "latents.npz")["test_latents"], rtol=1e-5, atol=1e-7)
 
