@@ -41,7 +41,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gamma-start", type=float, help="initial gamma (paper: 1e-2)")
     group.add_argument("--gamma-factor", type=float, help="growth factor per step (paper: 1.05/epoch)")
     group.add_argument("--gamma-max", type=float, help="largest gamma (paper: 1e6)")
-    group.add_argument("--optimizer", choices=OPTIMIZERS, help="optimiser (kfac-* add a K-FAC preconditioner)")
+    group.add_argument("--optimizer", choices=OPTIMIZERS,
+                       help="optimiser; auto: adamw, or riemannian-adam for manifold heads; kfac-* add K-FAC")
     group.add_argument("--lr", type=float, help="learning rate")
     group.add_argument("--kfac-damping", type=float, help="K-FAC Tikhonov damping")
     group.add_argument("--kfac-update-freq", type=int, help="K-FAC: steps between eigendecompositions")

@@ -16,7 +16,7 @@ from typing import Any
 from lpc_geom.ablation import ROWS, get_row
 
 GEOMETRIES = ("euclidean", "sphere", "poincare", "stiefel")
-OPTIMIZERS = ("adamw", "sgd", "riemannian-adam", "riemannian-sgd", "kfac-sgd", "kfac-adam", "kfac-riemannian")
+OPTIMIZERS = ("auto", "adamw", "sgd", "riemannian-adam", "riemannian-sgd", "kfac-sgd", "kfac-adam", "kfac-riemannian")
 FISHER_TYPES = ("mc", "empirical", "exact")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -43,7 +43,7 @@ class TrainConfig:
     supcon_weight: float = 1.0
     temperature: float = 0.05
     # optimisation
-    optimizer: str = "adamw"
+    optimizer: str = "auto"  # adamw, or riemannian-adam when the model has manifold parameters
     lr: float = 1e-3
     weight_decay: float = 5e-4
     lr_halve_from: int = 250

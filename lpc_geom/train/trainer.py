@@ -27,7 +27,7 @@ from lpc_geom.config import TrainConfig
 from lpc_geom.data import Dataset, load_dataset
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
-from lpc_geom.optim import build_optimizer
+from lpc_geom.optim import build_optimizer, has_manifold_parameters
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json, write_text
 from lpc_geom.train.distributed import all_reduce_sum, cleanup, init_distributed, shard_batch
 from lpc_geom.train.metrics import epoch_collapse_figures
@@ -74,8 +74,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def split_optimizer_name(name: str) -> tuple[str, bool]:
-    """``"kfac-adam"`` -> ``("adamw", True)``: the optimiser that steps, and whether K-FAC preconditions."""
+def split_optimizer_name(name: str, model: nn.Module) -> tuple[str, bool]:
+    """``"kfac-adam"`` -> ``("adamw", True)``: the optimiser that steps, and whether K-FAC preconditions.
+
+    ``"auto"`` is AdamW, or Riemannian Adam (AdamW on the Euclidean parameters) when the model has
+    manifold parameters.
+    """
+    if name == "auto":
+        return ("riemannian-adam" if has_manifold_parameters(model) else "adamw"), False
     if not name.startswith("kfac-"):
         return name, False
     return {"kfac-sgd": "sgd", "kfac-adam": "adamw", "kfac-riemannian": "riemannian-adam"}[name], True
@@ -145,7 +151,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # parameter initialisation; data order has its own generators
         model = model_from_config(config, self.data).to(device=self.device, dtype=self.dtype)
         self.model = model
-        base_optimizer, use_kfac = split_optimizer_name(config.optimizer)
+        base_optimizer, use_kfac = split_optimizer_name(config.optimizer, model)
         self.optimizer = build_optimizer(model, base_optimizer, lr=config.lr, weight_decay=config.weight_decay)
         self.preconditioner = None
         if use_kfac:
