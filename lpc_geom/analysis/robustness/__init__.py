@@ -1,0 +1,61 @@
+"""Robustness of classifiers: batched DeepFool, Lipschitz bounds, certified radii.
+
+* :func:`deepfool` -- minimal L2 perturbations, as the LPC paper measured them (batched).
+* :func:`lipschitz_upper_bound` -- certified bound on the Lipschitz constant of the logits (per-layer
+  rules, extensible with :func:`register_lipschitz_rule`); :func:`lipschitz_lower_bound` -- empirical.
+* :func:`certified_radius` / :func:`certified_accuracy` -- radii :math:`m / (\\sqrt 2 L)`.
+* :func:`robustness_report` / :func:`write_robustness_json` -- one flat record per model.
+"""
+
+from lpc_geom.analysis.robustness.certify import (
+    certified_accuracy,
+    certified_radius,
+    logit_margins,
+    radius_from_margins,
+)
+from lpc_geom.analysis.robustness.deepfool import DeepFoolResult, deepfool
+from lpc_geom.analysis.robustness.lipschitz import (
+    LIPSCHITZ_RULES,
+    LayerBound,
+    LipschitzBound,
+    LipschitzEstimate,
+    LipschitzRule,
+    LipschitzRuleError,
+    LipschitzWalker,
+    UnboundedLipschitzError,
+    chain_rule,
+    constant_rule,
+    lipschitz_lower_bound,
+    lipschitz_upper_bound,
+    register_lipschitz_rule,
+    residual_rule,
+    unbounded_rule,
+)
+from lpc_geom.analysis.robustness.report import read_robustness_json, robustness_report, write_robustness_json
+
+__all__ = [
+    "LIPSCHITZ_RULES",
+    "DeepFoolResult",
+    "LayerBound",
+    "LipschitzBound",
+    "LipschitzEstimate",
+    "LipschitzRule",
+    "LipschitzRuleError",
+    "LipschitzWalker",
+    "UnboundedLipschitzError",
+    "certified_accuracy",
+    "certified_radius",
+    "chain_rule",
+    "constant_rule",
+    "deepfool",
+    "lipschitz_lower_bound",
+    "lipschitz_upper_bound",
+    "logit_margins",
+    "radius_from_margins",
+    "read_robustness_json",
+    "register_lipschitz_rule",
+    "residual_rule",
+    "robustness_report",
+    "unbounded_rule",
+    "write_robustness_json",
+]

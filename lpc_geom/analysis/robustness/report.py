@@ -1,0 +1,153 @@
+"""One flat ``name -> float`` robustness record per model (DeepFool, Lipschitz bounds, certified radii).
+
+:func:`robustness_report` is what a command line or a training loop calls on a test set;
+:func:`write_robustness_json` / :func:`read_robustness_json` store it next to the other reports of a run
+so that the records of many runs join into one table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lpc_geom.analysis.robustness.certify import certified_accuracy, logit_margins, radius_from_margins
+from lpc_geom.analysis.robustness.deepfool import Bound, deepfool
+from lpc_geom.analysis.robustness.lipschitz import (
+    LipschitzRuleError,
+    UnboundedLipschitzError,
+    lipschitz_lower_bound,
+    lipschitz_upper_bound,
+)
+
+__all__ = ["read_robustness_json", "robustness_report", "write_robustness_json"]
+
+
+def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
+                      candidates: int = 10, overshoot: float = 0.02, max_iter: int = 50,
+                      batch_size: int = 512, bounds: tuple[Bound, Bound] | None = None,
+                      eps: Sequence[float] = (0.1, 0.25, 0.5, 1.0), lipschitz: bool = True,
+                      lower_bound_candidates: int | None = 10) -> dict[str, float]:
+    r"""DeepFool robustness, Lipschitz bounds and certified radii of a model on a set of inputs.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Returns logits or an object with ``.logits``; evaluated in eval mode (flags restored), its
+        parameters' ``.grad`` untouched.
+    inputs : Tensor, shape (N, *input_shape)
+        Test inputs, as the model reads them (normalised).
+    labels : Tensor of int, shape (N,), optional
+        True labels; enable the accuracy entries.
+    candidates, overshoot, max_iter, batch_size, bounds
+        Passed to :func:`~lpc_geom.analysis.robustness.deepfool.deepfool` (defaults: the paper's).
+    eps : sequence of float, default (0.1, 0.25, 0.5, 1.0)
+        L2 budgets for the accuracy-at-radius entries (in input units, not relative).
+    lipschitz : bool, default True
+        Compute the Lipschitz bounds and certified radii.
+    lower_bound_candidates : int or None, default 10
+        Classes in the Jacobian of the empirical lower bound (None: all).
+
+    Returns
+    -------
+    dict of str -> float
+        ``n_samples``; ``deepfool_mean_norm``, ``deepfool_median_norm``, ``deepfool_mean_relative_norm``
+        (the paper's robustness figure, :math:`\mathrm{mean}_i \lVert r_i\rVert/\lVert x_i\rVert`),
+        ``deepfool_median_relative_norm``, ``deepfool_success_rate``, ``deepfool_mean_iterations`` and
+        the settings ``deepfool_candidates``, ``deepfool_overshoot``, ``deepfool_max_iter``,
+        ``deepfool_bounded`` (0/1). With ``lipschitz``: ``lipschitz_upper`` (certified; ``inf`` for a
+        model with no finite bound, e.g. a cosine head; NaN when a module has no rule, with a
+        warning), ``lipschitz_lower`` (empirical), ``lipschitz_looseness`` (upper / lower),
+        ``margin_mean``, ``certified_radius_mean``, ``certified_radius_median``. With ``labels``:
+        ``accuracy``, and per budget ``e``: ``deepfool_accuracy@e`` (correct and not fooled by DeepFool
+        within ``e``, an upper bound on the robust accuracy) and, with ``lipschitz``,
+        ``certified_accuracy@e`` (a lower bound on it); ``e`` is formatted with ``%g``.
+    """
+    n = int(inputs.shape[0])
+    report: dict[str, float] = {"n_samples": float(n)}
+    result = deepfool(model, inputs, candidates=candidates, overshoot=overshoot, max_iter=max_iter,
+                      batch_size=batch_size, bounds=bounds, return_perturbations=False)
+    report.update(result.summary())
+    report.update({"deepfool_candidates": float(candidates), "deepfool_overshoot": float(overshoot),
+                   "deepfool_max_iter": float(max_iter), "deepfool_bounded": float(bounds is not None)})
+    correct = None
+    eps = [float(e) for e in eps]
+    if labels is not None:
+        labels = torch.as_tensor(labels).cpu().long()
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        correct = result.labels == labels
+        report["accuracy"] = float(correct.double().mean()) if n else math.nan
+        for e in eps:
+            fooled = result.success & (result.norms <= e)
+            report[f"deepfool_accuracy@{e:g}"] = float((correct & ~fooled).double().mean()) if n else math.nan
+
+    if lipschitz:
+        try:
+            upper = lipschitz_upper_bound(model, tuple(inputs.shape[1:])).value
+        except UnboundedLipschitzError as err:
+            warnings.warn(f"no finite Lipschitz bound: {err}", stacklevel=2)
+            upper = math.inf
+        except LipschitzRuleError as err:
+            warnings.warn(f"Lipschitz upper bound not computed: {err}", stacklevel=2)
+            upper = math.nan
+        lower = lipschitz_lower_bound(model, inputs, candidates=lower_bound_candidates,
+                                      batch_size=max(1, batch_size // 2)).value if n else math.nan
+        margins, _ = logit_margins(model, inputs, batch_size=batch_size)
+        report["lipschitz_upper"] = upper
+        report["lipschitz_lower"] = lower
+        report["lipschitz_looseness"] = upper / lower if lower > 0 else math.nan
+        report["margin_mean"] = float(margins.double().mean()) if n else math.nan
+        if math.isnan(upper) or n == 0:
+            radius = None
+            report["certified_radius_mean"] = report["certified_radius_median"] = math.nan
+        else:
+            radius = radius_from_margins(margins, upper)
+            report["certified_radius_mean"] = float(radius.mean())
+            report["certified_radius_median"] = float(radius.median())
+        if correct is not None:
+            for e in eps:
+                report[f"certified_accuracy@{e:g}"] = (
+                    math.nan if radius is None else certified_accuracy(radius, correct, e))
+    return report
+
+
+def write_robustness_json(report: Mapping[str, float], path: str | Path) -> Path:
+    """Write a report as a flat JSON object (sorted keys; ``inf``/NaN written as ``null``).
+
+    Strict JSON has no infinities or NaN; ``null`` keeps the file readable by any JSON reader, and
+    :func:`read_robustness_json` turns it back into NaN.
+
+    Parameters
+    ----------
+    report : mapping of str -> float
+    path : str or Path
+        Parent directories are created.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {str(k): (float(v) if math.isfinite(float(v)) else None) for k, v in report.items()}
+    path.write_text(json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return path
+
+
+def read_robustness_json(path: str | Path) -> dict[str, float]:
+    """Read a report written by :func:`write_robustness_json` (``null`` becomes NaN).
+
+    Returns
+    -------
+    dict of str -> float
+    """
+    data = json.loads(Path(path).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of numbers")
+    return {str(k): (math.nan if v is None else float(v)) for k, v in data.items()}
