@@ -103,6 +103,17 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_robustness(args: argparse.Namespace) -> int:
+    from lpc_geom.experiments.runs import analyze_run, robustness_run, run_table
+
+    robustness_run(Path(args.run_dir), samples=args.samples, seed=args.seed, candidates=args.candidates,
+                   max_iter=args.max_iter, lipschitz=not args.no_lipschitz)
+    if not (Path(args.run_dir) / "report_test.json").is_file():
+        analyze_run(Path(args.run_dir), split="test")
+    print(run_table(Path(args.run_dir)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lpc_geom.experiments.demo import run_demo
 
@@ -151,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("run_dir")
     analyze.add_argument("--split", choices=("train", "test"), default="test")
     analyze.set_defaults(func=_cmd_analyze)
+
+    robustness = commands.add_parser(
+        "robustness", help="DeepFool, Lipschitz bounds and certified radii of a finished run",
+        description="Measure a run's robustness on test inputs (DeepFool as in the LPC paper: the model's own "
+                    "prediction as label, top-10 candidates, overshoot 0.02, no clipping), write "
+                    "RUN_DIR/robustness.json and print it joined with the analyzer's report.")
+    robustness.add_argument("run_dir")
+    robustness.add_argument("--samples", type=int, default=1000, help="test inputs (seeded subsample)")
+    robustness.add_argument("--seed", type=int, default=0)
+    robustness.add_argument("--candidates", type=int, default=10, help="DeepFool candidate classes")
+    robustness.add_argument("--max-iter", type=int, default=50, help="DeepFool iterations")
+    robustness.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz bounds")
+    robustness.set_defaults(func=_cmd_robustness)
 
     rows = commands.add_parser("rows", help="list the ablation rows", description="List the ablation rows.")
     rows.set_defaults(func=_cmd_rows)

@@ -25,14 +25,20 @@ class Run:
     history: list[dict[str, Any]]
     arrays: dict[str, np.ndarray]
 
-    def model(self) -> torch.nn.Module:
-        """The trained model (rebuilt from the config, weights from ``checkpoint.pt``), in eval mode."""
+    def dataset(self):
+        """The run's dataset, loaded again from its config (generators are seeded: same samples)."""
         from lpc_geom.data import load_dataset
+
+        return load_dataset(self.config.dataset, **self.config.dataset_options)
+
+    def model(self, dataset=None) -> torch.nn.Module:
+        """The trained model (rebuilt from the config, weights from ``checkpoint.pt``), in eval mode."""
         from lpc_geom.train.trainer import model_from_config
 
-        data = load_dataset(self.config.dataset, **self.config.dataset_options)
-        model = model_from_config(self.config, data)
-        model.load_state_dict(load_checkpoint(self.path / "checkpoint.pt")["model"])
+        model = model_from_config(self.config, dataset if dataset is not None else self.dataset())
+        state = load_checkpoint(self.path / "checkpoint.pt")["model"]
+        model.to(dtype=next(iter(v for v in state.values() if v.is_floating_point())).dtype)
+        model.load_state_dict(state)
         return model.eval()
 
 
@@ -77,3 +83,42 @@ def analyze_run(path: str | Path, *, split: str = "test", write: bool = True, **
 def _is_linear(module: torch.nn.Module) -> bool:
     """A plain ``W z + b`` classifier (NC3 and the Fisher figures need one)."""
     return isinstance(module, torch.nn.Linear)
+
+
+def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, write: bool = True,
+                   **report_options) -> dict[str, float]:
+    """DeepFool, Lipschitz bounds and certified radii of a run's model on ``samples`` test inputs.
+
+    The inputs are a seeded subsample of the test set (all of it when ``samples`` is larger). Writes
+    ``robustness.json`` next to the run when ``write``. Options go to
+    :func:`lpc_geom.analysis.robustness.robustness_report`.
+    """
+    from lpc_geom.analysis.robustness import robustness_report, write_robustness_json
+
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    run = load_run(path)
+    data = run.dataset()
+    model = run.model(data)
+    n = len(data.y_test)
+    index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(samples, n)]
+    dtype = next(model.parameters()).dtype
+    report = robustness_report(model, data.x_test[index].to(dtype), data.y_test[index], **report_options)
+    if write:
+        write_robustness_json(report, run.path / "robustness.json")
+    return report
+
+
+def run_table(path: str | Path) -> str:
+    """One markdown table per run joining its summary, analyzer reports and robustness record."""
+    path = Path(path)
+    sources = [("summary", path / "summary.json"), ("test", path / "report_test.json"),
+               ("train", path / "report_train.json"), ("robustness", path / "robustness.json")]
+    lines = [f"**{path}**", "", "| source | figure | value |", "|---|---|---|"]
+    for source, file in sources:
+        if not file.is_file():
+            continue
+        for key, value in json.loads(file.read_text()).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lines.append(f"| {source} | `{key}` | {value:.6g} |")
+    return "\n".join(lines)
