@@ -24,7 +24,7 @@ TRAIN_FLAGS = {
     "geometry": "geometry", "gamma_schedule": "gamma_schedule", "optimizer": "optimizer", "lr": "lr",
     "epochs": "epochs", "batch_size": "batch_size", "seed": "seed", "out": "out_dir", "device": "device",
     "dtype": "dtype", "checkpoint_every": "checkpoint_every", "kfac_damping": "kfac_damping",
-    "kfac_update_freq": "kfac_update_freq", "kfac_fisher": "kfac_fisher",
+    "kfac_update_freq": "kfac_update_freq", "kfac_factor_freq": "kfac_factor_freq", "kfac_fisher": "kfac_fisher",
 }
 
 
@@ -46,6 +46,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=float, help="learning rate")
     group.add_argument("--kfac-damping", type=float, help="K-FAC Tikhonov damping")
     group.add_argument("--kfac-update-freq", type=int, help="K-FAC: steps between eigendecompositions")
+    group.add_argument("--kfac-factor-freq", type=int, help="K-FAC: steps between curvature statistics")
     group.add_argument("--kfac-fisher", choices=("mc", "empirical", "exact"), help="K-FAC Fisher type")
     group.add_argument("--epochs", type=int)
     group.add_argument("--batch-size", type=int)

@@ -50,6 +50,7 @@ class TrainConfig:
     lr_halve_every: int = 50
     kfac_damping: float = 1e-3
     kfac_update_freq: int = 10
+    kfac_factor_freq: int = 1
     kfac_fisher: str = "mc"
     epochs: int = 200
     batch_size: int = 128
@@ -81,7 +82,8 @@ class TrainConfig:
             self.row = get_row(self.row).name
         except ValueError:
             problems.append(f"row={self.row!r} (accepted: {', '.join(ROWS)})")
-        for name in ("epochs", "batch_size", "checkpoint_every", "lr_halve_every", "kfac_update_freq"):
+        for name in ("epochs", "batch_size", "checkpoint_every", "lr_halve_every", "kfac_update_freq",
+                     "kfac_factor_freq"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name}={value!r} (must be an integer >= 1)")

@@ -1,4 +1,4 @@
-"""Optimisers: the factory every trainer uses (role- and manifold-aware parameter groups)."""
+"""Optimisers: the factory every trainer uses (role- and manifold-aware parameter groups) and K-FAC."""
 
 from lpc_geom.optim.factory import (
     OPTIMIZERS,
@@ -8,9 +8,13 @@ from lpc_geom.optim.factory import (
     has_manifold_parameters,
     parameter_groups,
 )
+from lpc_geom.optim.kfac import KFAC, DiagonalFisher, KFACLayer
 
 __all__ = [
+    "KFAC",
     "OPTIMIZERS",
+    "DiagonalFisher",
+    "KFACLayer",
     "RiemannianAdamW",
     "RiemannianMomentumSGD",
     "build_optimizer",

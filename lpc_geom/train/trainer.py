@@ -158,7 +158,8 @@ class Trainer:
             from lpc_geom.optim.kfac import KFAC
 
             self.preconditioner = KFAC(model, fisher=config.kfac_fisher, damping=config.kfac_damping,
-                                       update_freq=config.kfac_update_freq, lr=config.lr)
+                                       update_freq=config.kfac_update_freq, factor_freq=config.kfac_factor_freq,
+                                       lr=config.lr)
         if self.preconditioner is not None and self.dist.enabled:
             raise ValueError("K-FAC optimisers are not supported under torchrun/DDP yet: "
                              "their curvature factors would differ per rank")
@@ -217,6 +218,8 @@ class Trainer:
         factor = lr_factor(epoch, halve_from=self.config.lr_halve_from, halve_every=self.config.lr_halve_every)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base if group.get("role") == "classifier" else base * factor
+        if self.preconditioner is not None:
+            self.preconditioner.lr = self.config.lr * factor  # its KL clipping assumes the current step size
         return self.config.lr * factor
 
     def _non_finite(self, epoch: int, gamma: float, lr: float, parts: dict[str, torch.Tensor]) -> None:
@@ -248,7 +251,9 @@ class Trainer:
             yb = data.y_train[local].to(self.device)
             out = self.ddp_model(xb)
             if self.preconditioner is not None:
-                self.preconditioner.update_statistics(out.logits, yb)
+                margin = self.objective.margin_at(epoch)
+                # cosine heads: the Fisher of the softmax the loss actually uses, over scaled cosines
+                self.preconditioner.update_statistics(out.logits if margin is None else margin[1] * out.logits, yb)
             loss, parts = self.objective(out, yb, gamma=gamma, epoch=epoch)
             if not torch.isfinite(loss):
                 self._non_finite(epoch, gamma, lr, parts)

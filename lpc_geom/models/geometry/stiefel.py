@@ -50,6 +50,9 @@ class StiefelLinear(nn.Module):
     bias : bool
     """
 
+    #: K-FAC reads the weight as (d_in, d_out) (see lpc_geom.optim.kfac).
+    kfac_layout = "in_out"
+
     def __init__(self, in_dim: int, out_dim: int, manifold: geoopt.Stiefel | None = None, bias: bool = True):
         super().__init__()
         if out_dim > in_dim:

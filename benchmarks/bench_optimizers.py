@@ -1,0 +1,286 @@
+"""K-FAC against AdamW on MNIST-1D (MLP backbone, LPC head): epochs, seconds and step time to a target.
+
+Part 1, convergence. For every seed the AdamW baseline and each K-FAC variant train with the project's
+trainer (:class:`lpc_geom.train.Trainer`, the loop ``lpc-geom train`` runs) for the same number of
+epochs. The target is the AdamW run's final test accuracy; for every run the benchmark reports the first
+epoch whose test accuracy reaches it and the training seconds spent until then (the trainer's
+``epoch_seconds``, evaluation excluded), with the run's median step time (interval between consecutive
+``optimizer.step()`` returns). Those runs are sequential, so on a shared machine their step times drift
+with the load.
+
+Part 2, step time. The step-time target is therefore measured separately, with the variants stepping in
+turn on the same random MNIST-1D-shaped batches (one step of each per round, so that load changes hit
+all of them alike), on the same model, at several batch sizes. Each step is split into ``stats``
+(``update_statistics``: the extra Fisher backward and the factor products), ``precond`` (``step`` on
+steps that reuse the damped inverses), ``refresh`` (the extra cost of the steps that recompute them,
+amortised per step), ``opt`` (the optimiser update) and ``other`` (forward, loss, backward). The
+``stats/N`` variant collects statistics only every ``update_freq`` steps (``KFAC(factor_freq=...)``).
+The preconditioning products cost ``O(d^3)`` per layer and step whatever the batch, the forward and
+backward ``O(N d^2)``, so the ratio falls as the batch grows.
+
+The targets of issue 5 (median step time at most 2.5x AdamW's with inverses every 10 steps, at the
+training batch size; fewer epochs to the target than AdamW in every seed) are checked at the end.
+Run ``python benchmarks/bench_optimizers.py`` (3 seeds, 20 epochs) or ``--quick`` for a smoke run;
+``--json PATH`` writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lpc_geom.config import TrainConfig
+from lpc_geom.data import load_dataset
+from lpc_geom.losses import Objective
+from lpc_geom.models import build_model
+from lpc_geom.optim import build_optimizer
+from lpc_geom.optim.kfac import KFAC
+from lpc_geom.train.trainer import Trainer
+
+STEP_RATIO_TARGET = 2.5
+PARTS = ("stats", "precond", "refresh", "opt", "other")
+
+
+# --------------------------------------------------------------------------- part 1: convergence
+def _time_optimizer_steps(trainer: Trainer) -> list[float]:
+    """Wrap ``trainer.optimizer.step`` so that it records when each call returns."""
+    ends: list[float] = []
+    original = trainer.optimizer.step
+
+    def timed(*args, **kwargs):
+        result = original(*args, **kwargs)
+        ends.append(time.perf_counter())
+        return result
+
+    trainer.optimizer.step = timed
+    return ends
+
+
+def train_run(name: str, optimizer: str, lr: float, seed: int, args: argparse.Namespace, data) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = TrainConfig(
+            dataset="mnist1d",
+            backbone="mlp",
+            row="LPC",
+            optimizer=optimizer,
+            lr=lr,
+            kfac_fisher=args.fisher,
+            kfac_damping=args.damping,
+            kfac_update_freq=args.update_freq,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            seed=seed,
+            device="cpu",
+            out_dir=str(Path(tmp) / name),
+            checkpoint_every=args.epochs,
+            progress=False,
+        )
+        trainer = Trainer(config, dataset=data)
+        ends = _time_optimizer_steps(trainer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            history = trainer.fit().history
+    per_epoch = len(ends) // args.epochs
+    # The first interval of every epoch spans the previous epoch's evaluation: dropped.
+    gaps = [b - a for i, (a, b) in enumerate(itertools.pairwise(ends)) if (i + 1) % per_epoch]
+    return {
+        "name": name,
+        "seed": seed,
+        "test_acc": [row["test_acc"] for row in history],
+        "epoch_seconds": [row["epoch_seconds"] for row in history],
+        "median_step_ms": 1e3 * statistics.median(gaps),
+    }
+
+
+def reach(run: dict[str, Any], target: float) -> tuple[int | None, float | None]:
+    """First epoch (counted from 1) whose test accuracy is >= target, and training seconds until then."""
+    for e, acc in enumerate(run["test_acc"]):
+        if acc >= target - 1e-12:
+            return e + 1, sum(run["epoch_seconds"][: e + 1])
+    return None, None
+
+
+# --------------------------------------------------------------------------- part 2: step time
+def interleaved_step_times(
+    batch_size: int, variants: list[tuple[str, str, int | None]], args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Median step time and its parts for each variant ``(name, optimizer, factor_freq or None)``."""
+    gen = torch.Generator().manual_seed(batch_size)
+    x, y = torch.randn(batch_size, 40, generator=gen), torch.randint(0, 10, (batch_size,), generator=gen)
+    objective = Objective("LPC")
+    setups = {}
+    for name, optimizer, factor_freq in variants:
+        torch.manual_seed(0)
+        model = build_model("mlp", "LPC", (40,), 10)
+        opt = build_optimizer(model, optimizer, lr=1e-3)
+        pc = None
+        if factor_freq is not None:
+            pc = KFAC(model, args.fisher, args.damping, args.update_freq, lr=1e-3, factor_freq=factor_freq)
+        setups[name] = (model, opt, pc)
+    record: dict[str, dict[str, list[float]]] = {n: {p: [] for p in ("total", *PARTS)} for n in setups}
+    refresh_flags: dict[str, list[bool]] = {n: [] for n in setups}
+    for _ in range(args.timing_steps):
+        for name, (model, opt, pc) in setups.items():
+            t0 = time.perf_counter()
+            out = model(x)
+            t1 = time.perf_counter()
+            if pc is not None:
+                pc.update_statistics(out.logits, y)
+            t2 = time.perf_counter()
+            objective(out, y, gamma=1e-2, epoch=0)[0].backward()
+            t3 = time.perf_counter()
+            if pc is not None:
+                refresh_flags[name].append(pc.steps % pc.update_freq == 0)
+                pc.step()
+            t4 = time.perf_counter()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            t5 = time.perf_counter()
+            r = record[name]
+            r["total"].append(t5 - t0)
+            r["stats"].append(t2 - t1)
+            r["precond"].append(t4 - t3)
+            r["opt"].append(t5 - t4)
+            r["other"].append((t1 - t0) + (t3 - t2))
+    out: dict[str, dict[str, float]] = {}
+    warm = 2 * args.update_freq  # the first rounds include allocation and the first refresh
+    for name, r in record.items():
+        flags = refresh_flags[name][warm:]
+        res = {"median_step_ms": 1e3 * statistics.median(r["total"][warm:])}
+        for part in ("stats", "opt", "other"):
+            res[part] = 1e3 * statistics.median(r[part][warm:])
+        precond = r["precond"][warm:]
+        plain = [t for t, f in zip(precond, flags, strict=False) if not f] or precond
+        res["precond"] = 1e3 * statistics.median(plain)
+        refresh = [t for t, f in zip(precond, flags, strict=False) if f]
+        extra = statistics.fmean(refresh) - statistics.median(plain) if refresh else 0.0
+        res["refresh"] = 1e3 * extra * len(refresh) / len(precond)
+        if name.endswith("/N"):  # statistics on one step in update_freq: amortise them too
+            res["stats"] = 1e3 * statistics.fmean(r["stats"][warm:])
+        res["mean_step_ms"] = 1e3 * statistics.fmean(r["total"][warm:])
+        out[name] = res
+    base = out["adamw"]
+    for res in out.values():
+        res["ratio"] = res["median_step_ms"] / base["median_step_ms"]
+        res["mean_ratio"] = res["mean_step_ms"] / base["mean_step_ms"]
+    return out
+
+
+# --------------------------------------------------------------------------- report
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--num-samples", type=int, default=10_000)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW and K-FAC-Adam learning rate")
+    parser.add_argument("--kfac-sgd-lr", type=float, default=0.1, help="K-FAC-SGD learning rate (0: skip it)")
+    parser.add_argument("--fisher", choices=("mc", "empirical", "exact"), default="mc")
+    parser.add_argument("--damping", type=float, default=1e-3)
+    parser.add_argument("--update-freq", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--timing-batches", type=int, nargs="*", default=[128, 256, 512], help="batch sizes of part 2")
+    parser.add_argument("--timing-steps", type=int, default=60, help="steps per variant and batch size in part 2")
+    parser.add_argument("--skip-training", action="store_true", help="part 2 only")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 3 epochs, 2,000 samples")
+    parser.add_argument("--json", type=Path, help="write all figures to this file")
+    parser.add_argument("--check", action="store_true", help="exit with status 1 when a target is missed")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.epochs, args.num_samples, args.timing_steps = [0], 3, 2_000, 30
+        args.timing_batches = [args.batch_size]
+    if args.batch_size not in args.timing_batches:
+        args.timing_batches = [args.batch_size, *args.timing_batches]
+    torch.set_num_threads(args.threads)
+    print(
+        f"MNIST-1D, MLP + LPC head, batch {args.batch_size}, {args.threads} thread(s); K-FAC fisher={args.fisher}, "
+        f"damping={args.damping}, inverses every {args.update_freq} steps"
+    )
+    ok = True
+
+    variants = [("adamw", "adamw", args.lr), ("kfac-adam", "kfac-adam", args.lr)]
+    if args.kfac_sgd_lr > 0:
+        variants.append(("kfac-sgd", "kfac-sgd", args.kfac_sgd_lr))
+    rows: list[dict[str, Any]] = []
+    if not args.skip_training:
+        data = load_dataset("mnist1d", num_samples=args.num_samples)
+        print(
+            f"\nPart 1: {len(data.y_train)} train / {len(data.y_test)} test samples, {args.epochs} epochs, "
+            f"seeds {args.seeds}; target = AdamW's final test accuracy"
+        )
+        for seed in args.seeds:
+            runs = [train_run(name, opt, lr, seed, args, data) for name, opt, lr in variants]
+            target = runs[0]["test_acc"][-1]
+            for run in runs:
+                epochs, seconds = reach(run, target)
+                run.update(target=target, epochs_to_target=epochs, seconds_to_target=seconds)
+                run["step_ratio_in_training"] = run["median_step_ms"] / runs[0]["median_step_ms"]
+                rows.append(run)
+                print(
+                    f"  seed {seed} {run['name']:10s} final {run['test_acc'][-1]:.4f}  target {target:.4f} reached "
+                    f"at epoch {epochs or 'never'} after {seconds or float('nan'):.1f} s  "
+                    f"(median step {run['median_step_ms']:.1f} ms, x{run['step_ratio_in_training']:.2f})",
+                    flush=True,
+                )
+        for name, _, _ in variants[1:]:
+            mine = [r for r in rows if r["name"] == name]
+            base = {r["seed"]: r for r in rows if r["name"] == "adamw"}
+            fewer = [
+                r["epochs_to_target"] is not None and r["epochs_to_target"] < base[r["seed"]]["epochs_to_target"]
+                for r in mine
+            ]
+            ok &= all(fewer)
+            print(
+                f"  {name}: fewer epochs to the target than AdamW in {sum(fewer)}/{len(mine)} seeds "
+                f"({'met' if all(fewer) else 'MISSED'})"
+            )
+
+    timing_variants = [("adamw", "adamw", None), ("kfac-adam", "adamw", 1), ("kfac-sgd", "sgd", 1)]
+    timing_variants.append(("kfac-sgd stats/N", "sgd", args.update_freq))
+    print(f"\nPart 2: step time, variants interleaved, {args.timing_steps} steps each (ms, medians)")
+    header = f"{'batch':>5} {'variant':17} {'step':>7} {'ratio':>6} {'mean r':>6} | " + " ".join(
+        f"{p:>7}" for p in PARTS
+    )
+    print(header + "\n" + "-" * len(header))
+    timing: dict[int, dict[str, dict[str, float]]] = {}
+    for n in args.timing_batches:
+        timing[n] = interleaved_step_times(n, timing_variants, args)
+        for name, res in timing[n].items():
+            parts = (
+                " ".join(f"{res[p]:>7.1f}" for p in PARTS)
+                if name != "adamw"
+                else (" ".join(f"{'-':>7}" for _ in PARTS[:3]) + f" {res['opt']:>7.1f} {res['other']:>7.1f}")
+            )
+            print(
+                f"{n:>5} {name:17} {res['median_step_ms']:>7.1f} {res['ratio']:>6.2f} {res['mean_ratio']:>6.2f} | "
+                f"{parts}",
+                flush=True,
+            )
+    at_batch = timing[args.batch_size]
+    for name in ("kfac-adam", "kfac-sgd"):
+        met = at_batch[name]["ratio"] <= STEP_RATIO_TARGET
+        ok &= met
+        print(
+            f"  {name}: median step time x{at_batch[name]['ratio']:.2f} AdamW's at batch {args.batch_size} "
+            f"(target <= {STEP_RATIO_TARGET}: {'met' if met else 'MISSED'})"
+        )
+
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"args": {k: str(v) for k, v in vars(args).items()}, "training": rows, "step_time": timing}
+        args.json.write_text(json.dumps(payload, indent=1))
+    return 0 if ok or not args.check else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
