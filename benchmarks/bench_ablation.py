@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy.stats import pearsonr
+
 from lpc_geom.ablation import ROWS
 from lpc_geom.experiments.demo import demo_config
+from lpc_geom.experiments.plots import save_figure
+from lpc_geom.experiments.runs import robustness_run
 from lpc_geom.experiments.sweep import Job, aggregate, default_workers, run_jobs
 from lpc_geom.train.checkpoint import write_json, write_text
 
@@ -32,8 +39,10 @@ COLUMNS = (
     ("entropy/dim", "train_entropy", 1.0),
     ("NC1", "train_nc1", 1.0),
     ("ETF dist.", "train_etf_distance", 1.0),
+    ("DeepFool ||r||/||x||", "robust_deepfool_mean_relative_norm", 1.0),
     ("s/epoch", "epoch_seconds_median", 1.0),
 )
+ROBUSTNESS = "robust_deepfool_mean_relative_norm"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="override the demo config's epochs")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--out", default="results/ablation", help="output directory")
+    parser.add_argument("--robustness-samples", type=int, default=1000,
+                        help="test inputs for DeepFool per run (0: skip robustness)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -79,6 +90,38 @@ def acceptance(rows: dict[str, dict]) -> list[tuple[str, bool, str]]:
     ]
 
 
+def robustness_figures(job: Job, samples: int) -> dict:
+    """DeepFool (paper semantics) on a seeded subsample of the test set, keys prefixed ``robust_``."""
+    report = robustness_run(job.run_dir, samples=samples, lipschitz=False)
+    return {f"robust_{key}": value for key, value in report.items()}
+
+
+def separation_robustness_figure(records: list[dict], path: Path) -> dict:
+    """The paper's Fig. 3: train separation ratio against DeepFool robustness, every run, with Pearson r."""
+    ok = [r for r in records if r.get("status") == "ok" and ROBUSTNESS in r
+          and np.isfinite(r["train_separation_ratio"]) and np.isfinite(r[ROBUSTNESS])]
+    if len(ok) < 3:
+        return {}
+    x = np.array([r["train_separation_ratio"] for r in ok])
+    y = np.array([r[ROBUSTNESS] for r in ok])
+    stats = {"pearson_r": float(pearsonr(x, y)[0]), "pearson_r_log": float(pearsonr(np.log(x), np.log(y))[0]),
+             "runs": len(ok)}
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for row in dict.fromkeys(r["row"] for r in ok):
+        members = [r for r in ok if r["row"] == row]
+        ax.scatter([r["train_separation_ratio"] for r in members], [r[ROBUSTNESS] for r in members],
+                   label=row, s=18)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("separation ratio (train latents)")
+    ax.set_ylabel("DeepFool ||r|| / ||x|| (test)")
+    ax.set_title(f"Pearson r = {stats['pearson_r']:.2f} (log-log: {stats['pearson_r_log']:.2f}), "
+                 f"{len(ok)} runs")
+    ax.legend(fontsize="x-small", ncol=2)
+    save_figure(fig, path)
+    return stats
+
+
 def csv_text(rows: list[dict]) -> str:
     fields: list[str] = []
     for row in rows:
@@ -106,7 +149,9 @@ def main(argv=None) -> int:
     ]
     print(f"{len(jobs)} runs ({len(args.rows)} rows x {len(args.seeds)} seeds), {base.epochs} epochs each, "
           f"{args.workers} worker process(es); results in {out.resolve()}", flush=True)
-    records = run_jobs(jobs, workers=args.workers, progress=not args.no_progress)
+    postprocess = (functools.partial(robustness_figures, samples=args.robustness_samples)
+                   if args.robustness_samples > 0 else None)
+    records = run_jobs(jobs, workers=args.workers, progress=not args.no_progress, postprocess=postprocess)
     for record in records:
         if record["status"] != "ok":
             print(f"FAILED {record['name']}: {record['error']}", file=sys.stderr)
@@ -115,8 +160,14 @@ def main(argv=None) -> int:
     text = markdown(table)
     checks = acceptance(by_row)
     lines = [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in checks]
-    report = (f"MNIST-1D, MLP backbone, {base.epochs} epochs, seeds {args.seeds}; train-latent figures "
-              f"(mean ± std over seeds)\n\n{text}\n\nAcceptance (LPC vs NoPen):\n" + "\n".join(lines))
+    correlation = separation_robustness_figure(records, out / "separation_vs_robustness.png")
+    if correlation:
+        lines.append(f"\nSeparation ratio vs DeepFool robustness over {correlation['runs']} runs: Pearson r = "
+                     f"{correlation['pearson_r']:.3f} (log-log {correlation['pearson_r_log']:.3f}); "
+                     f"figure: {out / 'separation_vs_robustness.png'}")
+    report = (f"MNIST-1D, MLP backbone, {base.epochs} epochs, seeds {args.seeds}; collapse figures of the "
+              f"train latents, accuracy and DeepFool on the test set (mean ± std over seeds)\n\n{text}\n\n"
+              "Acceptance (LPC vs NoPen):\n" + "\n".join(lines))
     print("\n" + report)
     write_text(report + "\n", out / "ablation.md")
     write_json(records, out / "ablation_runs.json")
