@@ -1,0 +1,333 @@
+"""Input validation for the analyzers, done once at the public boundary.
+
+Everything behind :func:`lpc_geom.analyze` and :class:`lpc_geom.CollapseAccumulator` trusts what these
+functions return: a float64 tensor without NaN/Inf, integer class codes ``0..K-1`` that follow the
+sorted order of the original labels, and classifier weights whose rows line up with those codes.
+Every rejection is a ``TypeError`` (wrong kind of object) or a ``ValueError`` (right kind, bad value)
+whose message names the argument and the problem.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = [
+    "EncodedLabels",
+    "UndefinedMetricError",
+    "align_to_classes",
+    "check_classifier",
+    "check_latents",
+    "check_logits",
+    "check_min_class_size",
+    "encode_labels",
+    "labels_to_array",
+    "work_device",
+]
+
+
+class UndefinedMetricError(ValueError):
+    """A figure that is mathematically undefined for the given data (the message says why)."""
+
+
+def work_device(device: torch.device) -> torch.device:
+    """Device the float64 computation runs on: the input's own, except MPS (no float64 there)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
+# Squared distances of larger entries overflow float64.
+_MAX_ABS = 1e150
+
+
+def _float_eps(dtype) -> float:
+    """Machine epsilon of the *input* dtype (integers are exact: treated as float64)."""
+    if isinstance(dtype, torch.dtype):
+        return torch.finfo(dtype).eps if dtype.is_floating_point else float(np.finfo(np.float64).eps)
+    dtype = np.dtype(dtype)
+    return float(np.finfo(dtype).eps) if dtype.kind == "f" else float(np.finfo(np.float64).eps)
+
+
+def check_latents(
+    latents, *, name: str = "latents", min_dim: int = 2, min_samples: int = 2
+) -> tuple[torch.Tensor, float]:
+    """Validate an (N, d) array of real numbers and return it as a float64 tensor.
+
+    Parameters
+    ----------
+    latents : numpy.ndarray or torch.Tensor, shape (N, d)
+        Any real dtype (float16/bfloat16/32/64 or integer); any torch device.
+    name : str
+        Argument name used in error messages.
+    min_dim : int
+        Smallest accepted ``d`` (the analyzers need ``d >= 2``).
+    min_samples : int
+        Smallest accepted ``N`` (2 for an analysis; a streamed batch may hold 1).
+
+    Returns
+    -------
+    z : torch.Tensor, float64, shape (N, d)
+        On the input's device (CPU for numpy input and for MPS tensors).
+    eps : float
+        Machine epsilon of the input dtype: the relative resolution the input was stored with.
+
+    Raises
+    ------
+    TypeError
+        Not an array/tensor, or a complex, boolean, string or object dtype.
+    ValueError
+        Not 2-D, fewer than ``min_samples`` samples, ``d < min_dim``, any NaN/Inf (the count and first
+        row are named), or entries above 1e150 in magnitude (their squares overflow).
+    """
+    if isinstance(latents, torch.Tensor):
+        t = latents.detach()
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{name} must be real-valued; got torch dtype {t.dtype}")
+        eps = _float_eps(t.dtype)
+        t = t.to(device=work_device(t.device))
+    elif isinstance(latents, (np.ndarray, list, tuple)):
+        arr = np.asarray(latents)
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"{name} must be a real numeric array; got numpy dtype {arr.dtype}")
+        eps = _float_eps(arr.dtype)
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    else:
+        raise TypeError(f"{name} must be a numpy array or a torch tensor of shape (N, d); got {type(latents)!r}")
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, d); got shape {tuple(t.shape)}")
+    n, d = t.shape
+    if n < min_samples:
+        raise ValueError(f"{name} must hold at least {min_samples} samples; got N = {n}")
+    if d < min_dim:
+        raise ValueError(
+            f"{name} has d = {d}; the analyzers need d >= {min_dim} (angles, ETF and hypercube figures "
+            "are undefined in one dimension)"
+        )
+    if t.is_floating_point():  # checked in the input dtype: half the bytes of a float64 copy
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad_rows = (~finite).any(dim=1)
+            first = int(torch.nonzero(bad_rows)[0, 0])
+            raise ValueError(
+                f"{name} contains {int((~finite).sum())} NaN/Inf entries in {int(bad_rows.sum())} rows "
+                f"(first at row {first})"
+            )
+    z = t.to(torch.float64)
+    if z.numel() and float(z.abs().max()) > _MAX_ABS:
+        raise ValueError(
+            f"{name} has entries above {_MAX_ABS:.0e} in magnitude: their squares overflow float64; rescale them"
+        )
+    return z, eps
+
+
+@dataclass(frozen=True)
+class EncodedLabels:
+    """Labels mapped to class codes.
+
+    Attributes
+    ----------
+    codes : numpy.ndarray of int64, shape (N,)
+        ``codes[i]`` is the index of ``labels[i]`` in ``classes``.
+    classes : numpy.ndarray, shape (K,)
+        The distinct original labels in sorted order (ints, or strings).
+    integer : bool
+        True when the original labels are integers (bool and integral floats included).
+    """
+
+    codes: np.ndarray
+    classes: np.ndarray
+    integer: bool
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+
+def _labels_to_numpy(labels) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        if labels.is_complex():
+            raise TypeError(f"labels must be integers or strings; got torch dtype {labels.dtype}")
+        return labels.detach().cpu().numpy()
+    if isinstance(labels, np.ndarray):
+        return labels
+    if isinstance(labels, (list, tuple)):
+        # np.asarray would silently turn [1, "a"] into strings; check the element types first.
+        kinds = set(map(type, labels))
+        if kinds and all(issubclass(k, str) for k in kinds):
+            return np.asarray(labels, dtype=str)
+        if kinds and all(issubclass(k, (numbers.Integral, np.bool_)) for k in kinds):
+            return np.asarray(labels, dtype=np.int64)
+        if kinds and all(issubclass(k, (numbers.Real, np.bool_)) for k in kinds):
+            return np.asarray(labels, dtype=np.float64)
+        if not kinds:
+            return np.asarray(labels, dtype=np.int64)
+        raise TypeError(
+            "labels mix types that cannot be mapped consistently to classes: "
+            + ", ".join(sorted(k.__name__ for k in kinds))
+        )
+    raise TypeError(f"labels must be a numpy array, torch tensor or list; got {type(labels)!r}")
+
+
+def labels_to_array(labels, n: int) -> tuple[np.ndarray, bool]:
+    """Check ``n`` labels and return them as an int64 or str numpy array, and whether they are integers.
+
+    Raises
+    ------
+    TypeError
+        Complex, datetime, byte or mixed-type labels.
+    ValueError
+        Not 1-D, a count different from ``n``, non-integral or non-finite float labels.
+    """
+    arr = _labels_to_numpy(labels)
+    if arr.ndim != 1:
+        raise ValueError(f"labels must be 1-D with one label per sample; got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"label count mismatch: {n} latent rows but {arr.shape[0]} labels")
+    kind = arr.dtype.kind
+    integer = True
+    if kind == "b":
+        arr = arr.astype(np.int64)
+    elif kind in "iu":
+        if kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
+            raise ValueError("unsigned labels above 2**63 - 1 cannot be mapped to classes")
+    elif kind == "f":
+        if not np.isfinite(arr).all():
+            raise ValueError("labels contain NaN/Inf; they cannot be mapped to classes")
+        if arr.size and float(np.abs(arr).max()) > 2.0**53:
+            raise ValueError("float labels beyond 2**53 are not exact integers and cannot be mapped to classes")
+        if not np.array_equal(arr, np.round(arr)):
+            bad = arr[arr != np.round(arr)][0]
+            raise ValueError(f"float labels must be integral to be mapped to classes; got e.g. {bad!r}")
+        arr = arr.astype(np.int64)
+    elif kind == "U":
+        integer = False
+    elif kind == "O":
+        kinds = set(map(type, arr.tolist()))
+        if kinds and all(issubclass(k, str) for k in kinds):
+            arr = arr.astype(str)
+            integer = False
+        elif kinds and all(issubclass(k, (numbers.Integral, np.bool_)) for k in kinds):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(
+                "object labels must be all strings or all integers; got "
+                + ", ".join(sorted(k.__name__ for k in kinds))
+            )
+    else:
+        raise TypeError(f"labels must be integers or strings; got numpy dtype {arr.dtype}")
+    return (arr.astype(np.int64) if integer else arr), integer
+
+
+def encode_labels(labels, n: int) -> EncodedLabels:
+    """Map labels (integers, integral floats, booleans or strings) to codes ``0..K-1`` in sorted order.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`labels_to_array`; ``ValueError`` also for fewer than 2 classes.
+    """
+    arr, integer = labels_to_array(labels, n)
+    classes, codes = np.unique(arr, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(
+            f"labels name only one class ({classes[0]!r}); collapse figures compare classes and need K >= 2"
+        )
+    return EncodedLabels(codes=codes.reshape(-1).astype(np.int64), classes=classes, integer=integer)
+
+
+def check_min_class_size(counts: np.ndarray, classes: np.ndarray, min_class_size: int) -> None:
+    """Raise if a class has fewer than ``min_class_size`` samples (default policy: 2).
+
+    A class with one sample has its mean *at* that sample: its own-class distance is 0, so the sample's
+    separation ratio is 0/0 (it is counted in ``separation_ratio_excluded``), and it adds an exact zero to
+    the within-class scatter (``sigma_w``, ``sigma_w_rel``, ``nc1`` are then biased towards collapse).
+    Those are the undefined or misleading figures; pass ``min_class_size=1`` to accept them.
+    """
+    small = np.flatnonzero(counts < min_class_size)
+    if small.size:
+        names = ", ".join(repr(c) for c in classes[small[:5]].tolist())
+        more = f" and {small.size - 5} more" if small.size > 5 else ""
+        raise ValueError(
+            f"{small.size} class(es) have fewer than min_class_size={min_class_size} samples ({names}{more}). "
+            "With one sample the class mean is the sample itself: its separation ratio is 0/0 and its "
+            "within-class scatter is 0 by construction (sigma_w, sigma_w_rel, nc1 biased towards collapse). "
+            "Pass min_class_size=1 to compute anyway (such samples are counted in separation_ratio_excluded)."
+        )
+
+
+def _as_float64(x, what: str, device: torch.device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, (np.ndarray, list, tuple, numbers.Real)):
+        a = np.asarray(x)
+        if a.dtype.kind not in "iuf":
+            raise TypeError(f"{what} must be real-valued; got dtype {a.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+    else:
+        raise TypeError(f"{what} must be a numpy array or torch tensor; got {type(x)!r}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{what} must be real-valued; got {t.dtype}")
+    t = t.to(device=device, dtype=torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} contains NaN/Inf")
+    return t
+
+
+def check_classifier(classifier, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return ``(W, b)`` as float64 tensors from ``(W, b)``, ``(W,)``, ``W`` or an nn.Linear-like module.
+
+    ``W`` must have shape (K_w, d) (torch's ``nn.Linear`` layout); ``b`` shape (K_w,) or ``None``.
+    """
+    if hasattr(classifier, "weight") and not isinstance(classifier, (torch.Tensor, np.ndarray)):
+        w, b = classifier.weight, getattr(classifier, "bias", None)
+    elif isinstance(classifier, (tuple, list)):
+        if len(classifier) not in (1, 2):
+            raise TypeError(f"classifier must be (W, b) or (W,); got a sequence of length {len(classifier)}")
+        w = classifier[0]
+        b = classifier[1] if len(classifier) == 2 else None
+    elif isinstance(classifier, (torch.Tensor, np.ndarray)):
+        w, b = classifier, None
+    else:
+        raise TypeError(
+            f"classifier must be (W, b), W, or a module with .weight (and optional .bias); got {type(classifier)!r}"
+        )
+    W = _as_float64(w, "classifier weight W", device)
+    if W.ndim != 2 or W.shape[1] != d:
+        hint = " (looks transposed: W must be (K, d) like nn.Linear.weight)" if W.ndim == 2 and W.shape[0] == d else ""
+        raise ValueError(f"classifier weight W must have shape (K, d={d}); got {tuple(W.shape)}{hint}")
+    B = None
+    if b is not None:
+        B = _as_float64(b, "classifier bias b", device).reshape(-1)
+        if B.shape[0] != W.shape[0]:
+            raise ValueError(f"classifier bias b must have {W.shape[0]} entries (one per row of W); got {B.shape[0]}")
+    return W, B
+
+
+def check_logits(logits, n: int, device: torch.device) -> torch.Tensor:
+    """Validate network outputs of shape (N, K_l) without NaN/Inf; returned as float64."""
+    L = _as_float64(logits, "logits", device)
+    if L.ndim != 2 or L.shape[0] != n:
+        raise ValueError(f"logits must have shape (N={n}, K); got {tuple(L.shape)}")
+    if L.shape[1] < 2:
+        raise ValueError(f"logits must have at least 2 columns; got {L.shape[1]}")
+    return L
+
+
+def align_to_classes(n_out: int, labels: EncodedLabels, what: str) -> np.ndarray:
+    """Indices of the rows of W (or columns of the logits) that belong to ``labels.classes``.
+
+    Integer labels that all lie in ``0..n_out-1`` index the outputs directly (so absent classes are
+    allowed). Otherwise the outputs must number exactly K and are taken in the sorted label order.
+    """
+    classes = labels.classes
+    if labels.integer and classes.min() >= 0 and classes.max() < n_out:
+        return classes.astype(np.int64)
+    if n_out == len(classes):
+        return np.arange(n_out, dtype=np.int64)
+    raise ValueError(
+        f"{what} has {n_out} outputs but the labels name {len(classes)} classes that cannot be matched to "
+        "them: integer labels must lie in 0..K-1, other labels need exactly one output per class (in sorted "
+        "label order)"
+    )

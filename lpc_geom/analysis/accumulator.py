@@ -1,0 +1,230 @@
+r"""Streaming collapse statistics: feed batches, get the moment-based part of :func:`lpc_geom.analyze`.
+
+The one-pass formula :math:`\Sigma_W = (\sum z z^\top - \sum_c n_c \mu_c \mu_c^\top)/N` cancels
+catastrophically when latents are collapsed (relative error ~1 in float32 for latents like
+``1000 + 1e-4 * noise``; FIELD_NOTES section 2). This accumulator never forms raw second moments: every
+batch is centred on its own per-class means (two passes over the batch, float64), and batches are merged
+with the pairwise update of Chan, Golub & LeVeque (1979),
+
+.. math::
+
+    S_W \leftarrow S_W + S_W^{(b)} + \sum_c \frac{n_c n^{(b)}_c}{n_c + n^{(b)}_c}\,
+    \delta_c \delta_c^\top, \qquad \delta_c = \mu^{(b)}_c - \mu_c,
+
+(and Pébay's 2008 update for the per-unit central moments of order 3 and 4, Chan's for the norms).
+All state is float64 on the device of the first batch, so GPU batches are never copied to the host.
+The figures then agree with the in-memory :func:`~lpc_geom.analyze` to float64 rounding.
+
+Produced keys (the ``streaming`` metric groups): ``sigma_w``, ``sigma_w_rel``, ``norm_cv``, ``nc1``,
+``nc2_equinorm``, ``nc2_equiangular``, ``nc2_maxangle``, ``etf_distance``, ``nc3`` (with a classifier),
+``hypercube_bimodality_fraction``, ``hypercube_sign_agreement``, ``hypercube_vertex_residual``,
+``hypercube_min_hamming``, ``hypercube_distinct_codes``. The distance-based figures (separation ratio,
+NC4), the entropy and the GMM figures need the latents themselves after the class centres are known, and
+are not produced.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lpc_geom.analysis._validation import (
+    EncodedLabels,
+    check_classifier,
+    check_latents,
+    check_min_class_size,
+    labels_to_array,
+)
+from lpc_geom.analysis.collapse import ClassStatistics
+from lpc_geom.analysis.geometry import class_means, geometry_from_manifold
+from lpc_geom.analysis.hypercube import BIMODALITY_THRESHOLD
+from lpc_geom.analysis.report import AnalysisContext, CollapseReport, build_report
+
+__all__ = ["CollapseAccumulator"]
+
+
+class CollapseAccumulator:
+    """Accumulate moment statistics of latents batch by batch.
+
+    Parameters
+    ----------
+    manifold : geoopt manifold or None
+        As in :func:`lpc_geom.analyze` (chart coordinates are accumulated).
+    bimodality_threshold : float
+        As in :func:`lpc_geom.analyze`.
+
+    Examples
+    --------
+    >>> acc = CollapseAccumulator()
+    >>> for x, y in loader:                      # doctest: +SKIP
+    ...     acc.update(model(x).latents, y)
+    >>> report = acc.report(classifier=model.head.classifier)  # doctest: +SKIP
+    """
+
+    def __init__(self, *, manifold=None, bimodality_threshold: float = BIMODALITY_THRESHOLD) -> None:
+        self._geom = geometry_from_manifold(manifold)
+        self._threshold = bimodality_threshold
+        self._labels: list = []
+        self._slot: dict = {}
+        self._integer: bool | None = None
+        self._device: torch.device | None = None
+        self._d: int | None = None
+        self._eps = 0.0
+        self.n = 0
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _init_state(self, d: int, device: torch.device) -> None:
+        f64 = {"dtype": torch.float64, "device": device}
+        self._d, self._device = d, device
+        self._count = torch.zeros(0, **f64)
+        self._mean = torch.zeros(0, d, **f64)
+        self._pos = torch.zeros(0, d, **f64)
+        self._neg = torch.zeros(0, d, **f64)
+        self._scatter = torch.zeros(d, d, **f64)
+        self._u_mean = torch.zeros(d, **f64)
+        self._u_m = [torch.zeros(d, **f64) for _ in range(3)]  # sums of central powers 2, 3, 4
+        self._r_mean = 0.0
+        self._r_m2 = 0.0
+
+    def _slots(self, labels, n: int) -> torch.Tensor:
+        arr, integer = labels_to_array(labels, n)
+        if self._integer is None:
+            self._integer = integer
+        elif integer != self._integer:
+            raise TypeError("labels changed type between batches (integers vs strings)")
+        uniq, inv = np.unique(arr, return_inverse=True)
+        new = [u for u in uniq.tolist() if u not in self._slot]
+        for lab in new:  # once per new class, not per sample
+            self._slot[lab] = len(self._labels)
+            self._labels.append(lab)
+        if new:
+            grow = len(new)
+            f64 = {"dtype": torch.float64, "device": self._device}
+            self._count = torch.cat([self._count, torch.zeros(grow, **f64)])
+            self._mean = torch.cat([self._mean, torch.zeros(grow, self._d, **f64)])
+            self._pos = torch.cat([self._pos, torch.zeros(grow, self._d, **f64)])
+            self._neg = torch.cat([self._neg, torch.zeros(grow, self._d, **f64)])
+        slot_of_uniq = np.array([self._slot[u] for u in uniq.tolist()], dtype=np.int64)
+        return torch.from_numpy(slot_of_uniq[inv.reshape(-1)]).to(self._device)
+
+    def update(self, latents, labels) -> CollapseAccumulator:
+        """Add a batch: ``latents`` (B, d) array or tensor, ``labels`` (B,). Returns ``self``.
+
+        A batch may hold a single class or a single sample; ``d`` and the label type must not change.
+        """
+        z, eps = check_latents(latents, min_samples=1)
+        if self._d is None:
+            self._init_state(z.shape[1], z.device)
+        elif z.shape[1] != self._d:
+            raise ValueError(f"batch has d = {z.shape[1]}, earlier batches d = {self._d}")
+        z = self._geom.check_points(z.to(self._device), eps)
+        slots = self._slots(labels, z.shape[0])
+        self._eps = max(self._eps, eps)
+        u = self._geom.to_chart(z)
+        nb = z.shape[0]
+        K = len(self._labels)
+
+        # Class means and within-class scatter (Chan merge, per class).
+        bmean, bcount, dev = class_means(u, slots, K, residuals=True)
+        bcount = bcount.to(torch.float64)
+        self._scatter += dev.T @ dev
+        total = self._count + bcount
+        present = bcount > 0
+        w = torch.where(present, self._count * bcount / total.clamp_min(1.0), torch.zeros_like(total))
+        delta = torch.where(present[:, None], bmean - self._mean, torch.zeros_like(bmean))
+        self._scatter += (delta * w[:, None]).T @ delta
+        self._mean = self._mean + delta * (bcount / total.clamp_min(1.0))[:, None]
+        self._count = total
+        self._pos.index_add_(0, slots, (u > 0).to(torch.float64))
+        self._neg.index_add_(0, slots, (u < 0).to(torch.float64))
+
+        # Per-unit central moments 2-4 over all samples (Pébay's pairwise update).
+        na, n = float(self.n), float(self.n + nb)
+        bm = u.mean(0)
+        du = u - bm
+        du2 = du * du
+        b2, b3, b4 = du2.sum(0), (du2 * du).sum(0), (du2 * du2).sum(0)
+        a2, a3, a4 = self._u_m
+        d1 = bm - self._u_mean
+        self._u_m = [
+            a2 + b2 + d1**2 * na * nb / n,
+            a3 + b3 + d1**3 * na * nb * (na - nb) / n**2 + 3.0 * d1 * (na * b2 - nb * a2) / n,
+            a4
+            + b4
+            + d1**4 * na * nb * (na * na - na * nb + nb * nb) / n**3
+            + 6.0 * d1**2 * (na * na * b2 + nb * nb * a2) / n**2
+            + 4.0 * d1 * (na * b3 - nb * a3) / n,
+        ]
+        self._u_mean = self._u_mean + d1 * nb / n
+
+        # Norms (distance to the origin): Chan's mean/variance merge.
+        r = self._geom.origin_norm(z)
+        if r is not None:
+            rm = float(r.mean())
+            r2 = float(((r - rm) ** 2).sum())
+            dr = rm - self._r_mean
+            self._r_m2 += r2 + dr * dr * na * nb / n
+            self._r_mean += dr * nb / n
+        self.n += nb
+        return self
+
+    # -- results -------------------------------------------------------------------------------------
+    @property
+    def classes(self) -> np.ndarray:
+        """Labels seen so far, sorted."""
+        return np.sort(np.asarray(self._labels))
+
+    def statistics(self, *, min_class_size: int = 2) -> ClassStatistics:
+        """The accumulated :class:`~lpc_geom.analysis.collapse.ClassStatistics` (classes in sorted order)."""
+        if self.n == 0:
+            raise ValueError("no batches were added")
+        labels = np.asarray(self._labels)
+        order = np.argsort(labels, kind="stable")
+        classes = labels[order]
+        if len(classes) < 2:
+            raise ValueError(
+                f"labels name only one class ({classes[0]!r}); collapse figures compare classes and need K >= 2"
+            )
+        if self.n < 2:
+            raise ValueError("at least 2 samples are needed")
+        idx = torch.from_numpy(order).to(self._device)
+        count = self._count[idx]
+        check_min_class_size(count.cpu().numpy(), classes, min_class_size)
+        scatter = self._scatter
+        n = self.n
+
+        def within_quad(V: torch.Tensor) -> torch.Tensor:
+            return ((V.T @ scatter) * V.T).sum(1) / n
+
+        has_norm = self._geom.has_origin
+        return ClassStatistics(
+            geometry=self._geom,
+            n=n,
+            d=self._d,
+            classes=classes,
+            counts=count,
+            means=self._mean[idx],
+            within_trace=float(torch.diagonal(scatter).sum()) / n,
+            within_quad=within_quad,
+            norm_mean=self._r_mean if has_norm else None,
+            norm_var=self._r_m2 / n if has_norm else None,
+            unit_mean=self._u_mean,
+            unit_m2=self._u_m[0] / n,
+            unit_m3=self._u_m[1] / n,
+            unit_m4=self._u_m[2] / n,
+            sign_pos=self._pos[idx],
+            sign_neg=self._neg[idx],
+            eps=self._eps,
+        )
+
+    def report(self, *, classifier=None, min_class_size: int = 2, groups=None) -> CollapseReport:
+        """A :class:`~lpc_geom.analysis.report.CollapseReport` of the moment-based figures.
+
+        ``classifier`` ((W, b), W or nn.Linear-like) adds ``nc3``; ``min_class_size`` as in ``analyze``.
+        """
+        s = self.statistics(min_class_size=min_class_size)
+        enc = EncodedLabels(np.zeros(0, dtype=np.int64), s.classes, bool(self._integer))
+        clf = check_classifier(classifier, s.d, self._device) if classifier is not None else None
+        ctx = AnalysisContext(stats=s, encoded=enc, classifier=clf, options={"bimodality_threshold": self._threshold})
+        return build_report(ctx, groups, streaming=True)
+

@@ -1,0 +1,488 @@
+r"""Neural-collapse and latent-collapse figures: NC1-NC4, within-class spread, separation ratio, norm CV.
+
+Notation (FIELD_NOTES section 2, true labels throughout): :math:`z_i` the latents in the chart of the
+geometry (see :mod:`lpc_geom.analysis.geometry`), :math:`\mu_c` the class means, :math:`\mu_G` the
+*unweighted* mean of the class means, :math:`N` samples, :math:`K` classes, :math:`d` dimensions,
+
+.. math::
+
+    \Sigma_W = \frac1N \sum_i (z_i - \mu_{y_i})(z_i - \mu_{y_i})^\top, \qquad
+    \Sigma_B = \frac1K \sum_c (\mu_c - \mu_G)(\mu_c - \mu_G)^\top,
+
+and :math:`\Sigma_T` the covariance of all latents about their sample mean.
+
+Every metric is a function ``metric(latents, labels, *, manifold=None)`` that validates its inputs, or
+takes a precomputed :class:`ClassStatistics` (``metric(stats)``) so several metrics share one pass over
+the data. A metric that is mathematically undefined for the given data raises
+:class:`UndefinedMetricError` (a ``ValueError``) naming the reason; :func:`lpc_geom.analyze` records such
+figures as NaN with the reason in ``CollapseReport.undefined``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from lpc_geom.analysis._validation import (
+    EncodedLabels,
+    UndefinedMetricError,
+    align_to_classes,
+    check_classifier,
+    check_latents,
+    check_logits,
+    check_min_class_size,
+    encode_labels,
+)
+from lpc_geom.analysis.geometry import (
+    Geometry,
+    class_centres,
+    class_means,
+    distances_to_centres,
+    geometry_from_manifold,
+)
+
+__all__ = [
+    "ClassStatistics",
+    "SeparationRatio",
+    "UndefinedMetricError",
+    "class_statistics",
+    "etf_distance",
+    "nc1",
+    "nc2_equiangular",
+    "nc2_equinorm",
+    "nc2_maxangle",
+    "nc3",
+    "nc4",
+    "norm_cv",
+    "separation_ratio",
+    "sigma_w",
+    "sigma_w_rel",
+]
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True, eq=False)
+class ClassStatistics:
+    """Moment statistics shared by the collapse and hypercube figures (all float64, chart coordinates).
+
+    Built in memory by :func:`class_statistics`, or in one streaming pass by
+    :class:`~lpc_geom.analysis.accumulator.CollapseAccumulator`; the figures computed from either agree.
+
+    Attributes
+    ----------
+    geometry : Geometry
+    n, d : int
+        Number of samples and ambient dimension.
+    classes : numpy.ndarray, shape (K,)
+        Original labels in sorted order; index ``c`` of every per-class array refers to ``classes[c]``.
+    counts : Tensor, shape (K,)
+        Samples per class (float64).
+    means : Tensor, shape (K, d)
+        Class means in chart coordinates.
+    within_trace : float
+        :math:`\\operatorname{Tr}\\Sigma_W`.
+    within_quad : callable
+        ``within_quad(V)`` with ``V`` of shape (d, r) returns ``diag(V^T Sigma_W V)``, shape (r,).
+    norm_mean, norm_var : float or None
+        Mean and population variance of the distances to the origin (``None`` on the sphere).
+    unit_mean, unit_m2, unit_m3, unit_m4 : Tensor, shape (d,)
+        Per-unit mean and population central moments of order 2-4 over all samples.
+    sign_pos, sign_neg : Tensor, shape (K, d)
+        Per class and unit, the number of samples with a positive / negative coordinate.
+    eps : float
+        Machine epsilon of the input dtype.
+    latents, chart, codes, residuals : Tensor or None
+        In memory only: the (checked) latents, their chart coordinates, the class codes and the chart
+        residuals ``chart - means[codes]``, needed by the distance-based figures.
+    """
+
+    geometry: Geometry
+    n: int
+    d: int
+    classes: np.ndarray
+    counts: torch.Tensor
+    means: torch.Tensor
+    within_trace: float
+    within_quad: Callable[[torch.Tensor], torch.Tensor]
+    norm_mean: float | None
+    norm_var: float | None
+    unit_mean: torch.Tensor
+    unit_m2: torch.Tensor
+    unit_m3: torch.Tensor
+    unit_m4: torch.Tensor
+    sign_pos: torch.Tensor
+    sign_neg: torch.Tensor
+    eps: float
+    latents: torch.Tensor | None = None
+    chart: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+    residuals: torch.Tensor | None = None
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def total_trace(self) -> float:
+        """:math:`\\mathrm{Tr}\\,\\Sigma_T = \\mathrm{Tr}\\,\\Sigma_W + \\sum_c (n_c/N)\\|\\mu_c - \\bar z\\|^2`."""
+        w = self.counts / self.n
+        grand = (w[:, None] * self.means).sum(0)
+        return self.within_trace + float((w * ((self.means - grand) ** 2).sum(1)).sum())
+
+    def centred_means(self) -> torch.Tensor:
+        """:math:`M = [\\mu_c - \\mu_G]_c`, shape (K, d)."""
+        return self.means - self.means.mean(0, keepdim=True)
+
+    def centres(self) -> torch.Tensor:
+        """Class centres on the manifold (rows may be NaN on the sphere, see ``geometry.class_centres``)."""
+        return class_centres(self.geometry, self.means)
+
+
+def prepare_inputs(latents, labels, manifold, min_class_size: int = 2):
+    """Validate the public inputs once: returns ``(geometry, z, eps, encoded_labels, codes_tensor)``."""
+    geom = geometry_from_manifold(manifold)
+    z, eps = check_latents(latents)
+    enc = encode_labels(labels, z.shape[0])
+    check_min_class_size(np.bincount(enc.codes, minlength=enc.n_classes), enc.classes, min_class_size)
+    z = geom.check_points(z, eps)
+    codes = torch.from_numpy(enc.codes).to(z.device)
+    return geom, z, eps, enc, codes
+
+
+def statistics_from_arrays(
+    geom: Geometry, z: torch.Tensor, eps: float, enc: EncodedLabels, codes: torch.Tensor
+) -> ClassStatistics:
+    """:class:`ClassStatistics` of validated arrays (two passes over the data, float64)."""
+    n, d = z.shape
+    u = geom.to_chart(z)
+    means, counts, zc = class_means(u, codes, enc.n_classes, residuals=True)
+    flat = zc.reshape(-1)
+    within_trace = float(torch.dot(flat, flat)) / n
+
+    def within_quad(V: torch.Tensor) -> torch.Tensor:
+        return (zc @ V).square_().sum(0) / n
+
+    norms = geom.origin_norm(z)
+    norm_mean = norm_var = None
+    if norms is not None:
+        norm_mean = float(norms.mean())
+        norm_var = float(((norms - norm_mean) ** 2).mean())
+    # Per-unit central moments, reusing two buffers.
+    unit_mean = u.mean(0)
+    dev = u - unit_mean
+    pw = dev.square()
+    unit_m2 = pw.mean(0)
+    unit_m3 = dev.mul_(pw).mean(0)
+    unit_m4 = pw.square_().mean(0)
+    del dev, pw
+    k = enc.n_classes
+    # int32 counts are exact and move a quarter of the bytes of float64 indicators.
+    sign_pos = torch.zeros(k, d, dtype=torch.int32, device=u.device).index_add_(0, codes, (u > 0).int())
+    sign_neg = torch.zeros(k, d, dtype=torch.int32, device=u.device).index_add_(0, codes, (u < 0).int())
+    sign_pos, sign_neg = sign_pos.double(), sign_neg.double()
+    return ClassStatistics(
+        geometry=geom,
+        n=n,
+        d=d,
+        classes=enc.classes,
+        counts=counts.to(torch.float64),
+        means=means,
+        within_trace=within_trace,
+        within_quad=within_quad,
+        norm_mean=norm_mean,
+        norm_var=norm_var,
+        unit_mean=unit_mean,
+        unit_m2=unit_m2,
+        unit_m3=unit_m3,
+        unit_m4=unit_m4,
+        sign_pos=sign_pos,
+        sign_neg=sign_neg,
+        eps=eps,
+        latents=z,
+        chart=u,
+        codes=codes,
+        residuals=zc,
+    )
+
+
+def class_statistics(latents, labels, *, manifold=None, min_class_size: int = 2) -> ClassStatistics:
+    """Validate ``latents`` (N, d) and ``labels`` (N,) and compute their :class:`ClassStatistics`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        See :func:`lpc_geom.analyze` for the list of rejected inputs.
+    """
+    geom, z, eps, enc, codes = prepare_inputs(latents, labels, manifold, min_class_size)
+    return statistics_from_arrays(geom, z, eps, enc, codes)
+
+
+def as_statistics(latents, labels, manifold) -> ClassStatistics:
+    """``latents`` if it already is a :class:`ClassStatistics`, else the statistics of (latents, labels)."""
+    if isinstance(latents, ClassStatistics):
+        if labels is not None or manifold is not None:
+            raise TypeError("pass either ClassStatistics alone or latents with labels (and manifold)")
+        return latents
+    if labels is None:
+        raise TypeError("labels are required when latents are an array")
+    return class_statistics(latents, labels, manifold=manifold)
+
+
+def _means_scale(s: ClassStatistics) -> float:
+    """Size below which a centred-mean quantity is rounding noise of the class means."""
+    return max(s.n_classes, s.d) * _EPS64 * max(float(s.means.norm(dim=1).max()), 1e-300)
+
+
+def _normalised_centred_means(s: ClassStatistics) -> torch.Tensor:
+    M = s.centred_means()
+    norms = M.norm(dim=1)
+    zero = norms <= _means_scale(s)
+    if bool(zero.any()):
+        names = ", ".join(repr(c) for c in s.classes[zero.cpu().numpy()][:5].tolist())
+        raise UndefinedMetricError(
+            f"the centred mean of class(es) {names} is zero (the class mean equals the mean of class means): "
+            "its direction, and hence the cosines between classes, are undefined"
+        )
+    return M / norms[:, None]
+
+
+# -- within-class spread ------------------------------------------------------------------------------
+def sigma_w(latents, labels=None, *, manifold=None) -> float:
+    r"""Within-class spread per dimension, :math:`\operatorname{Tr}(\Sigma_W) / d`.
+
+    Range :math:`[0, \infty)`, in squared latent units (chart units on a manifold: ambient coordinates on
+    the sphere, ``logmap0`` coordinates on stereographic models); 0 when every class is a point.
+    """
+    s = as_statistics(latents, labels, manifold)
+    return s.within_trace / s.d
+
+
+def sigma_w_rel(latents, labels=None, *, manifold=None) -> float:
+    r"""Relative within-class spread, :math:`\operatorname{Tr}(\Sigma_W) / \operatorname{Tr}(\Sigma_T)`.
+
+    Range :math:`[0, 1]`; scale-, rotation- and translation-invariant (Euclidean). Undefined when all
+    latents are identical (:math:`\Sigma_T = 0`).
+    """
+    s = as_statistics(latents, labels, manifold)
+    total = s.total_trace
+    if total <= 0.0:
+        raise UndefinedMetricError("all latents are identical (Tr Sigma_T = 0)")
+    return min(1.0, s.within_trace / total)
+
+
+def nc1(latents, labels=None, *, manifold=None) -> float:
+    r"""NC1 = :math:`\operatorname{Tr}(\Sigma_W \Sigma_B^+) / K`, by the thin-SVD route.
+
+    With the thin SVD of the centred means :math:`M = U S V^\top` (K x d),
+    :math:`\Sigma_B^+ = K V S^{-2} V^\top`, hence
+
+    .. math:: \mathrm{NC1} = \sum_i \frac{v_i^\top \Sigma_W v_i}{s_i^2}
+
+    over the singular values above ``max(K, d) * eps * max(s_1, max_c ||mu_c||)`` (the centred means have
+    rank at most K-1; the null singular value is float64 rounding). No d x d pseudo-inverse is formed.
+    Range :math:`[0, \infty)`; scale-, rotation- and translation-invariant. Undefined when all class
+    means coincide (:math:`\Sigma_B = 0`).
+    """
+    s = as_statistics(latents, labels, manifold)
+    M = s.centred_means()
+    _, svals, vh = torch.linalg.svd(M, full_matrices=False)
+    tol = max(s.n_classes, s.d) * _EPS64 * max(float(svals[0]), float(s.means.norm(dim=1).max()))
+    keep = svals > tol
+    if not bool(keep.any()):
+        raise UndefinedMetricError("all class means coincide (Sigma_B = 0): NC1 is undefined")
+    V = vh[keep].T
+    return float((s.within_quad(V) / svals[keep] ** 2).sum())
+
+
+# -- NC2 / ETF ----------------------------------------------------------------------------------------
+def nc2_equinorm(latents, labels=None, *, manifold=None) -> float:
+    r"""Equinorm: :math:`\operatorname{std}_c \|\mu_c - \mu_G\| / \operatorname{mean}_c \|\mu_c - \mu_G\|`.
+
+    Population std. Range :math:`[0, \sqrt{K-1}]`; 0 for a simplex ETF. Undefined when all class means
+    coincide.
+    """
+    s = as_statistics(latents, labels, manifold)
+    norms = s.centred_means().norm(dim=1)
+    mean = float(norms.mean())
+    if mean <= _means_scale(s):
+        raise UndefinedMetricError("all class means coincide: equinorm is undefined")
+    return float(norms.std(unbiased=False)) / mean
+
+
+def _pair_cosines(s: ClassStatistics) -> torch.Tensor:
+    Mn = _normalised_centred_means(s)
+    iu = torch.triu_indices(s.n_classes, s.n_classes, 1, device=Mn.device)
+    return (Mn @ Mn.T)[iu[0], iu[1]]
+
+
+def nc2_equiangular(latents, labels=None, *, manifold=None) -> float:
+    r"""Equiangularity: population std of the pairwise cosines
+    :math:`\cos_{cc'} = \langle \mu_c - \mu_G, \mu_{c'} - \mu_G\rangle / (\|\cdot\|\|\cdot\|)`, :math:`c < c'`.
+
+    Range :math:`[0, 1]`; 0 for an ETF (and always for K = 2). Undefined when a centred mean is zero.
+    """
+    return float(_pair_cosines(as_statistics(latents, labels, manifold)).std(unbiased=False))
+
+
+def nc2_maxangle(latents, labels=None, *, manifold=None) -> float:
+    r"""Max-angle: :math:`\operatorname{mean}_{c<c'} |\cos_{cc'} + 1/(K-1)|`.
+
+    Range :math:`[0, K/(K-1)]`; 0 for a simplex ETF (maximal equal angles). Undefined when a centred mean
+    is zero.
+    """
+    s = as_statistics(latents, labels, manifold)
+    return float((_pair_cosines(s) + 1.0 / (s.n_classes - 1)).abs().mean())
+
+
+def etf_distance(latents, labels=None, *, manifold=None) -> float:
+    r"""Distance to a simplex ETF: :math:`\| G/\|G\|_F - E/\|E\|_F \|_F`.
+
+    :math:`G` is the Gram matrix of the normalised centred means and :math:`E = I - \mathbf 1\mathbf
+    1^\top / K`. Range :math:`[0, \sqrt2]`; 0 exactly for a simplex ETF (any scale, rotation, translation).
+    Undefined when a centred mean is zero.
+    """
+    s = as_statistics(latents, labels, manifold)
+    Mn = _normalised_centred_means(s)
+    G = Mn @ Mn.T
+    K = s.n_classes
+    E = torch.eye(K, dtype=G.dtype, device=G.device) - 1.0 / K
+    return float((G / G.norm() - E / E.norm()).norm())
+
+
+# -- norms --------------------------------------------------------------------------------------------
+def norm_cv(latents, labels=None, *, manifold=None) -> float:
+    r"""Coefficient of variation of the latent norms, :math:`\operatorname{std}_i r_i / \operatorname{mean}_i r_i`.
+
+    :math:`r_i = \|z_i\|` (Euclidean) or the geodesic distance to the origin (stereographic models,
+    normalised units). Population std. Range :math:`[0, \sqrt{N-1}]`; scale- and rotation-invariant, not
+    translation-invariant (the origin is the reference). Undefined on the sphere (no origin: every norm
+    is 1) and when all latents are at the origin.
+    """
+    s = as_statistics(latents, labels, manifold)
+    if s.norm_mean is None:
+        raise UndefinedMetricError("the sphere has no origin: latent norms are all 1")
+    if s.norm_mean <= 0.0:
+        raise UndefinedMetricError("all latents are at the origin (mean norm 0)")
+    return float(np.sqrt(max(s.norm_var, 0.0))) / s.norm_mean
+
+
+# -- distance-based figures ---------------------------------------------------------------------------
+class SeparationRatio(NamedTuple):
+    """Mean and median of :math:`R_i`, and the number of samples excluded (zero own-class distance)."""
+
+    mean: float
+    median: float
+    excluded: int
+
+
+def centre_distances(s: ClassStatistics) -> torch.Tensor:
+    """Geodesic distances (N, K) from the latents to the class centres (in-memory statistics only)."""
+    if s.latents is None:
+        raise TypeError("distance-based figures need the latents: use class_statistics, not streamed moments")
+    centres = s.centres()
+    bad = torch.isnan(centres).any(dim=1)
+    if bool(bad.any()):
+        names = ", ".join(repr(c) for c in s.classes[bad.cpu().numpy()][:5].tolist())
+        raise UndefinedMetricError(
+            f"class(es) {names} have no extrinsic mean on the sphere (their mean direction vector is ~0)"
+        )
+    own = None
+    if s.residuals is not None and s.geometry.is_flat:
+        own = torch.linalg.vector_norm(s.residuals, dim=1)  # the chart is the space itself
+    return distances_to_centres(s.geometry, s.latents, centres, s.codes, own=own)
+
+
+def separation_from_distances(D: torch.Tensor, codes: torch.Tensor) -> SeparationRatio:
+    """:class:`SeparationRatio` from the (N, K) centre distances."""
+    own = D.gather(1, codes[:, None]).squeeze(1)
+    other = D.scatter(1, codes[:, None], float("inf")).min(dim=1).values
+    ok = own > 0
+    excluded = int((~ok).sum())
+    if excluded == D.shape[0]:
+        raise UndefinedMetricError(
+            "every sample sits exactly on its class centre (zero own-class distance): each class is collapsed "
+            "to a point and R_i = d_other / 0 for all samples; see separation_ratio_excluded"
+        )
+    R = other[ok] / own[ok]
+    # torch.median returns the lower middle value; use the usual midpoint definition.
+    return SeparationRatio(float(R.mean()), float(np.median(R.cpu().numpy())), excluded)
+
+
+def separation_ratio(latents, labels=None, *, manifold=None) -> SeparationRatio:
+    r"""Separation ratio :math:`R_i = \min_{q \ne y_i} d(z_i, \mu_q) / d(z_i, \mu_{y_i})`, mean and median.
+
+    :math:`d` is the geodesic distance and :math:`\mu_q` the class centres of the geometry. Samples with a
+    zero own-class distance (:math:`R_i = x/0`) are excluded from mean and median and counted in
+    ``excluded``. Range :math:`[0, \infty)`; scale-, rotation-, translation- and label-permutation-invariant
+    (Euclidean); :math:`R > 1` means the sample is closer to its own centre than to any other. Uses
+    only the N x K distances to the centres. Undefined when every sample is excluded.
+    """
+    s = as_statistics(latents, labels, manifold)
+    return separation_from_distances(centre_distances(s), s.codes)
+
+
+def _nc4_from(D: torch.Tensor, net_pred: torch.Tensor, out_index: torch.Tensor) -> float:
+    ncc = out_index[D.argmin(dim=1)]
+    return float((ncc != net_pred).double().mean())
+
+
+def network_predictions(s: ClassStatistics, encoded: EncodedLabels, classifier=None, logits=None):
+    """Network argmax (in output-index space) and the output index of each class, from logits or (W, b)."""
+    if logits is not None:
+        L = check_logits(logits, s.n, s.latents.device)
+    elif classifier is not None:
+        W, b = check_classifier(classifier, s.d, s.latents.device)
+        L = s.latents @ W.T
+        if b is not None:
+            L = L + b
+    else:
+        raise TypeError("nc4 needs logits or a classifier")
+    out_index = torch.from_numpy(align_to_classes(L.shape[1], encoded, "logits/classifier")).to(L.device)
+    return L.argmax(dim=1), out_index
+
+
+def nc4(latents, labels, *, manifold=None, classifier=None, logits=None) -> float:
+    r"""NC4: fraction of samples whose nearest-class-centre prediction differs from the network's argmax.
+
+    .. math:: \mathrm{NC4} = \frac1N \sum_i [\arg\min_c d(z_i, \mu_c) \ne \arg\max_k f_k(z_i)]
+
+    with :math:`f` the given ``logits`` or :math:`f = W z + b` from ``classifier`` (bias included;
+    computed on the latents as given, so pass ``logits`` for non-linear manifold heads). Range
+    :math:`[0, 1]`. Integer labels in ``0..K_out-1`` index the outputs; other labels need one output per
+    class in sorted order.
+    """
+    geom, z, eps, enc, codes = prepare_inputs(latents, labels, manifold)
+    s = statistics_from_arrays(geom, z, eps, enc, codes)
+    pred, out_index = network_predictions(s, enc, classifier, logits)
+    return _nc4_from(centre_distances(s), pred, out_index)
+
+
+def nc3_from_weights(s: ClassStatistics, W: torch.Tensor) -> float:
+    """NC3 from validated class-aligned weights W (K, d)."""
+    M = s.centred_means()
+    wn, mn = float(W.norm()), float(M.norm())
+    if wn == 0.0:
+        raise UndefinedMetricError("the classifier weight is zero: NC3 is undefined")
+    if mn <= _means_scale(s):
+        raise UndefinedMetricError("all class means coincide: NC3 is undefined")
+    return float(((W / wn - M / mn) ** 2).sum())
+
+
+def nc3(latents, labels=None, *, classifier, manifold=None) -> float:
+    r"""NC3 (self-duality, Papyan et al.): :math:`\| W/\|W\|_F - M/\|M\|_F \|_F^2`.
+
+    :math:`W` (K x d) the classifier rows of the classes present, :math:`M` the centred class means
+    (chart coordinates). No NC2 term is mixed in. Range :math:`[0, 4]`; 0 when the classifier is
+    proportional to the centred means. ``classifier`` is ``(W, b)``, ``W`` or an nn.Linear-like module;
+    integer labels in ``0..K_w-1`` index its rows, other labels need one row per class in sorted order.
+    """
+    s = as_statistics(latents, labels, manifold)
+    encoded = EncodedLabels(np.zeros(0, np.int64), s.classes, s.classes.dtype.kind in "iub")
+    W, _ = check_classifier(classifier, s.d, s.means.device)
+    rows = torch.from_numpy(align_to_classes(W.shape[0], encoded, "classifier")).to(W.device)
+    return nc3_from_weights(s, W[rows])
