@@ -17,7 +17,7 @@ def test_defaults_are_valid_and_row_names_normalised():
     [
         ({"row": "LPCX"}, "accepted: NoPen"),
         ({"geometry": "hyperbolic"}, "accepted: euclidean, sphere, poincare, stiefel"),
-        ({"optimizer": "adam"}, "accepted: adamw"),
+        ({"optimizer": "adam"}, "accepted: auto, adamw"),
         ({"epochs": 0}, "epochs=0"),
         ({"lr": float("nan")}, "lr=nan"),
         ({"latent_dim": -3}, "latent_dim=-3"),
