@@ -48,6 +48,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_halve_from: int = 250
     lr_halve_every: int = 50
+    lr_halve_classifier: bool = False  # the paper keeps the classifier's learning rate constant
     kfac_damping: float = 1e-3
     kfac_update_freq: int = 10
     kfac_factor_freq: int = 1

@@ -217,7 +217,8 @@ class Trainer:
     def _set_learning_rates(self, epoch: int) -> float:
         factor = lr_factor(epoch, halve_from=self.config.lr_halve_from, halve_every=self.config.lr_halve_every)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = base if group.get("role") == "classifier" else base * factor
+            keep = group.get("role") == "classifier" and not self.config.lr_halve_classifier
+            group["lr"] = base if keep else base * factor
         if self.preconditioner is not None:
             self.preconditioner.lr = self.config.lr * factor  # its KL clipping assumes the current step size
         return self.config.lr * factor
