@@ -1,0 +1,66 @@
+"""The command line: help texts, errors with exit code 2, and each command on a tiny run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lpc_geom.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "blobs", "--set", 'dataset_options={"num_classes": 3, "dim": 8, "num_samples": 300}',
+        "--set", 'backbone_options={"hidden": [16]}', "--latent-dim", "4", "--epochs", "2", "--no-progress"]
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["demo"], ["analyze"], ["robustness"], ["rows"]])
+def test_help_explains_every_command(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: lpc-geom" in text
+    if command == ["train"]:
+        assert "--gamma-schedule" in text and "--resume" in text and "ablation row" in text
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "lpc_geom", "rows"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0
+    assert "LPC-NoPen" in result.stdout and "ArcFace" in result.stdout
+
+
+def test_bad_input_is_a_one_line_error_with_exit_code_2(tmp_path, capsys):
+    assert main(["train", "--row", "LPX", "--out", str(tmp_path)]) == 2
+    assert "accepted: NoPen" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epohcs: 3\n")
+    assert main(["train", str(bad)]) == 2
+    assert "unknown key(s) ['epohcs']" in capsys.readouterr().err
+    assert main(["analyze", str(tmp_path / "missing")]) == 2
+    assert "is not a finished lpc_geom run" in capsys.readouterr().err
+
+
+def test_train_analyze_and_robustness_on_a_tiny_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--out", str(run)]) == 0
+    assert main(["analyze", str(run), "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "Collapse report" in out and "`separation_ratio`" in out
+    report = json.loads((run / "report_train.json").read_text())
+    assert report["N"] == 240 and report["K"] == 3 and report["d"] == 4
+    assert main(["robustness", str(run), "--samples", "20"]) == 0
+    robustness = json.loads((run / "robustness.json").read_text())
+    assert robustness["n_samples"] == 20 and 0 <= robustness["deepfool_success_rate"] <= 1
+    table = capsys.readouterr().out
+    assert "| robustness | `deepfool_mean_relative_norm` |" in table and "| test | `nc1` |" in table
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "demo.json").read_text())
+    assert [r["row"] for r in rows] == ["NoPen", "LPC"]
+    assert all(0.0 <= r["test_acc"] <= 1.0 and r["separation_ratio"] > 0 for r in rows)
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert "| NoPen |" in capsys.readouterr().out
