@@ -31,14 +31,6 @@ from lpc_geom.optim import build_optimizer
 IN, D, K = 12, 6, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # These models are tiny: a second intra-op thread only adds synchronisation, which on the shared
-    # two cores made the training tests ~10x slower (measured 0.7 s vs 5.8 s for 140 steps).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 HEADS = {
     "sphere-penalised": lambda: SphereHead(IN, D, K),

@@ -17,13 +17,6 @@ from lpc_geom.optim import OPTIMIZERS, RiemannianAdamW, build_optimizer, paramet
 IN, D, K = 10, 6, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # Tiny models: a second intra-op thread only adds synchronisation on the shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class MLP(nn.Module):

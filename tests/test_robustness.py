@@ -42,18 +42,8 @@ def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return centres[y] + torch.randn(n, DIM, generator=g), y
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation (10x slower on a
-    loaded machine), so this module runs single-threaded and restores the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def trained_mlp(_one_thread):
+def trained_mlp():
     """A small lpc_geom MLP classifier (HeadOutput), trained for about a second on Gaussian blobs."""
     torch.manual_seed(0)
     model = build_model("mlp", "LPC", (DIM,), CLASSES, hidden=(64, 64), latent_dim=16)
