@@ -9,18 +9,10 @@ import torch
 
 from lpc_geom import CollapseAccumulator, analyze
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small arrays: on a loaded shared machine a 2-thread pool only adds barrier waits.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 MOMENT_KEYS = ["sigma_w", "sigma_w_rel", "norm_cv", "nc1", "nc2_equinorm", "nc2_equiangular", "nc2_maxangle",
                "etf_distance", "hypercube_bimodality_fraction", "hypercube_sign_agreement",
-               "hypercube_vertex_residual", "hypercube_min_hamming", "hypercube_distinct_codes"]
+               "hypercube_vertex_residual", "hypercube_min_hamming", "hypercube_distinct_codes",
+               "gw_etf", "gw_hypercube"]  # the class-centre (transport) figures stream too
 
 
 def stream(z, y, batch, manifold=None, **report_kw):
@@ -33,6 +25,9 @@ def stream(z, y, batch, manifold=None, **report_kw):
 def assert_matches(streamed, full, keys, rel=1e-5):
     for k in keys:
         a, b = streamed[k], full[k]
+        if math.isnan(b):  # undefined in both, for the same reason
+            assert math.isnan(a) and streamed.undefined[k] == full.undefined[k], (k, a, b)
+            continue
         assert abs(a - b) <= rel * max(abs(b), 1e-300), (k, a, b)
 
 
@@ -97,3 +92,46 @@ def test_accumulator_errors(rng):
         acc.report()
     rep = acc.report(min_class_size=1)
     assert rep.N == 6 and all(math.isfinite(v) or k in rep.undefined for k, v in rep.to_dict().items())
+
+
+CODE_KEYS = ("hypercube_sign_agreement", "hypercube_distinct_codes", "hypercube_min_hamming")
+
+
+def test_exactly_zero_class_mean_found_by_hypothesis():
+    # A class whose unit-0 values sum to 0 exactly (grid data, float16). Streamed one sample at a time the
+    # mean comes out as +5.6e-17: without a zero threshold its sign was +1 and sign_agreement 0.55, not 0.5.
+    z = np.array([[2, 0, 0, 1, -2, 2, 0, 1, -2, -2], [-1, -2, 1, 0, -2, 0, -2, -2, -2, -2]], np.float16).T
+    y = np.array([0, 1, 0, 1, 1, 1, 1, 1, 0, 1])
+    full = analyze(z, y, min_class_size=1)
+    streamed = stream(z, y, 1, min_class_size=1)
+    assert full["hypercube_sign_agreement"] == streamed["hypercube_sign_agreement"] == 0.5
+    assert_matches(streamed, full, CODE_KEYS, rel=0)
+
+
+def test_exactly_zero_class_mean_judged_on_its_own_class(rng):
+    # Class 0 cancels exactly on every unit, its extremes (+-1) first and last, the rest ~1e-3; class 1 is
+    # all zeros. In memory (shifted by the first sample, +1) the rounding residue is ~3e-15, streamed ~2e-17:
+    # a threshold relative to the unit's overall RMS (0.01 here, as class 1 dilutes it) called the in-memory
+    # codes +-1 and the streamed ones 0. Both must be 0.
+    m, d = 5000, 8
+    x = 1e-3 * rng.normal(size=(m, d))
+    c0 = np.concatenate([x, -x])[rng.permutation(2 * m)]
+    c0 = np.concatenate([np.ones((1, d)), c0, -np.ones((1, d))])
+    z = np.concatenate([c0, np.zeros((2 * m, d))])
+    y = np.r_[np.zeros(len(c0), int), np.ones(2 * m, int)]
+    full = analyze(z, y, groups=["hypercube"])
+    streamed = stream(z, y, 333, groups=["hypercube"])
+    # codes all 0: only the exact zeros (all of class 1) agree
+    assert full["hypercube_sign_agreement"] == streamed["hypercube_sign_agreement"] == 2 * m / len(y)
+    assert full["hypercube_distinct_codes"] == streamed["hypercube_distinct_codes"] == 1
+    assert_matches(streamed, full, CODE_KEYS, rel=0)
+
+
+def test_tiny_class_values_keep_their_sign():
+    # Class 0 sits at +1e-14 on unit 0 while class 1 spans +-1 there: its mean is tiny next to the unit but
+    # is its own values' mean exactly, so its code is +1 (not 0), and all its samples agree with it.
+    z = np.array([[1e-14, 1.0]] * 3 + [[1.0, -1.0], [-1.0, -1.0], [1.0, -1.0], [-1.0, -1.0]])
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    full = analyze(z, y, groups=["hypercube"])
+    assert full["hypercube_sign_agreement"] == pytest.approx(10 / 14)
+    assert stream(z, y, 2, groups=["hypercube"])["hypercube_sign_agreement"] == pytest.approx(10 / 14)

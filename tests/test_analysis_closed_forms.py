@@ -11,15 +11,6 @@ from lpc_geom.analysis import collapse, hypercube
 from lpc_geom.analysis.entropy import kl_entropy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small arrays: on a loaded shared machine a 2-thread pool only adds barrier waits.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def simplex_etf(K, d, rng, scale=3.0, offset=0.0):
     """K vertices of a regular simplex (Gram matrix proportional to I - 11^T/K), randomly rotated into
     R^d (d >= K - 1) and translated by `offset`."""

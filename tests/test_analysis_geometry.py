@@ -12,15 +12,6 @@ from lpc_geom.analysis import geometry as G
 from lpc_geom.analysis.entropy import kl_entropy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small arrays: on a loaded shared machine a 2-thread pool only adds barrier waits.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def blobs(rng, N=240, d=5, K=4, spread=0.15, radius=0.6):
     y = np.arange(N) % K
     centres = rng.normal(size=(K, d))

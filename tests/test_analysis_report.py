@@ -7,20 +7,10 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import lpc_geom
 from lpc_geom.analysis import CollapseReport, UndefinedMetricError, analyze, register_metric_group
 from lpc_geom.analysis.report import _GROUPS
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 BASE_KEYS = [
     "N", "K", "d",
@@ -29,7 +19,14 @@ BASE_KEYS = [
     "entropy", "entropy_floored", "entropy_scale_free",
     "hypercube_bimodality_fraction", "hypercube_sign_agreement", "hypercube_vertex_residual",
     "hypercube_min_hamming", "hypercube_distinct_codes",
+    "gw_etf", "gw_hypercube",
 ]  # fmt: skip
+FISHER_KEYS = [
+    "fisher_logvol_mean", "fisher_trace_mean", "fisher_scalar_curvature", "fisher_scalar_curvature_std",
+    "fisher_masked_fraction", "fisher_rank", "fisher_samples", "fisher_rao_classmean_min", "fisher_rao_classmean_mean",
+]  # fmt: skip
+INT_KEYS = {"N", "K", "d", "separation_ratio_excluded", "hypercube_min_hamming", "hypercube_distinct_codes",
+            "fisher_rank", "fisher_samples"}  # fmt: skip
 
 
 @pytest.fixture
@@ -45,10 +42,10 @@ def test_exact_keys_and_types(data, rng):
     full = analyze(z, y, classifier=(rng.normal(size=(4, 5)), None), gmm=True)
     keys = list(full.to_dict())
     assert keys[:11] == BASE_KEYS[:11] and keys[11:13] == ["nc3", "nc4"]
-    assert keys[-3:] == ["hypercube_gmm_score", "hypercube_gmm_std", "hypercube_gmm_peak_ratio"]
-    ints = {"N", "K", "d", "separation_ratio_excluded", "hypercube_min_hamming", "hypercube_distinct_codes"}
+    gmm = ["hypercube_gmm_score", "hypercube_gmm_std", "hypercube_gmm_peak_ratio"]
+    assert keys[13:] == BASE_KEYS[11:-2] + gmm + FISHER_KEYS + BASE_KEYS[-2:]
     for k, v in full.to_dict().items():
-        assert type(v) is (int if k in ints else float), k
+        assert type(v) is (int if k in INT_KEYS else float), k
     assert (full.N, full.K, full.d) == (200, 4, 5)
     assert analyze(z, y, logits=rng.normal(size=(200, 4))).to_dict().keys() >= {"nc4"}
 

@@ -11,15 +11,6 @@ from lpc_geom import analyze
 from lpc_geom.analysis import collapse
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Small arrays: on a loaded shared machine a 2-thread pool only adds barrier waits.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def ok(rng):
     y = np.arange(60) % 3

@@ -140,7 +140,7 @@ def test_constant_curvature_when_d_is_K_minus_1(rng, K):
     np.testing.assert_allclose(sectional_curvature_autograd(z[:40], _linear_fn(W, b), n_planes=2), 0.25, atol=1e-7)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=15, deadline=None, derandomize=True)  # reproducible: same examples on every run
 @given(K=st.integers(3, 8), seed=st.integers(0, 2**31 - 1), scale=st.floats(0.2, 3.0))
 def test_scalar_curvature_closed_form_property(K, seed, scale):
     rng = np.random.default_rng(seed)

@@ -3,13 +3,50 @@
 Modules: :mod:`~lpc_geom.analysis.collapse` (NC1-4, within-class spread, separation ratio, norm CV, ETF
 distance), :mod:`~lpc_geom.analysis.entropy` (Kozachenko-Leonenko), :mod:`~lpc_geom.analysis.hypercube`
 (binary encoding), :mod:`~lpc_geom.analysis.geometry` (Euclidean / sphere / stereographic distances and
-centres), :mod:`~lpc_geom.analysis.report` (``analyze``, ``CollapseReport``, metric groups) and
-:mod:`~lpc_geom.analysis.accumulator` (streaming ``CollapseAccumulator``).
+centres), :mod:`~lpc_geom.analysis.fisher` (Fisher metric a classifier induces on its latents: trace,
+log-volume, curvature, Fisher-Rao distances), :mod:`~lpc_geom.analysis.transport` (Gromov-Wasserstein
+comparison of configurations, each in its own geometry), :mod:`~lpc_geom.analysis.report` (``analyze``,
+``CollapseReport``, metric groups) and :mod:`~lpc_geom.analysis.accumulator` (streaming
+``CollapseAccumulator``).
+
+The public functions of :mod:`~lpc_geom.analysis.fisher` and :mod:`~lpc_geom.analysis.transport` are
+exported here too, resolved on first use: they import geoopt and POT (about 2 s), which the moment and
+distance figures do not need.
 """
 
 from lpc_geom.analysis._validation import UndefinedMetricError
 from lpc_geom.analysis.accumulator import CollapseAccumulator
 from lpc_geom.analysis.report import CollapseReport, analyze, metric_groups, register_metric_group
+
+_FISHER = (
+    "DEFAULT_MIN_PROB",
+    "FisherPointwise",
+    "class_probabilities",
+    "fisher_pointwise",
+    "fisher_pointwise_autograd",
+    "fisher_rao_distance",
+    "fisher_summary",
+    "pullback_metric",
+    "pullback_metric_autograd",
+    "sectional_curvature",
+    "sectional_curvature_autograd",
+    "third_cumulant",
+)
+_TRANSPORT = (
+    "compare",
+    "distance_matrix",
+    "gw_distance",
+    "gw_etf",
+    "gw_hypercube",
+    "gw_to_simplex_closed_form",
+    "hypercube_codes",
+    "regular_simplex",
+    "transport_summary",
+)
+_LAZY = {
+    **{name: "lpc_geom.analysis.fisher" for name in _FISHER},
+    **{name: "lpc_geom.analysis.transport" for name in _TRANSPORT},
+}
 
 __all__ = [
     "CollapseAccumulator",
@@ -18,4 +55,20 @@ __all__ = [
     "analyze",
     "metric_groups",
     "register_metric_group",
+    *_FISHER,
+    *_TRANSPORT,
 ]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lpc_geom.analysis' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -9,6 +9,7 @@ whose message names the argument and the problem.
 
 from __future__ import annotations
 
+import copy
 import numbers
 from dataclasses import dataclass
 
@@ -16,10 +17,12 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ClassifierHead",
     "EncodedLabels",
     "UndefinedMetricError",
     "align_to_classes",
     "check_classifier",
+    "check_head",
     "check_latents",
     "check_logits",
     "check_min_class_size",
@@ -275,10 +278,31 @@ def _as_float64(x, what: str, device: torch.device) -> torch.Tensor:
     return t
 
 
-def check_classifier(classifier, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Return ``(W, b)`` as float64 tensors from ``(W, b)``, ``(W,)``, ``W`` or an nn.Linear-like module.
+def _is_linear_module(module: torch.nn.Module) -> bool:
+    """An ``nn.Linear`` whose forward pass is ``nn.Linear``'s own (``W z + b``)."""
+    return isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward
 
-    ``W`` must have shape (K_w, d) (torch's ``nn.Linear`` layout); ``b`` shape (K_w,) or ``None``.
+
+def _check_weights(w, b, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    W = _as_float64(w, "classifier weight W", device)
+    if W.ndim != 2 or W.shape[1] != d:
+        hint = " (looks transposed: W must be (K, d) like nn.Linear.weight)" if W.ndim == 2 and W.shape[0] == d else ""
+        raise ValueError(f"classifier weight W must have shape (K, d={d}); got {tuple(W.shape)}{hint}")
+    B = None
+    if b is not None:
+        B = _as_float64(b, "classifier bias b", device).reshape(-1)
+        if B.shape[0] != W.shape[0]:
+            raise ValueError(f"classifier bias b must have {W.shape[0]} entries (one per row of W); got {B.shape[0]}")
+    return W, B
+
+
+def check_classifier(classifier, d: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return the weights ``(W, b)`` as float64 tensors from ``(W, b)``, ``(W,)``, ``W`` or an object with
+    ``.weight`` (and optional ``.bias``): an ``nn.Linear``, a duck-typed linear layer, or a module head whose
+    ``.weight`` holds its class rows (e.g. ``HyperbolicMLR``'s normals, ``SphereClassifier``'s directions).
+
+    ``W`` must have shape (K_w, d) (torch's ``nn.Linear`` layout); ``b`` shape (K_w,) or ``None``. Only the
+    weight-based figures (``nc3``) use this for a module head; its logits come from :func:`check_head`.
     """
     if hasattr(classifier, "weight") and not isinstance(classifier, (torch.Tensor, np.ndarray)):
         w, b = classifier.weight, getattr(classifier, "bias", None)
@@ -293,16 +317,113 @@ def check_classifier(classifier, d: int, device: torch.device) -> tuple[torch.Te
         raise TypeError(
             f"classifier must be (W, b), W, or a module with .weight (and optional .bias); got {type(classifier)!r}"
         )
-    W = _as_float64(w, "classifier weight W", device)
-    if W.ndim != 2 or W.shape[1] != d:
-        hint = " (looks transposed: W must be (K, d) like nn.Linear.weight)" if W.ndim == 2 and W.shape[0] == d else ""
-        raise ValueError(f"classifier weight W must have shape (K, d={d}); got {tuple(W.shape)}{hint}")
-    B = None
-    if b is not None:
-        B = _as_float64(b, "classifier bias b", device).reshape(-1)
-        if B.shape[0] != W.shape[0]:
-            raise ValueError(f"classifier bias b must have {W.shape[0]} entries (one per row of W); got {B.shape[0]}")
-    return W, B
+    return _check_weights(w, b, d, device)
+
+
+@dataclass(frozen=True, eq=False)
+class ClassifierHead:
+    """A validated classifier head: linear ``f(z) = W z + b``, or a differentiable module.
+
+    Attributes
+    ----------
+    weight : Tensor or None
+        (K_out, d) float64 on the work device: the linear weights, or a module head's ``.weight`` (its
+        class rows, used by ``nc3``); ``None`` for a module without a (K_out, d) ``.weight``.
+    bias : Tensor or None
+        (K_out,) float64 bias of a linear head.
+    module : torch.nn.Module or None
+        ``None`` for a linear head. Otherwise a float64 copy of the given module on the CPU, in eval mode
+        (``copy.deepcopy(module).to("cpu", torch.float64).eval()``; the caller's module is untouched):
+        its outputs are the logits, and its Fisher geometry is computed through autograd.
+    n_out : int
+        Number of outputs K_out.
+    """
+
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    module: torch.nn.Module | None
+    n_out: int
+
+    @property
+    def linear(self) -> bool:
+        return self.module is None
+
+    def logits(self, z: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+        """Float64 logits (N, K_out) of float64 latents ``z`` (N, d), on ``z``'s device."""
+        if self.module is None:
+            out = z @ self.weight.T
+            return out if self.bias is None else out + self.bias
+        with torch.no_grad():
+            parts = [self.module(z[s : s + chunk].cpu()) for s in range(0, z.shape[0], chunk)]
+        L = torch.cat(parts).to(z.device)
+        if not bool(torch.isfinite(L).all()):
+            raise ValueError("the classifier module returned NaN/Inf logits at the given latents")
+        return L
+
+
+def check_head(classifier, z: torch.Tensor) -> ClassifierHead:
+    """Validate a classifier against float64 latents ``z`` (N, d) and return a :class:`ClassifierHead`.
+
+    * ``(W, b)``, ``(W,)``, ``W``, an ``nn.Linear`` (with ``nn.Linear``'s own forward), or a non-module
+      object with ``.weight``/``.bias``: linear, :math:`f(z) = Wz + b` (see :func:`check_classifier`).
+    * Any other ``torch.nn.Module`` (a manifold head's classifier such as ``HyperbolicMLR``,
+      ``HyperbolicPrototypes``, ``SphereClassifier``, a cosine classifier, a wrapper that scales logits):
+      evaluated by calling a float64 CPU copy of it in eval mode on the latents. It must map (n, d)
+      latents to (n, K_out) logits, K_out >= 2. Its ``.weight``, when it is a (K_out, d) array, is kept
+      for ``nc3``.
+
+    Parameters
+    ----------
+    classifier : tuple, array, torch.nn.Module or object with ``.weight``
+        As accepted by :func:`lpc_geom.analyze`.
+    z : torch.Tensor, shape (N, d)
+        The validated float64 latents (the first row is used to check a module's output).
+
+    Returns
+    -------
+    ClassifierHead
+
+    Raises
+    ------
+    TypeError
+        An unsupported object, a module that cannot be copied or converted to float64, or whose output
+        is not a tensor.
+    ValueError
+        Bad shapes, NaN/Inf weights, fewer than 2 outputs, or non-finite logits at the first latent.
+    """
+    d = z.shape[1]
+    if not isinstance(classifier, torch.nn.Module) or _is_linear_module(classifier):
+        W, B = check_classifier(classifier, d, z.device)
+        if W.shape[0] < 2:
+            raise ValueError(f"classifier must have at least 2 outputs (rows of W); got {W.shape[0]}")
+        return ClassifierHead(W, B, None, W.shape[0])
+    try:
+        module = copy.deepcopy(classifier).to(device="cpu", dtype=torch.float64).eval()
+    except Exception as err:  # deepcopy/conversion failures of arbitrary user modules
+        raise TypeError(
+            f"classifier module {type(classifier).__name__} could not be copied and converted to float64: {err}"
+        ) from err
+    with torch.no_grad():
+        out = module(z[:1].cpu())
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
+        raise TypeError(
+            f"classifier module {type(classifier).__name__} must map (n, d) latents to an (n, K) logits tensor; "
+            f"got {type(out).__name__}{'' if not isinstance(out, torch.Tensor) else tuple(out.shape)}"
+        )
+    if out.shape[1] < 2:
+        raise ValueError(f"classifier module must return at least 2 logits; got {out.shape[1]}")
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("the classifier module returned NaN/Inf logits at the first latent")
+    if out.dtype != torch.float64:
+        raise TypeError(
+            f"classifier module {type(classifier).__name__} returned {out.dtype} logits after .double(); "
+            "it must compute in the dtype of its parameters and input"
+        )
+    weight = None
+    w = getattr(classifier, "weight", None)
+    if isinstance(w, (torch.Tensor, np.ndarray)) and tuple(w.shape) == (out.shape[1], d):
+        weight = _as_float64(w, "classifier weight", z.device)
+    return ClassifierHead(weight, None, module, int(out.shape[1]))
 
 
 def check_logits(logits, n: int, device: torch.device) -> torch.Tensor:

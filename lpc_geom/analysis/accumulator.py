@@ -18,9 +18,9 @@ The figures then agree with the in-memory :func:`~lpc_geom.analyze` to float64 r
 Produced keys (the ``streaming`` metric groups): ``sigma_w``, ``sigma_w_rel``, ``norm_cv``, ``nc1``,
 ``nc2_equinorm``, ``nc2_equiangular``, ``nc2_maxangle``, ``etf_distance``, ``nc3`` (with a classifier),
 ``hypercube_bimodality_fraction``, ``hypercube_sign_agreement``, ``hypercube_vertex_residual``,
-``hypercube_min_hamming``, ``hypercube_distinct_codes``. The distance-based figures (separation ratio,
-NC4), the entropy and the GMM figures need the latents themselves after the class centres are known, and
-are not produced.
+``hypercube_min_hamming``, ``hypercube_distinct_codes``, ``gw_etf``, ``gw_hypercube`` (from the class
+centres). The distance-based figures (separation ratio, NC4), the entropy, the GMM figures and the Fisher
+figures need the latents themselves after the class centres are known, and are not produced.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from lpc_geom.analysis._validation import (
     check_min_class_size,
     labels_to_array,
 )
-from lpc_geom.analysis.collapse import ClassStatistics
+from lpc_geom.analysis.collapse import ClassStatistics, class_abs_max
 from lpc_geom.analysis.geometry import class_means, geometry_from_manifold
 from lpc_geom.analysis.hypercube import BIMODALITY_THRESHOLD
 from lpc_geom.analysis.report import AnalysisContext, CollapseReport, build_report
@@ -63,6 +63,7 @@ class CollapseAccumulator:
 
     def __init__(self, *, manifold=None, bimodality_threshold: float = BIMODALITY_THRESHOLD) -> None:
         self._geom = geometry_from_manifold(manifold)
+        self._manifold = manifold
         self._threshold = bimodality_threshold
         self._labels: list = []
         self._slot: dict = {}
@@ -80,6 +81,7 @@ class CollapseAccumulator:
         self._mean = torch.zeros(0, d, **f64)
         self._pos = torch.zeros(0, d, **f64)
         self._neg = torch.zeros(0, d, **f64)
+        self._abs_max = torch.zeros(0, d, **f64)
         self._scatter = torch.zeros(d, d, **f64)
         self._u_mean = torch.zeros(d, **f64)
         self._u_m = [torch.zeros(d, **f64) for _ in range(3)]  # sums of central powers 2, 3, 4
@@ -104,6 +106,7 @@ class CollapseAccumulator:
             self._mean = torch.cat([self._mean, torch.zeros(grow, self._d, **f64)])
             self._pos = torch.cat([self._pos, torch.zeros(grow, self._d, **f64)])
             self._neg = torch.cat([self._neg, torch.zeros(grow, self._d, **f64)])
+            self._abs_max = torch.cat([self._abs_max, torch.zeros(grow, self._d, **f64)])
         slot_of_uniq = np.array([self._slot[u] for u in uniq.tolist()], dtype=np.int64)
         return torch.from_numpy(slot_of_uniq[inv.reshape(-1)]).to(self._device)
 
@@ -137,6 +140,7 @@ class CollapseAccumulator:
         self._count = total
         self._pos.index_add_(0, slots, (u > 0).to(torch.float64))
         self._neg.index_add_(0, slots, (u < 0).to(torch.float64))
+        self._abs_max = torch.maximum(self._abs_max, class_abs_max(u, slots, K))
 
         # Per-unit central moments 2-4 over all samples (Pébay's pairwise update).
         na, n = float(self.n), float(self.n + nb)
@@ -214,17 +218,29 @@ class CollapseAccumulator:
             unit_m4=self._u_m[2] / n,
             sign_pos=self._pos[idx],
             sign_neg=self._neg[idx],
+            abs_max=self._abs_max[idx],
             eps=self._eps,
         )
 
-    def report(self, *, classifier=None, min_class_size: int = 2, groups=None) -> CollapseReport:
-        """A :class:`~lpc_geom.analysis.report.CollapseReport` of the moment-based figures.
+    def report(
+        self, *, classifier=None, min_class_size: int = 2, gw_restarts: int = 10, seed: int = 0, groups=None
+    ) -> CollapseReport:
+        """A :class:`~lpc_geom.analysis.report.CollapseReport` of the moment-based and class-centre figures.
 
-        ``classifier`` ((W, b), W or nn.Linear-like) adds ``nc3``; ``min_class_size`` as in ``analyze``.
+        ``classifier`` ((W, b), W, nn.Linear-like, or a module head with a (K, d) ``.weight``) adds ``nc3``;
+        ``min_class_size``, ``gw_restarts``, ``seed`` and ``groups`` as in ``analyze``.
         """
+        if gw_restarts < 0:
+            raise ValueError(f"gw_restarts must be >= 0; got {gw_restarts}")
         s = self.statistics(min_class_size=min_class_size)
         enc = EncodedLabels(np.zeros(0, dtype=np.int64), s.classes, bool(self._integer))
         clf = check_classifier(classifier, s.d, self._device) if classifier is not None else None
-        ctx = AnalysisContext(stats=s, encoded=enc, classifier=clf, options={"bimodality_threshold": self._threshold})
+        ctx = AnalysisContext(
+            stats=s,
+            encoded=enc,
+            classifier=clf,
+            manifold=self._manifold,
+            options={"bimodality_threshold": self._threshold, "gw_restarts": gw_restarts, "seed": seed},
+        )
         return build_report(ctx, groups, streaming=True)
 

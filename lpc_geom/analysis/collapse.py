@@ -32,6 +32,7 @@ from lpc_geom.analysis._validation import (
     UndefinedMetricError,
     align_to_classes,
     check_classifier,
+    check_head,
     check_latents,
     check_logits,
     check_min_class_size,
@@ -94,6 +95,9 @@ class ClassStatistics:
         Per-unit mean and population central moments of order 2-4 over all samples.
     sign_pos, sign_neg : Tensor, shape (K, d)
         Per class and unit, the number of samples with a positive / negative coordinate.
+    abs_max : Tensor, shape (K, d)
+        Per class and unit, :math:`\\max_{i \\in c} |u_{ij}|`: the scale of the rounding error of the class
+        mean (see :func:`~lpc_geom.analysis.hypercube.class_codes`).
     eps : float
         Machine epsilon of the input dtype.
     latents, chart, codes, residuals : Tensor or None
@@ -117,6 +121,7 @@ class ClassStatistics:
     unit_m4: torch.Tensor
     sign_pos: torch.Tensor
     sign_neg: torch.Tensor
+    abs_max: torch.Tensor
     eps: float
     latents: torch.Tensor | None = None
     chart: torch.Tensor | None = None
@@ -185,6 +190,7 @@ def statistics_from_arrays(
     sign_pos = torch.zeros(k, d, dtype=torch.int32, device=u.device).index_add_(0, codes, (u > 0).int())
     sign_neg = torch.zeros(k, d, dtype=torch.int32, device=u.device).index_add_(0, codes, (u < 0).int())
     sign_pos, sign_neg = sign_pos.double(), sign_neg.double()
+    abs_max = class_abs_max(u, codes, k)
     return ClassStatistics(
         geometry=geom,
         n=n,
@@ -202,12 +208,19 @@ def statistics_from_arrays(
         unit_m4=unit_m4,
         sign_pos=sign_pos,
         sign_neg=sign_neg,
+        abs_max=abs_max,
         eps=eps,
         latents=z,
         chart=u,
         codes=codes,
         residuals=zc,
     )
+
+
+def class_abs_max(u: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(K, d) per class and unit, the largest magnitude :math:`\\max_{i: y_i = c} |u_{ij}|` (0 for absent classes)."""
+    out = torch.zeros(n_classes, u.shape[1], dtype=u.dtype, device=u.device)
+    return out.scatter_reduce_(0, codes[:, None].expand(-1, u.shape[1]), u.abs(), reduce="amax")
 
 
 def class_statistics(latents, labels, *, manifold=None, min_class_size: int = 2) -> ClassStatistics:
@@ -436,10 +449,7 @@ def network_predictions(s: ClassStatistics, encoded: EncodedLabels, classifier=N
     if logits is not None:
         L = check_logits(logits, s.n, s.latents.device)
     elif classifier is not None:
-        W, b = check_classifier(classifier, s.d, s.latents.device)
-        L = s.latents @ W.T
-        if b is not None:
-            L = L + b
+        L = check_head(classifier, s.latents).logits(s.latents)
     else:
         raise TypeError("nc4 needs logits or a classifier")
     out_index = torch.from_numpy(align_to_classes(L.shape[1], encoded, "logits/classifier")).to(L.device)
@@ -451,8 +461,9 @@ def nc4(latents, labels, *, manifold=None, classifier=None, logits=None) -> floa
 
     .. math:: \mathrm{NC4} = \frac1N \sum_i [\arg\min_c d(z_i, \mu_c) \ne \arg\max_k f_k(z_i)]
 
-    with :math:`f` the given ``logits`` or :math:`f = W z + b` from ``classifier`` (bias included;
-    computed on the latents as given, so pass ``logits`` for non-linear manifold heads). Range
+    with :math:`f` the given ``logits``, or the outputs of ``classifier`` at the latents: :math:`Wz + b` for
+    ``(W, b)`` or an ``nn.Linear`` (bias included), the module's own forward pass for any other module
+    (e.g. a manifold head's classifier; see :func:`~lpc_geom.analysis._validation.check_head`). Range
     :math:`[0, 1]`. Integer labels in ``0..K_out-1`` index the outputs; other labels need one output per
     class in sorted order.
     """
@@ -478,8 +489,10 @@ def nc3(latents, labels=None, *, classifier, manifold=None) -> float:
 
     :math:`W` (K x d) the classifier rows of the classes present, :math:`M` the centred class means
     (chart coordinates). No NC2 term is mixed in. Range :math:`[0, 4]`; 0 when the classifier is
-    proportional to the centred means. ``classifier`` is ``(W, b)``, ``W`` or an nn.Linear-like module;
-    integer labels in ``0..K_w-1`` index its rows, other labels need one row per class in sorted order.
+    proportional to the centred means. ``classifier`` is ``(W, b)``, ``W``, an nn.Linear-like module, or a
+    module head whose ``.weight`` holds its class rows (e.g. ``HyperbolicMLR``'s normals, tangent vectors at
+    the origin, compared with the chart means); integer labels in ``0..K_w-1`` index its rows, other labels
+    need one row per class in sorted order.
     """
     s = as_statistics(latents, labels, manifold)
     encoded = EncodedLabels(np.zeros(0, np.int64), s.classes, s.classes.dtype.kind in "iub")
