@@ -71,8 +71,7 @@ def analyze_run(path: str | Path, *, split: str = "test", write: bool = True, **
     head = model.head
     report = analyze(
         run.arrays[f"{split}_latents"], run.arrays[f"{split}_labels"],
-        manifold=getattr(head, "manifold", None),
-        classifier=head.classifier if _is_linear(head.classifier) else None,
+        manifold=getattr(head, "manifold", None), classifier=analysis_classifier(head),
         logits=run.arrays[f"{split}_logits"], **analyze_options,
     )
     if write:
@@ -80,9 +79,19 @@ def analyze_run(path: str | Path, *, split: str = "test", write: bool = True, **
     return report
 
 
-def _is_linear(module: torch.nn.Module) -> bool:
-    """A plain ``W z + b`` classifier (NC3 and the Fisher figures need one)."""
-    return isinstance(module, torch.nn.Linear)
+def analysis_classifier(head: torch.nn.Module) -> torch.nn.Module | None:
+    """The module mapping a head's latents to its logits, for NC3/NC4 and the Fisher figures.
+
+    Linear and Poincaré (MLR / prototype) classifiers map latents to logits as they are. The sphere and
+    cosine heads' classifiers return cosines, to which the training loss applies a scale (the sphere's
+    radius, the margin schedule's scale): their Fisher metric would be that of another softmax, so they
+    are left out (NC4 still comes from the stored logits).
+    """
+    from lpc_geom.models.heads import CosineClassifier
+
+    if getattr(head, "geometry", None) == "sphere" or isinstance(head.classifier, CosineClassifier):
+        return None
+    return head.classifier
 
 
 def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, write: bool = True,
