@@ -1,8 +1,10 @@
 """Sweeps: many independent training runs, each trained, analysed and summarised into one flat record.
 
-A run whose directory already holds ``record.json`` is not trained again (a re-launched sweep resumes
-where it stopped); a run that fails is recorded with its error and does not stop the others. Local
-sweeps run in worker processes (``concurrent.futures``) with a progress bar.
+A run whose directory already holds a successful ``record.json`` is not trained again (a re-launched sweep
+resumes where it stopped; a run directory trained with another config is an error, not a silent reuse);
+a run that fails is recorded with its error and does not stop the others. Where the runs execute is an
+executor's business (:mod:`lpc_geom.experiments.executors`): local worker processes by default, or a
+cluster through submitit, with the same job function and a progress bar either way.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import json
 import math
 import os
 import traceback
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lpc_geom.config import TrainConfig
+from lpc_geom.experiments.executors import LocalExecutor, SweepExecutor
 from lpc_geom.train.checkpoint import write_json
 
 RECORD = "record.json"
@@ -41,20 +45,45 @@ class Job:
 
 def run_job(job: Job, *, postprocess: Callable[[Job], dict[str, Any]] | None = None,
             threads: int | None = 1) -> dict[str, Any]:
-    """Train, analyse (train and test latents) and write ``record.json``; errors become a record too."""
-    import torch
+    """Train, analyse (train and test latents) and write ``record.json``; errors become a record too.
 
-    from lpc_geom.experiments.runs import analyze_run
-    from lpc_geom.train import train
+    Warnings raised while the job runs (e.g. K-FAC leaving a layer type unpreconditioned, a collapse onto
+    the origin) are collected into the record's ``warnings`` (distinct ``"Category: message"`` strings)
+    instead of being printed from inside a worker, where they would interleave with the progress bar.
+    """
+    import torch
 
     if threads is not None:
         torch.set_num_threads(threads)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # geoopt 0.5.1 calls torch.jit.script at import (a worker's first geoopt import): not the run's business
+        warnings.filterwarnings("ignore", message="`torch.jit.script", category=DeprecationWarning)
+        record = _run_job(job, postprocess)
+    messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+    if messages:
+        record["warnings"] = messages
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(record, job.run_dir / RECORD)
+    return record
+
+
+def _run_job(job: Job, postprocess: Callable[[Job], dict[str, Any]] | None) -> dict[str, Any]:
+    from lpc_geom.experiments.runs import analyze_run
+    from lpc_geom.train import train
+
     record: dict[str, Any] = {"name": job.name, **job.cell, "seed": job.config.seed,
                               "run_dir": str(job.run_dir)}
     try:
-        result = train(job.config)
-        record.update({f"final_{k}": v for k, v in result.final.items() if isinstance(v, (int, float))})
-        record["epoch_seconds_median"] = float(np.median([r["epoch_seconds"] for r in result.history]))
+        trained = finished_training(job)
+        if trained is None:
+            result = train(job.config)
+            history, final = result.history, result.final
+        else:  # trained before, but its analysis or post-processing failed: only those run again
+            history, final = trained
+            record["training_reused"] = True
+        record.update({f"final_{k}": v for k, v in final.items() if isinstance(v, (int, float))})
+        record["epoch_seconds_median"] = float(np.median([r["epoch_seconds"] for r in history]))
         for split in ("train", "test"):
             report = analyze_run(job.run_dir, split=split)
             record.update({f"{split}_{k}": v for k, v in report.to_dict().items()})
@@ -65,26 +94,107 @@ def run_job(job: Job, *, postprocess: Callable[[Job], dict[str, Any]] | None = N
         record["status"] = "failed"
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc()
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(record, job.run_dir / RECORD)
     return record
 
 
+#: Config keys that may differ between a finished run and the job that would reuse it.
+REUSABLE_CHANGES = ("progress", "device", "checkpoint_every")
+#: Files of a run directory whose training finished (written by :func:`lpc_geom.train.train`).
+TRAINED_FILES = ("config.json", "history.json", "summary.json", "latents.npz", "checkpoint.pt")
+
+
+def config_differences(job: Job) -> list[str] | None:
+    """Keys in which the config saved in the job's run directory differs from the job's (None: no config).
+
+    Keys added to :class:`TrainConfig` after the run was trained count as their defaults, values compare
+    as JSON, and :data:`REUSABLE_CHANGES` are ignored.
+    """
+    path = job.run_dir / "config.json"
+    if not path.is_file():
+        return None
+    saved = {**TrainConfig().to_dict(), **json.loads(path.read_text())}
+    wanted = json.loads(json.dumps(job.config.to_dict()))
+    return sorted(k for k in set(saved) | set(wanted) if k not in REUSABLE_CHANGES and saved.get(k) != wanted.get(k))
+
+
+def finished_training(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """``(history, summary)`` of a run directory whose training finished with the job's config, else None.
+
+    A run whose training completed (all of :data:`TRAINED_FILES`, one history row per epoch, the same
+    config) but whose analysis failed is analysed again without training it again.
+    """
+    if not all((job.run_dir / name).is_file() for name in TRAINED_FILES) or config_differences(job):
+        return None
+    history = json.loads((job.run_dir / "history.json").read_text())
+    if len(history) != job.config.epochs:
+        return None
+    return history, json.loads((job.run_dir / "summary.json").read_text())
+
+
 def finished_record(job: Job) -> dict[str, Any] | None:
-    """The stored record of a job that already ran successfully, else None."""
+    """The stored record of a job that already ran successfully, else None.
+
+    Raises
+    ------
+    ValueError
+        When the run directory holds a successful run trained with a different config (other than in
+        :data:`REUSABLE_CHANGES`): reusing it would report results of another experiment. The message
+        names the differing keys.
+    """
     path = job.run_dir / RECORD
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return record if record.get("status") == "ok" else None
+    if record.get("status") != "ok":
+        return None
+    differing = config_differences(job)
+    if differing:
+        raise ValueError(
+            f"{job.run_dir} holds a finished run of {job.name!r} trained with another config (differing "
+            f"keys: {', '.join(differing)}); write this sweep elsewhere or delete that directory")
+    return record
+
+
+def failure_record(job: Job, exc: BaseException) -> dict[str, Any]:
+    """The record of a job whose execution failed outside :func:`run_job` (a dead worker, a killed
+    cluster job), in the same form as the records of runs that failed inside it."""
+    return {"name": job.name, **job.cell, "seed": job.config.seed, "run_dir": str(job.run_dir),
+            "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(exc))}
 
 
 def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = True,
-             postprocess: Callable[[Job], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Run every job not already finished, ``workers`` at a time; returns the records in job order."""
+             postprocess: Callable[[Job], dict[str, Any]] | None = None,
+             executor: SweepExecutor | None = None) -> list[dict[str, Any]]:
+    """Run every job not already finished; returns the records in job order.
+
+    Parameters
+    ----------
+    jobs : sequence of Job
+        Unique names.
+    workers : int, default 1
+        Local worker processes (one intra-op thread each; 1: in this process). Ignored when
+        ``executor`` is given.
+    progress : bool, default True
+        A progress bar over the whole sweep (per-run bars are switched off).
+    postprocess : callable, optional
+        ``postprocess(job) -> dict`` run after training and analysis, inside the job; its entries join
+        the record. Must be picklable for executors that leave this process (a module-level function or
+        a ``functools.partial`` of one).
+    executor : SweepExecutor, optional
+        Where the jobs run (:mod:`lpc_geom.experiments.executors`); default
+        ``LocalExecutor(workers)``.
+
+    Returns
+    -------
+    list of dict
+        One record per job (``status`` ``"ok"`` or ``"failed"`` with ``error`` and ``traceback``), also
+        written to ``<run_dir>/record.json``.
+    """
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         raise ValueError("job names must be unique within a sweep")
+    executor = LocalExecutor(workers) if executor is None else executor
     records: dict[str, dict[str, Any]] = {}
     todo = []
     for job in jobs:
@@ -95,16 +205,19 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = True,
             todo.append(job)
     bar = tqdm(total=len(jobs), initial=len(records), desc="sweep", disable=not progress, dynamic_ncols=True)
     quiet = [_quiet(job) for job in todo]
-    if workers <= 1:
-        for job in quiet:
-            records[job.name] = run_job(job, postprocess=postprocess, threads=None)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(run_job, job, postprocess=postprocess): job for job in quiet}
-            for future in as_completed(futures):
-                records[futures[future].name] = future.result()
-                bar.update()
+    task = partial(run_job, postprocess=postprocess, threads=executor.threads_per_job)
+    failed = 0
+    for index, outcome in executor.run(task, quiet):
+        job = quiet[index]
+        if isinstance(outcome, BaseException):
+            outcome = failure_record(job, outcome)
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(outcome, job.run_dir / RECORD)
+        records[job.name] = outcome
+        failed += outcome.get("status") != "ok"
+        bar.update()
+        if failed:
+            bar.set_postfix(failed=failed)
     bar.close()
     return [records[name] for name in names]
 
