@@ -48,7 +48,7 @@ def test_training_writes_outputs_and_is_deterministic(tmp_path):
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1, 2, 3]
     assert {"train_loss", "train_acc", "test_acc", "gamma", "lr", "sigma_w_rel", "separation_ratio",
-            "norm_cv"} <= set(history[0])
+            "norm_cv", "train_sigma_w_rel", "train_separation_ratio", "train_norm_cv"} <= set(history[0])
     arrays = np.load(out / "latents.npz")
     assert arrays["train_latents"].shape == (len(arrays["train_labels"]), 8)
     assert arrays["test_predictions"].shape == arrays["test_labels"].shape

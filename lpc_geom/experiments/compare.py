@@ -508,7 +508,7 @@ def figure_histograms(loaded: Sequence[_LoadedRun]):
     return fig
 
 
-HISTORY_KEYS = (("separation_ratio", True), ("sigma_w_rel", True), ("test_acc", False))
+HISTORY_KEYS = (("train_separation_ratio", True), ("train_sigma_w_rel", True), ("test_acc", False))
 
 
 def mean_histories(loaded: Sequence[_LoadedRun]) -> dict[tuple[str, str], list[dict[str, float]]]:
@@ -533,7 +533,8 @@ def mean_histories(loaded: Sequence[_LoadedRun]) -> dict[tuple[str, str], list[d
 
 
 def figure_history(loaded: Sequence[_LoadedRun]):
-    """Collapse over training (test-set figures of ``history.json``, mean over seeds), one row per optimiser."""
+    """Collapse over training (``history.json``: figures of the trainer's fixed training subsample, and test
+    accuracy; mean over seeds), one row per optimiser."""
     import matplotlib.pyplot as plt
 
     from lpc_geom.experiments.plots import plot_history
@@ -545,7 +546,7 @@ def figure_history(loaded: Sequence[_LoadedRun]):
     for i, optimizer in enumerate(optimizers):
         histories = {g: rows for (g, o), rows in means.items() if o == optimizer}
         for j, (key, log) in enumerate(HISTORY_KEYS):
-            plot_history(axes[i, j], histories, key, log=log, title=f"{key} (test set), {optimizer}")
+            plot_history(axes[i, j], histories, key, log=log, title=f"{key}, {optimizer}")
     return fig
 
 

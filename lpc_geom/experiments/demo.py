@@ -91,6 +91,6 @@ def demo_figure(histories: dict, latents: dict):
     for i, (name, (z, y)) in enumerate(latents.items()):
         plot_latents_2d(axes[i, 0], z, y, title=f"{name}: training latents (PCA)")
         plot_unit_histograms(axes[i, 1], z, title=f"{name}: per-unit values (binary encoding?)")
-    plot_history(axes[0, 2], histories, "separation_ratio", title="separation ratio (test)")
-    plot_history(axes[1, 2], histories, "sigma_w_rel", title="within-class / total variance (test)")
+    plot_history(axes[0, 2], histories, "train_separation_ratio", title="separation ratio (training subsample)")
+    plot_history(axes[1, 2], histories, "train_sigma_w_rel", title="within-class / total variance (training subsample)")
     return fig

@@ -37,6 +37,8 @@ CHECKPOINT = "checkpoint.pt"
 LAST_GOOD = "checkpoint_last_good.pt"
 #: Keys that may differ between a run and its resumption.
 RESUMABLE_CHANGES = ("epochs", "progress", "checkpoint_every", "device")
+#: Training samples whose latents the per-epoch history follows (``train_sigma_w_rel`` etc.).
+TRAIN_PROBE_SAMPLES = 2000
 
 
 class NonFiniteLossError(RuntimeError):
@@ -171,6 +173,9 @@ class Trainer:
         self.objective = Objective(self.row, supcon_weight=config.supcon_weight,
                                    temperature=config.temperature, epochs=config.epochs)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        # Collapse is a property of the training latents: follow it on a fixed seeded subsample each epoch.
+        self.train_probe = torch.randperm(len(self.data.y_train), generator=torch.Generator().manual_seed(0))[
+            :TRAIN_PROBE_SAMPLES]
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self._warned_origin = False
@@ -284,10 +289,15 @@ class Trainer:
         }
 
     def _evaluate(self) -> dict[str, float]:
+        """Test accuracy and collapse figures of the test latents and of a fixed training subsample."""
+        manifold = getattr(self.model.head, "manifold", None)
         logits, latents = predict(self.model, self.data.x_test, self.device, self.dtype)
         y = self.data.y_test
         figures = {"test_acc": float((logits.argmax(1) == y).float().mean())}
-        figures.update(epoch_collapse_figures(latents, y, manifold=getattr(self.model.head, "manifold", None)))
+        figures.update(epoch_collapse_figures(latents, y, manifold=manifold))
+        _, train_latents = predict(self.model, self.data.x_train[self.train_probe], self.device, self.dtype)
+        train_figures = epoch_collapse_figures(train_latents, self.data.y_train[self.train_probe], manifold=manifold)
+        figures.update({f"train_{key}": value for key, value in train_figures.items()})
         return figures
 
     def _check_origin_collapse(self, row: dict[str, Any]) -> None:
