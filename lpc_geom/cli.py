@@ -23,7 +23,8 @@ TRAIN_FLAGS = {
     "dataset": "dataset", "backbone": "backbone", "row": "row", "latent_dim": "latent_dim",
     "geometry": "geometry", "gamma_schedule": "gamma_schedule", "optimizer": "optimizer", "lr": "lr",
     "epochs": "epochs", "batch_size": "batch_size", "seed": "seed", "out": "out_dir", "device": "device",
-    "dtype": "dtype", "checkpoint_every": "checkpoint_every", "kfac_damping": "kfac_damping",
+    "dtype": "dtype", "checkpoint_every": "checkpoint_every", "final_robustness": "final_robustness_samples",
+    "kfac_damping": "kfac_damping",
     "kfac_update_freq": "kfac_update_freq", "kfac_factor_freq": "kfac_factor_freq", "kfac_fisher": "kfac_fisher",
 }
 
@@ -55,6 +56,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", choices=("auto", "cpu", "cuda"))
     group.add_argument("--dtype", choices=("float32", "float64"))
     group.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
+    group.add_argument("--final-robustness", type=int, metavar="N",
+                       help="after training, DeepFool/Lipschitz/certified radii on N test inputs (robustness.json)")
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any TrainConfig key, value parsed as JSON (e.g. --set gamma_options='{\"every\": 2}')")
     parser.add_argument("--resume", action="store_true",

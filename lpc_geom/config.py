@@ -61,6 +61,7 @@ class TrainConfig:
     dtype: str = "float32"
     out_dir: str = "runs/default"
     checkpoint_every: int = 10
+    final_robustness_samples: int = 0  # > 0: DeepFool etc. on this many test inputs after training
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +89,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name}={value!r} (must be an integer >= 1)")
+        for name in ("lr_halve_from", "final_robustness_samples", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(f"{name}={value!r} (must be an integer >= 0)")
         for name in ("lr", "weight_decay", "supcon_weight", "temperature", "kfac_damping"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

@@ -21,6 +21,7 @@ def test_defaults_are_valid_and_row_names_normalised():
         ({"epochs": 0}, "epochs=0"),
         ({"lr": float("nan")}, "lr=nan"),
         ({"latent_dim": -3}, "latent_dim=-3"),
+        ({"final_robustness_samples": -1}, "final_robustness_samples=-1"),
     ],
 )
 def test_invalid_values_name_the_problem(changes, message):

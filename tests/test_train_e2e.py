@@ -143,3 +143,11 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     la = np.load(tmp_path / "single" / "latents.npz")["test_latents"]
     lb = np.load(tmp_path / "ddp" / "latents.npz")["test_latents"]
     np.testing.assert_allclose(la, lb, rtol=1e-3, atol=1e-4)
+
+
+def test_final_robustness_is_written_with_the_summary(tmp_path):
+    result = train(tiny_config(tmp_path, epochs=2, final_robustness_samples=30))
+    report = json.loads((result.out_dir / "robustness.json").read_text())
+    assert report["n_samples"] == 30
+    assert result.final["robust_deepfool_mean_relative_norm"] == pytest.approx(report["deepfool_mean_relative_norm"])
+    assert json.loads((result.out_dir / "summary.json").read_text())["robust_n_samples"] == 30

@@ -94,25 +94,34 @@ def analysis_classifier(head: torch.nn.Module) -> torch.nn.Module | None:
     return head.classifier
 
 
-def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, write: bool = True,
-                   **report_options) -> dict[str, float]:
-    """DeepFool, Lipschitz bounds and certified radii of a run's model on ``samples`` test inputs.
+def robustness_of(model: torch.nn.Module, data, *, samples: int = 1000, seed: int = 0,
+                  **report_options) -> dict[str, float]:
+    """:func:`~lpc_geom.analysis.robustness.robustness_report` on a seeded subsample of ``data``'s test set.
 
-    The inputs are a seeded subsample of the test set (all of it when ``samples`` is larger). Writes
-    ``robustness.json`` next to the run when ``write``. Options go to
-    :func:`lpc_geom.analysis.robustness.robustness_report`.
+    ``samples`` test inputs are drawn without replacement with ``seed`` (all of them when there are fewer).
     """
-    from lpc_geom.analysis.robustness import robustness_report, write_robustness_json
+    from lpc_geom.analysis.robustness import robustness_report
 
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    run = load_run(path)
-    data = run.dataset()
-    model = run.model(data)
     n = len(data.y_test)
     index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(samples, n)]
-    dtype = next(model.parameters()).dtype
-    report = robustness_report(model, data.x_test[index].to(dtype), data.y_test[index], **report_options)
+    parameter = next(model.parameters())
+    inputs = data.x_test[index].to(device=parameter.device, dtype=parameter.dtype)
+    return robustness_report(model, inputs, data.y_test[index].to(parameter.device), **report_options)
+
+
+def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, write: bool = True,
+                   **report_options) -> dict[str, float]:
+    """DeepFool, Lipschitz bounds and certified radii of a finished run (see :func:`robustness_of`).
+
+    Writes ``robustness.json`` next to the run when ``write``.
+    """
+    from lpc_geom.analysis.robustness import write_robustness_json
+
+    run = load_run(path)
+    data = run.dataset()
+    report = robustness_of(run.model(data), data, samples=samples, seed=seed, **report_options)
     if write:
         write_robustness_json(report, run.path / "robustness.json")
     return report

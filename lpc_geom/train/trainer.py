@@ -377,6 +377,13 @@ class Trainer:
             buffer = io.BytesIO()
             np.savez_compressed(buffer, **arrays)
             write_bytes(buffer.getvalue(), self.out_dir / "latents.npz")
+            if self.config.final_robustness_samples > 0:
+                from lpc_geom.analysis.robustness import write_robustness_json
+                from lpc_geom.experiments.runs import robustness_of
+
+                report = robustness_of(self.model, self.data, samples=self.config.final_robustness_samples)
+                write_robustness_json(report, self.out_dir / "robustness.json")
+                final.update({f"robust_{key}": value for key, value in report.items()})
             write_json(final, self.out_dir / "summary.json")
         return final
 
