@@ -547,3 +547,14 @@ def test_cuda_matches_cpu(trained_mlp):
     torch.testing.assert_close(gpu.norms, cpu.norms, rtol=1e-3, atol=1e-5)
     assert lipschitz_upper_bound(gpu_model, (DIM,)).value == pytest.approx(
         lipschitz_upper_bound(model, (DIM,)).value, rel=1e-6)
+
+
+def test_stiefel_head_bound_is_the_classifier_norm_times_one():
+    from lpc_geom.models.geometry import StiefelHead
+
+    head = StiefelHead(12, 5, 4)
+    bound = lipschitz_upper_bound(head, (12,))
+    expected = float(torch.linalg.matrix_norm(head.classifier.weight.detach(), ord=2))
+    assert bound.value == pytest.approx(expected, rel=1e-5)  # orthonormal projection: Lipschitz exactly 1
+    x = torch.randn(64, 12)
+    assert lipschitz_lower_bound(head, x).value <= bound.value * (1 + 1e-6)

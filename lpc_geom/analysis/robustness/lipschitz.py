@@ -63,6 +63,7 @@ from lpc_geom.analysis.robustness.spectral import (
 )
 from lpc_geom.models.backbones import MLP, BasicBlock, Bottleneck, CNN1d, ResNet
 from lpc_geom.models.base import Classifier
+from lpc_geom.models.geometry.stiefel import StiefelHead, StiefelLinear
 from lpc_geom.models.heads import CosineClassifier, EuclideanHead
 
 __all__ = [
@@ -502,6 +503,11 @@ def _linear(module: nn.Linear, input_shape: tuple[int, ...], walker: LipschitzWa
     return matrix_spectral_norm(module.weight)
 
 
+def _stiefel_linear(module: StiefelLinear, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
+    """``h @ W + b`` with ``W`` (d_in, d_out): its spectral norm, measured (1 on the manifold)."""
+    return matrix_spectral_norm(module.weight)
+
+
 def _conv(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, input_shape: tuple[int, ...],
           walker: LipschitzWalker) -> float:
     d = module.weight.dim() - 2
@@ -653,6 +659,8 @@ def _register_defaults() -> None:
         "cosine logits normalise the latents, and z -> z/||z|| has local Lipschitz constant 1/||z||, "
         "unbounded near z = 0 (the eps floor only caps it at about 1/eps), so there is no meaningful "
         "global bound and no certified radius for cosine (ArcFace/CosFace) heads"))
+    register_lipschitz_rule(StiefelLinear, _stiefel_linear)
+    register_lipschitz_rule(StiefelHead, chain_rule("projection", "classifier"))
     register_lipschitz_rule(MLP, chain_rule("net"))
     register_lipschitz_rule(CNN1d, _cnn1d)
     register_lipschitz_rule(ResNet, chain_rule("stem", "layer1", "layer2", "layer3", "layer4", "pool"))
