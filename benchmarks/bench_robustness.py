@@ -10,8 +10,7 @@ then times, on the same ``--n`` test inputs,
 checks that both give the same per-sample perturbation norms, and reports the speed-up. Timings are
 repeated ``--repeats`` times, alternating the two methods so both see the same machine load; the table
 gives the median and the range, and the load average is recorded (on a shared machine the spread is
-the noise). Data: MNIST-1D from :func:`lpc_geom.data.load_dataset` (generated offline); if that loader
-is unavailable, 40-dimensional Gaussian blobs, and the output says so.
+the noise). Data: MNIST-1D from :func:`lpc_geom.data.load_dataset` (generated offline).
 
 Targets (issue 7): at least 15x on the MLP and 3x on the 1-D CNN, on 1,000 MNIST-1D test inputs.
 
@@ -41,20 +40,12 @@ TARGETS = {"mlp": 15.0, "cnn1d": 3.0}
 
 
 def load_data(n_test: int, seed: int) -> tuple[dict[str, torch.Tensor], str]:
-    """Train/test tensors and a description of where they came from."""
-    try:
-        from lpc_geom.data import load_dataset
+    """MNIST-1D train/test tensors and a description of them."""
+    from lpc_geom.data import load_dataset
 
-        ds = load_dataset("mnist1d", num_samples=max(5000, 5 * n_test), seed=seed)
-        return ({"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test[:n_test],
-                 "y_test": ds.y_test[:n_test]}, f"MNIST-1D via lpc_geom.data ({ds.num_train} train)")
-    except (ImportError, ValueError, KeyError) as err:
-        g = torch.Generator().manual_seed(seed)
-        centres = 1.5 * torch.randn(10, 40, generator=g)
-        y = torch.randint(0, 10, (4000 + n_test,), generator=g)
-        x = centres[y] + torch.randn(y.numel(), 40, generator=g)
-        return ({"x_train": x[:4000], "y_train": y[:4000], "x_test": x[4000:], "y_test": y[4000:]},
-                f"SYNTHETIC 40-dim Gaussian blobs (MNIST-1D loader unavailable: {err})")
+    ds = load_dataset("mnist1d", num_samples=max(5000, 5 * n_test), seed=seed)
+    return ({"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test[:n_test],
+             "y_test": ds.y_test[:n_test]}, f"MNIST-1D via lpc_geom.data ({ds.num_train} train)")
 
 
 def train(model: nn.Module, data: dict[str, torch.Tensor], epochs: int, seed: int) -> float:
