@@ -14,9 +14,7 @@ std per row) and ablation.md (the table) next to them. Finished runs are skipped
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
-import io
 import sys
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from lpc_geom.experiments.demo import demo_config
 from lpc_geom.experiments.plots import save_figure
 from lpc_geom.experiments.runs import robustness_run
 from lpc_geom.experiments.sweep import Job, aggregate, default_workers, run_jobs
+from lpc_geom.experiments.tables import csv_text
 from lpc_geom.train.checkpoint import write_json, write_text
 
 COLUMNS = (
@@ -120,17 +119,6 @@ def separation_robustness_figure(records: list[dict], path: Path) -> dict:
     ax.legend(fontsize="x-small", ncol=2)
     save_figure(fig, path)
     return stats
-
-
-def csv_text(rows: list[dict]) -> str:
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields and k != "traceback")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def main(argv=None) -> int:

@@ -39,8 +39,6 @@ about 9 against 1.04 for NoPen). K-FAC runs cost 4-6 times an AdamW run and are 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import sys
@@ -56,6 +54,7 @@ import numpy as np
 from lpc_geom.config import TrainConfig, load_config, parse_override
 from lpc_geom.experiments.executors import EXECUTORS, SweepExecutor, make_executor
 from lpc_geom.experiments.sweep import Job, aggregate, default_workers, run_jobs
+from lpc_geom.experiments.tables import csv_text
 from lpc_geom.train.checkpoint import write_json, write_text
 
 __all__ = [
@@ -329,18 +328,6 @@ def lpc_vs_nopen(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         lines.append(f"- {optimizer}: Euclidean LPC vs NoPen: separation ratio (train) x{sep:.3g}, "
                      f"DeepFool robustness x{rob:.3g}, test accuracy {acc:+.1f} points")
     return lines
-
-
-def csv_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """CSV of dict rows (union of their keys in first-seen order; tracebacks left out)."""
-    fields: list[str] = []
-    for row in rows:
-        fields.extend(k for k in row if k not in fields and k != "traceback")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------------------------- analyses

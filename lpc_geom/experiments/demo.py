@@ -5,8 +5,6 @@ The embedded config ``lpc_geom/configs/mnist1d_lpc.toml`` is the one the README'
 
 from __future__ import annotations
 
-import csv
-import io
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import matplotlib.pyplot as plt
 from lpc_geom.config import TrainConfig, load_config
 from lpc_geom.experiments.plots import plot_history, plot_latents_2d, plot_unit_histograms, save_figure
 from lpc_geom.experiments.runs import analyze_run, load_run
+from lpc_geom.experiments.tables import csv_text
 from lpc_geom.train import train
 from lpc_geom.train.checkpoint import write_json, write_text
 
@@ -76,14 +75,6 @@ def markdown_table(rows: list[dict]) -> str:
         cells += ["n/a" if row[key] is None else f"{row[key]:.3g}" for _, key in TABLE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def csv_text(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def demo_figure(histories: dict, latents: dict):

@@ -21,6 +21,7 @@ cotangents of one Fisher backward) and how to read and write the parameter gradi
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -87,7 +88,7 @@ class KFACLayer:
             raise ValueError(f"a Linear-like weight must be a matrix, got shape {tuple(self.weight.shape)}")
 
 
-class _Adapter:
+class _Adapter(ABC):
     """Common interface; subclasses fill in the input/output reshapes."""
 
     kind = "linear"
@@ -111,13 +112,13 @@ class _Adapter:
     def get_output(self, output: Any) -> torch.Tensor:
         return output
 
+    @abstractmethod
     def input_positions(self, x: torch.Tensor) -> torch.Tensor:
         """``a[n, t]``, shape ``(N, T, d_in)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def output_grad_positions(self, g: torch.Tensor) -> torch.Tensor:
         """``g[b, n, t]``, shape ``(B, N, T, d_out)``, from ``g`` of shape ``(B, *output_shape)``."""
-        raise NotImplementedError
 
     def _weight_grad_out_in(self) -> torch.Tensor:
         return self.weight.grad.reshape(self.weight.shape[0], -1)

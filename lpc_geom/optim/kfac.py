@@ -101,6 +101,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -138,7 +139,7 @@ class _LayerState:
         self.counts[key] = self.counts.get(key, 0.0) + count
 
 
-class _FisherPreconditioner:
+class _FisherPreconditioner(ABC):
     """Hooks, Fisher backward, moving averages, KL clipping and state shared by the preconditioners.
 
     Subclasses define which statistics a layer keeps (:meth:`_statistics`), how they are refreshed
@@ -197,20 +198,23 @@ class _FisherPreconditioner:
             self._handles.append(adapter.module.register_forward_hook(hook, with_kwargs=True))
 
     # ------------------------------------------------------------------ what subclasses define
+    @abstractmethod
     def _statistics(
         self, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int
     ) -> dict[str, tuple[torch.Tensor, float]]:
         """``{key: (sum, count)}`` from inputs ``a`` (N, T, d_in) and output gradients ``g`` (B, N, T, d_out)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _refresh_due(self, st: _LayerState) -> bool:
-        return False
+        """Whether ``st.cache`` must be recomputed before this step."""
 
+    @abstractmethod
     def _refresh(self, st: _LayerState) -> None:
         """Recompute ``st.cache`` from ``st.ema``."""
 
+    @abstractmethod
     def _precondition(self, st: _LayerState, grad: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The preconditioned gradient of one layer (same layout as ``grad``)."""
 
     # ------------------------------------------------------------------ discovery
     def _find_layers(self, model: nn.Module, extra: Mapping[str, KFACLayer], exclude: set[str]) -> dict[str, _Adapter]:
@@ -691,6 +695,12 @@ class DiagonalFisher(_FisherPreconditioner):
     def diagonal(self, name: str) -> torch.Tensor | None:
         """The moving-average Fisher diagonal of layer ``name`` as a ``(d_out, d_in [+ 1])`` matrix."""
         return self._state[name].ema.get("D")
+
+    def _refresh_due(self, st: _LayerState) -> bool:
+        return False  # the diagonal is read straight from the moving average: nothing to cache
+
+    def _refresh(self, st: _LayerState) -> None:
+        st.cache.clear()
 
     def _statistics(
         self, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int
