@@ -38,7 +38,7 @@ COLUMNS = (
     ("entropy/dim", "train_entropy", 1.0),
     ("NC1", "train_nc1", 1.0),
     ("ETF dist.", "train_etf_distance", 1.0),
-    ("DeepFool ||r||/||x||", "robust_deepfool_mean_relative_norm", 1.0),
+    ("DeepFool ‖r‖/‖x‖", "robust_deepfool_mean_relative_norm", 1.0),
     ("s/epoch", "epoch_seconds_median", 1.0),
 )
 ROBUSTNESS = "robust_deepfool_mean_relative_norm"

@@ -2,8 +2,8 @@
 
 LPC and LinPen share the architecture (backbone -> linear penultimate -> classifier); LinPen has no
 penalty, so the ratio of their training-epoch times is the cost of gamma * ||z||^2. The two are run
-alternately in one process (several rounds) and the medians of their epoch times are compared, so
-that load from other processes affects both alike.
+alternately in one process (several rounds, swapping which goes first) and the medians of their epoch
+times are compared, so that load from other processes affects both alike.
 
     python benchmarks/bench_compression_cost.py [--rounds 5] [--epochs 3]
 """
@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     times: dict[str, list[float]] = {"LinPen": [], "LPC": []}
     with tempfile.TemporaryDirectory() as tmp:
         for round_index in range(args.rounds):
-            for row in times:
+            order = list(times) if round_index % 2 == 0 else list(times)[::-1]  # neither always runs second
+            for row in order:
                 result = train(base.replace(row=row, seed=round_index, out_dir=str(Path(tmp) / row)), dataset=data)
                 # the first epoch of a run warms caches up: keep the rest
                 times[row].extend(r["epoch_seconds"] for r in result.history[1:])
