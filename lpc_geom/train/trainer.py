@@ -143,8 +143,6 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        if self.device.type == "cpu":
-            torch.use_deterministic_algorithms(True)
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
         self.out_dir = Path(config.out_dir)
         self.row = get_row(config.row)
@@ -329,6 +327,9 @@ class Trainer:
         bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs,
                    desc=f"{cfg.row} {cfg.geometry}", disable=not (cfg.progress and self.dist.is_main),
                    dynamic_ncols=True)
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        if self.device.type == "cpu":  # restored afterwards: a library call must not change global state
+            torch.use_deterministic_algorithms(True)
         try:
             for epoch in bar:
                 start = time.perf_counter()
@@ -350,6 +351,7 @@ class Trainer:
                     write_history(self.history, self.out_dir)
             final = self._finish()
         finally:
+            torch.use_deterministic_algorithms(deterministic)
             bar.close()
             cleanup(self.dist)
         return RunResult(self.out_dir, self.history, final, self.model)
