@@ -150,18 +150,18 @@ class _FisherPreconditioner(ABC):
     def __init__(
         self,
         model: nn.Module,
-        fisher: FisherType,
-        damping: float,
-        ema_decay: float,
-        kl_clip: float | None,
-        lr: float | None,
+        fisher: FisherType = "mc",
+        damping: float = 1e-3,
+        ema_decay: float = 0.95,
+        kl_clip: float | None = 1e-3,
+        lr: float | None = None,
         *,
-        factor_freq: int,
-        mc_samples: int,
-        extra_layers: Mapping[str, KFACLayer] | None,
-        exclude: Iterable[str],
-        generator: torch.Generator | None,
-        distributed: bool | None,
+        factor_freq: int = 1,
+        mc_samples: int = 1,
+        extra_layers: Mapping[str, KFACLayer] | None = None,
+        exclude: Iterable[str] = (),
+        generator: torch.Generator | None = None,
+        distributed: bool | None = None,
     ):
         if fisher not in ("empirical", "mc", "exact"):
             raise ValueError(f"fisher must be 'empirical', 'mc' or 'exact', got {fisher!r}")
@@ -660,37 +660,6 @@ class DiagonalFisher(_FisherPreconditioner):
     For layers applied at several positions (convolutions, sequence inputs) the per-example gradient is
     formed explicitly, which needs ``N * d_out * (d_in + 1)`` floats per cotangent.
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        fisher: FisherType = "mc",
-        damping: float = 1e-3,
-        ema_decay: float = 0.95,
-        kl_clip: float | None = 1e-3,
-        lr: float | None = None,
-        *,
-        factor_freq: int = 1,
-        mc_samples: int = 1,
-        extra_layers: Mapping[str, KFACLayer] | None = None,
-        exclude: Iterable[str] = (),
-        generator: torch.Generator | None = None,
-        distributed: bool | None = None,
-    ):
-        super().__init__(
-            model,
-            fisher,
-            damping,
-            ema_decay,
-            kl_clip,
-            lr,
-            factor_freq=factor_freq,
-            mc_samples=mc_samples,
-            extra_layers=extra_layers,
-            exclude=exclude,
-            generator=generator,
-            distributed=distributed,
-        )
 
     def diagonal(self, name: str) -> torch.Tensor | None:
         """The moving-average Fisher diagonal of layer ``name`` as a ``(d_out, d_in [+ 1])`` matrix."""
