@@ -9,6 +9,7 @@ import geoopt
 import numpy as np
 import pytest
 import torch
+from nets import TinyBackbone
 from torch import nn
 
 from lpc_geom.models.base import Classifier, HeadOutput
@@ -29,7 +30,6 @@ from lpc_geom.models.geometry import (
 from lpc_geom.optim import build_optimizer
 
 IN, D, K = 12, 6, 5
-
 
 
 HEADS = {
@@ -56,16 +56,6 @@ def make_head(request):
 def head(make_head):
     torch.manual_seed(0)
     return make_head()
-
-
-class MLP(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, 32), nn.SiLU(), nn.Linear(32, out_dim))
-        self.out_dim = out_dim
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def assert_latents_on_manifold(head: ManifoldHead, latents: torch.Tensor) -> None:
@@ -139,7 +129,7 @@ def test_gradients_finite_near_the_boundary(head):
 
 def test_state_dict_round_trip(make_head):
     torch.manual_seed(0)
-    model = Classifier(MLP(IN, IN), make_head())
+    model = Classifier(TinyBackbone(IN, IN), make_head())
     opt = build_optimizer(model, "riemannian-adam", lr=5e-2)
     x, y = torch.randn(32, IN), torch.arange(32) % K
     for _ in range(5):
@@ -150,7 +140,7 @@ def test_state_dict_round_trip(make_head):
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
     torch.manual_seed(123)  # a differently initialised twin
-    twin = Classifier(MLP(IN, IN), make_head())
+    twin = Classifier(TinyBackbone(IN, IN), make_head())
     assert not torch.equal(model(x).logits, twin(x).logits)
     twin.load_state_dict(torch.load(buffer, weights_only=True))
     for a, b in zip(model(x), twin(x), strict=True):
@@ -420,7 +410,7 @@ def test_build_geometry_head_by_name():
 
 def test_check_on_manifold_names_the_parameter_that_left():
     torch.manual_seed(0)
-    sphere = Classifier(MLP(IN, IN), SphereHead(IN, D, K))
+    sphere = Classifier(TinyBackbone(IN, IN), SphereHead(IN, D, K))
     with torch.no_grad():
         sphere.head.classifier.weight.mul_(1.01)
     with pytest.raises(ManifoldConstraintError, match=r"'head\.classifier\.weight'.*Sphere"):
@@ -484,7 +474,7 @@ def test_float32_training_over_the_gamma_schedule_stays_finite_and_on_manifold(c
     geometry, options = SAFETY_CONFIGS[config]
     x, y = _blobs()
     torch.manual_seed(0)
-    model = Classifier(MLP(20, 16), build_geometry_head(geometry, 16, 8, 4, **options))
+    model = Classifier(TinyBackbone(20, 16), build_geometry_head(geometry, 16, 8, 4, **options))
     opt = build_optimizer(model, "riemannian-adam", lr=1e-2)
     gamma, warmup_accuracy = 1e-2, None
     # 40 steps to separate the classes, then gamma x1.3 per step up to 1e6 (reached after ~44 steps).

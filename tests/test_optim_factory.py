@@ -8,6 +8,7 @@ import io
 import geoopt
 import pytest
 import torch
+from nets import TinyBackbone
 from torch import nn
 
 from lpc_geom.models.base import Classifier, HeadOutput
@@ -15,18 +16,6 @@ from lpc_geom.models.geometry import PoincareHead, SphereHead, StiefelHead, chec
 from lpc_geom.optim import OPTIMIZERS, RiemannianAdamW, build_optimizer, parameter_groups
 
 IN, D, K = 10, 6, 4
-
-
-
-
-class MLP(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, 32), nn.SiLU(), nn.Linear(32, out_dim))
-        self.out_dim = out_dim
-
-    def forward(self, x):
-        return self.net(x)
 
 
 class EuclideanLPCHead(nn.Module):
@@ -54,12 +43,12 @@ GEOMETRY_HEADS = {
 
 def euclidean_model(seed: int = 0) -> Classifier:
     torch.manual_seed(seed)
-    return Classifier(MLP(IN, IN), EuclideanLPCHead(IN, D, K))
+    return Classifier(TinyBackbone(IN, IN), EuclideanLPCHead(IN, D, K))
 
 
 def geometry_model(name: str, seed: int = 0) -> Classifier:
     torch.manual_seed(seed)
-    return Classifier(MLP(IN, IN), GEOMETRY_HEADS[name]())
+    return Classifier(TinyBackbone(IN, IN), GEOMETRY_HEADS[name]())
 
 
 def data(n: int = 64):
