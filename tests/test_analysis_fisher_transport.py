@@ -278,6 +278,15 @@ def test_fisher_and_transport_exports_are_lazy():
     assert out.split() == ["False", "True", "True", "True"]
 
 
+def test_lazy_export_lists_match_the_modules():
+    """The names lpc_geom.analysis resolves lazily are exactly the public names of fisher.py / transport.py."""
+    import lpc_geom.analysis as A
+    from lpc_geom.analysis import fisher, transport
+
+    assert sorted(A._FISHER) == sorted(fisher.__all__)
+    assert sorted(A._TRANSPORT) == sorted(transport.__all__)
+
+
 def test_thread_count_restored(rng):
     # the pointwise Fisher figures run on one intra-op thread; the caller's setting must come back
     z, y = _blobs(rng, 50, 3, 3)

@@ -194,8 +194,24 @@ def test_manifold_centres():
     np.testing.assert_allclose(c[0], [2**-0.5, 2**-0.5, 0.0])
     with pytest.raises(UndefinedMetricError, match="mean"):
         class_centres(y[2:], np.array([0, 0]), manifold=sphere)
-    with pytest.raises(ValueError, match="supports"):
-        class_centres(np.eye(3), np.array([0, 0, 1]), manifold=geoopt.SphereProjection())
+    with pytest.raises(TypeError, match="unsupported manifold"):
+        class_centres(np.eye(3), np.array([0, 0, 1]), manifold=geoopt.Stiefel())
+
+
+def test_class_centres_are_the_analyzers_centres(rng):
+    """transport.class_centres and the centres lpc_geom.analyze uses are one definition."""
+    from lpc_geom.analysis.collapse import class_statistics
+
+    ball = geoopt.PoincareBall(c=1.3)
+    labels = np.repeat(np.arange(4), 30)
+    v = 0.4 * rng.normal(size=(4, 3))[labels] + 0.2 * rng.normal(size=(120, 3))
+    z = ball.expmap0(torch.tensor(v)).numpy()
+    _, centres = class_centres(z, labels, manifold=ball)
+    stats = class_statistics(z, labels, manifold=ball)
+    np.testing.assert_allclose(centres, stats.centres().numpy(), atol=1e-12)
+    # and they are the tangent-space means at the origin, not geoopt's gyromidpoint
+    tangent = np.stack([ball.logmap0(torch.tensor(z[labels == c])).mean(0).numpy() for c in range(4)])
+    np.testing.assert_allclose(centres, ball.expmap0(torch.tensor(tangent)).numpy(), atol=1e-12)
 
 
 def test_bad_input(rng):

@@ -60,6 +60,8 @@ import torch
 from scipy.spatial.distance import cdist
 
 from lpc_geom.analysis._validation import UndefinedMetricError
+from lpc_geom.analysis.geometry import class_centres as geometry_class_centres
+from lpc_geom.analysis.geometry import class_means, geometry_from_manifold
 
 __all__ = [
     "check_points_on_manifold",
@@ -350,14 +352,12 @@ def hypercube_codes(class_means, *, centre: bool = False) -> np.ndarray:
 
 
 def class_centres(latents, labels, manifold=None) -> tuple[np.ndarray, np.ndarray]:
-    r"""Per-class centres of latents, with a simple centre per geometry.
+    r"""Per-class centres of latents: the same centres as :func:`lpc_geom.analyze` uses.
 
-    - Euclidean (None or ``geoopt.Euclidean``): the mean.
-    - ``geoopt.Sphere``: the normalised Euclidean mean (extrinsic mean); an error if that mean is (nearly)
-      zero, i.e. the class is spread symmetrically over the sphere.
-    - Poincaré ball (``geoopt.PoincareBall`` / ``Stereographic`` with :math:`k<0`): geoopt's
-      ``weighted_midpoint``, the Möbius gyromidpoint (the Einstein midpoint expressed in Poincaré
-      coordinates) with equal weights.
+    See :mod:`lpc_geom.analysis.geometry` for the definitions and why: the mean (Euclidean), the
+    normalised ambient mean (``geoopt.Sphere``; an error if that mean is ~0, i.e. the class is spread
+    symmetrically over the sphere), and ``expmap0`` of the mean of ``logmap0`` (stereographic models:
+    ``geoopt.PoincareBall``, ``SphereProjection``, ``Stereographic``).
 
     Parameters
     ----------
@@ -375,8 +375,11 @@ def class_centres(latents, labels, manifold=None) -> tuple[np.ndarray, np.ndarra
     Raises
     ------
     ValueError
-        Bad shapes, points off the manifold, an unsupported manifold, or a degenerate spherical mean.
+        Bad shapes, points off the manifold, or a degenerate spherical mean.
+    TypeError
+        A manifold other than Euclidean, Sphere or a stereographic model.
     """
+    geom = geometry_from_manifold(manifold)
     z = _as_points(latents, "latents")
     check_points_on_manifold(z, manifold, "latents")
     y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
@@ -384,26 +387,16 @@ def class_centres(latents, labels, manifold=None) -> tuple[np.ndarray, np.ndarra
         raise ValueError(f"labels must have shape ({z.shape[0]},), got {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-    classes = np.unique(y)
-    yt = torch.as_tensor(y)
-    centres = []
-    for c in classes:
-        zc = z[yt == int(c)]
-        if manifold is None or isinstance(manifold, geoopt.Euclidean):
-            centres.append(zc.mean(dim=0))
-        elif isinstance(manifold, geoopt.Sphere):
-            m = zc.mean(dim=0)
-            if m.norm() < 1e-8:
-                raise UndefinedMetricError(f"class {c}: the Euclidean mean of its points on the sphere is ~0")
-            centres.append(m / m.norm())
-        elif _is_hyperbolic_ball(manifold):
-            with torch.no_grad():
-                centres.append(manifold.weighted_midpoint(zc, reducedim=[0]))
-        else:
-            raise ValueError(
-                f"class_centres supports Euclidean, geoopt.Sphere and Poincaré-ball latents, not {manifold.name}"
-            )
-    return classes, torch.stack(centres).numpy()
+    classes, codes = np.unique(y, return_inverse=True)
+    means, _ = class_means(geom.to_chart(z), torch.as_tensor(codes), len(classes))
+    centres = geometry_class_centres(geom, means)
+    undefined = torch.isnan(centres).any(dim=1)
+    if bool(undefined.any()):
+        raise UndefinedMetricError(
+            f"class {classes[int(torch.nonzero(undefined)[0, 0])]}: the Euclidean mean of its points on the "
+            "sphere is ~0, so it has no centre"
+        )
+    return classes, centres.numpy()
 
 
 def compare(
