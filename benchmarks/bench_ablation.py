@@ -23,6 +23,7 @@ import numpy as np
 from scipy.stats import pearsonr
 
 from lpc_geom.ablation import ROWS
+from lpc_geom.config import load_config
 from lpc_geom.experiments.demo import demo_config
 from lpc_geom.experiments.plots import save_figure
 from lpc_geom.experiments.runs import robustness_run
@@ -48,7 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help="ablation rows (default: all)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=None, help="override the demo config's epochs")
+    parser.add_argument("--config", default=None,
+                        help="base TrainConfig file (TOML/YAML/JSON; default: the embedded recipe "
+                             "lpc_geom/configs/mnist1d_lpc.toml); every run overrides row and seed")
+    parser.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--out", default="results/ablation", help="output directory")
     parser.add_argument("--robustness-samples", type=int, default=1000,
@@ -127,7 +131,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; accepted: {', '.join(ROWS)}")
     out = Path(args.out)
-    base = demo_config().replace(progress=False)
+    base = (load_config(args.config) if args.config else demo_config()).replace(progress=False)
     if args.epochs is not None:
         base = base.replace(epochs=args.epochs)
     jobs = [
@@ -153,7 +157,8 @@ def main(argv=None) -> int:
         lines.append(f"\nSeparation ratio vs DeepFool robustness over {correlation['runs']} runs: Pearson r = "
                      f"{correlation['pearson_r']:.3f} (log-log {correlation['pearson_r_log']:.3f}); "
                      f"figure: {out / 'separation_vs_robustness.png'}")
-    report = (f"MNIST-1D, MLP backbone, {base.epochs} epochs, seeds {args.seeds}; collapse figures of the "
+    report = (f"{base.dataset}, {base.backbone} backbone, optimiser {base.optimizer}, {base.epochs} epochs, "
+              f"seeds {args.seeds}; collapse figures of the "
               f"train latents, accuracy and DeepFool on the test set (mean ± std over seeds)\n\n{text}\n\n"
               "Acceptance (LPC vs NoPen):\n" + "\n".join(lines))
     print("\n" + report)

@@ -26,6 +26,7 @@ TRAIN_FLAGS = {
     "dtype": "dtype", "checkpoint_every": "checkpoint_every", "final_robustness": "final_robustness_samples",
     "kfac_damping": "kfac_damping",
     "kfac_update_freq": "kfac_update_freq", "kfac_factor_freq": "kfac_factor_freq", "kfac_fisher": "kfac_fisher",
+    "kfac_start_epoch": "kfac_start_epoch",
 }
 
 
@@ -49,6 +50,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--kfac-update-freq", type=int, help="K-FAC: steps between eigendecompositions")
     group.add_argument("--kfac-factor-freq", type=int, help="K-FAC: steps between curvature statistics")
     group.add_argument("--kfac-fisher", choices=("mc", "empirical", "exact"), help="K-FAC Fisher type")
+    group.add_argument("--kfac-start-epoch", type=int,
+                       help="K-FAC preconditions from this epoch on (before it the base optimiser steps alone)")
     group.add_argument("--epochs", type=int)
     group.add_argument("--batch-size", type=int)
     group.add_argument("--seed", type=int)

@@ -53,6 +53,7 @@ class TrainConfig:
     kfac_update_freq: int = 10
     kfac_factor_freq: int = 1
     kfac_fisher: str = "mc"
+    kfac_start_epoch: int = 0  # K-FAC preconditions from this epoch on; before it the base optimiser alone steps
     epochs: int = 200
     batch_size: int = 128
     # run
@@ -89,7 +90,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{name}={value!r} (must be an integer >= 1)")
-        for name in ("lr_halve_from", "final_robustness_samples", "seed"):
+        for name in ("lr_halve_from", "final_robustness_samples", "seed", "kfac_start_epoch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 problems.append(f"{name}={value!r} (must be an integer >= 0)")

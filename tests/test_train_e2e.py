@@ -55,6 +55,17 @@ def test_training_writes_outputs_and_is_deterministic(tmp_path):
     assert history[-1]["test_acc"] > 0.5  # well-separated blobs
 
 
+def test_kfac_start_epoch_switches_the_preconditioner_on(tmp_path):
+    """Before kfac_start_epoch a kfac-adam run is exactly the AdamW run; from it on, K-FAC changes the steps."""
+    adamw = train(tiny_config(tmp_path, "adamw", epochs=3, optimizer="adamw")).history
+    late = train(tiny_config(tmp_path, "late", epochs=3, optimizer="kfac-adam", kfac_start_epoch=2)).history
+    never = train(tiny_config(tmp_path, "never", epochs=3, optimizer="kfac-adam", kfac_start_epoch=3)).history
+    losses = [[r["train_loss"] for r in h] for h in (adamw, late, never)]
+    assert losses[2] == losses[0]
+    assert losses[1][:2] == losses[0][:2]
+    assert losses[1][2] != losses[0][2]
+
+
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     """Kill a CLI run once it has checkpointed mid-run, resume it, compare with an uninterrupted run."""
     epochs = 12

@@ -244,6 +244,7 @@ class Trainer:
         min_batch = 2 * self.dist.world_size  # batch norm and SupCon need two samples per rank
         sums = torch.zeros(3 + 3, dtype=torch.float64)  # loss, correct, count, ce, compression, supcon
         self.ddp_model.train()
+        preconditioner = self.preconditioner if epoch >= cfg.kfac_start_epoch else None
         for batch in permutation.split(cfg.batch_size):
             if len(batch) < min_batch:
                 continue
@@ -254,18 +255,18 @@ class Trainer:
             xb = xb.to(device=self.device, dtype=self.dtype)
             yb = data.y_train[local].to(self.device)
             out = self.ddp_model(xb)
-            if self.preconditioner is not None:
+            if preconditioner is not None:
                 margin = self.objective.margin_at(epoch)
                 # cosine heads: the Fisher of the softmax the loss actually uses, over scaled cosines
-                self.preconditioner.update_statistics(out.logits if margin is None else margin[1] * out.logits, yb)
+                preconditioner.update_statistics(out.logits if margin is None else margin[1] * out.logits, yb)
             loss, parts = self.objective(out, yb, gamma=gamma, epoch=epoch)
             if not torch.isfinite(loss):
                 self._non_finite(epoch, gamma, lr, parts)
             # Weight so that DDP's gradient average equals the mean over the global batch.
             weight = len(local) * self.dist.world_size / len(batch)
             (loss * weight).backward()
-            if self.preconditioner is not None:
-                self.preconditioner.step()
+            if preconditioner is not None:
+                preconditioner.step()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             n = len(local)
