@@ -22,11 +22,21 @@ def test_defaults_are_valid_and_row_names_normalised():
         ({"lr": float("nan")}, "lr=nan"),
         ({"latent_dim": -3}, "latent_dim=-3"),
         ({"final_robustness_samples": -1}, "final_robustness_samples=-1"),
+        ({"kfac_start_epoch": -2}, "kfac_start_epoch=-2"),
     ],
 )
 def test_invalid_values_name_the_problem(changes, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**changes)
+
+
+@pytest.mark.parametrize("name", ["mnist1d_lpc.toml", "mnist1d_lpc_kfac.toml"])
+def test_shipped_configs_load(name):
+    from importlib import resources
+
+    with resources.as_file(resources.files("lpc_geom") / "configs" / name) as path:
+        cfg = load_config(path)
+    assert cfg.dataset == "mnist1d" and cfg.row == "LPC" and cfg.epochs == 300
 
 
 def test_config_files_toml_yaml_json(tmp_path):

@@ -132,11 +132,18 @@ def test_collapse_onto_origin_is_warned(tmp_path):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
                     reason="torchrun not installed")
-def test_ddp_two_processes_match_single_process(tmp_path):
+@pytest.mark.parametrize("optimizer", [
+    ["--optimizer", "adamw"],
+    # K-FAC with the exact Fisher: its statistics are all-reduced over the global batch, so the ranks agree
+    # with one process (the sampled "mc" Fisher draws different labels per shard)
+    ["--optimizer", "kfac-adam", "--kfac-fisher", "exact", "--kfac-update-freq", "2"],
+], ids=["adamw", "kfac-adam"])
+def test_ddp_two_processes_match_single_process(tmp_path, optimizer):
     """Real DDP (torchrun, gloo, 2 CPU processes) against one process with the same seed."""
     args = ["train", "--set", f"dataset_options={json.dumps(TINY['dataset_options'])}",
             "--set", f"backbone_options={json.dumps(TINY['backbone_options'])}",
-            "--dataset", "blobs", "--latent-dim", "8", "--batch-size", "64", "--epochs", "3", "--no-progress"]
+            "--dataset", "blobs", "--latent-dim", "8", "--batch-size", "64", "--epochs", "3", "--no-progress",
+            *optimizer]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(cli(*args, "--out", str(tmp_path / "single")), env=env, cwd=REPO,
                             capture_output=True, text=True)
@@ -154,6 +161,14 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     la = np.load(tmp_path / "single" / "latents.npz")["test_latents"]
     lb = np.load(tmp_path / "ddp" / "latents.npz")["test_latents"]
     np.testing.assert_allclose(la, lb, rtol=1e-3, atol=1e-4)
+    if "kfac-adam" in optimizer:  # the preconditioner really ran on every rank: same factors as one process
+        from lpc_geom.train.checkpoint import load_checkpoint
+
+        pa, pb = (load_checkpoint(tmp_path / run / "checkpoint.pt")["preconditioner"] for run in ("single", "ddp"))
+        assert pa["steps"] == pb["steps"] > 0
+        for name, layer in pa["layers"].items():
+            for key, value in layer["ema"].items():
+                torch.testing.assert_close(pb["layers"][name]["ema"][key], value, rtol=1e-3, atol=1e-6)
 
 
 def test_final_robustness_is_written_with_the_summary(tmp_path):

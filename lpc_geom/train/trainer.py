@@ -160,9 +160,6 @@ class Trainer:
             self.preconditioner = KFAC(model, fisher=config.kfac_fisher, damping=config.kfac_damping,
                                        update_freq=config.kfac_update_freq, factor_freq=config.kfac_factor_freq,
                                        lr=config.lr)
-        if self.preconditioner is not None and self.dist.enabled:
-            raise ValueError("K-FAC optimisers are not supported under torchrun/DDP yet (the all-reduce of "
-                             "their curvature statistics is untested with more than one process)")
         self.ddp_model: nn.Module = model
         if self.dist.enabled:
             self.ddp_model = nn.parallel.DistributedDataParallel(
