@@ -24,7 +24,7 @@ TRAIN_FLAGS = {
     "geometry": "geometry", "gamma_schedule": "gamma_schedule", "optimizer": "optimizer", "lr": "lr",
     "epochs": "epochs", "batch_size": "batch_size", "seed": "seed", "out": "out_dir", "device": "device",
     "dtype": "dtype", "checkpoint_every": "checkpoint_every", "final_robustness": "final_robustness_samples",
-    "kfac_damping": "kfac_damping",
+    "kfac_damping": "kfac_damping", "kfac_damping_late": "kfac_damping_late",
     "kfac_update_freq": "kfac_update_freq", "kfac_factor_freq": "kfac_factor_freq", "kfac_fisher": "kfac_fisher",
     "kfac_start_epoch": "kfac_start_epoch",
 }
@@ -47,6 +47,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="optimiser; auto: adamw, or riemannian-adam for manifold heads; kfac-* add K-FAC")
     group.add_argument("--lr", type=float, help="learning rate")
     group.add_argument("--kfac-damping", type=float, help="K-FAC Tikhonov damping")
+    group.add_argument("--kfac-damping-late", type=float,
+                       help="K-FAC damping once the learning rate starts halving (default: --kfac-damping)")
     group.add_argument("--kfac-update-freq", type=int, help="K-FAC: steps between eigendecompositions")
     group.add_argument("--kfac-factor-freq", type=int, help="K-FAC: steps between curvature statistics")
     group.add_argument("--kfac-fisher", choices=("mc", "empirical", "exact"), help="K-FAC Fisher type")

@@ -50,6 +50,7 @@ class TrainConfig:
     lr_halve_every: int = 50
     lr_halve_classifier: bool = False  # the paper keeps the classifier's learning rate constant
     kfac_damping: float = 1e-3
+    kfac_damping_late: float | None = None  # K-FAC damping from lr_halve_from on; None: kfac_damping throughout
     kfac_update_freq: int = 10
     kfac_factor_freq: int = 1
     kfac_fisher: str = "mc"
@@ -98,6 +99,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 problems.append(f"{name}={value!r} (must be a finite number >= 0)")
+        late = self.kfac_damping_late
+        if late is not None and (isinstance(late, bool) or not isinstance(late, (int, float))
+                                 or not math.isfinite(late) or late <= 0):
+            problems.append(f"kfac_damping_late={late!r} (must be None or a finite number > 0)")
         if self.lr == 0 or self.temperature == 0:
             problems.append("lr and temperature must be > 0")
         if self.latent_dim is not None and (not isinstance(self.latent_dim, int) or self.latent_dim < 1):

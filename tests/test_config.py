@@ -23,6 +23,7 @@ def test_defaults_are_valid_and_row_names_normalised():
         ({"latent_dim": -3}, "latent_dim=-3"),
         ({"final_robustness_samples": -1}, "final_robustness_samples=-1"),
         ({"kfac_start_epoch": -2}, "kfac_start_epoch=-2"),
+        ({"kfac_damping_late": 0.0}, "kfac_damping_late=0.0"),
     ],
 )
 def test_invalid_values_name_the_problem(changes, message):

@@ -66,6 +66,18 @@ def test_kfac_start_epoch_switches_the_preconditioner_on(tmp_path):
     assert losses[1][2] != losses[0][2]
 
 
+def test_kfac_damping_late_applies_from_the_learning_rate_decay(tmp_path):
+    common = {"epochs": 3, "optimizer": "kfac-adam", "lr_halve_from": 2, "lr_halve_every": 1}
+    plain = train(tiny_config(tmp_path, "plain", **common)).history
+    late = train(tiny_config(tmp_path, "late", kfac_damping_late=0.5, **common)).history
+    assert [r["train_loss"] for r in late[:2]] == [r["train_loss"] for r in plain[:2]]
+    assert late[2]["train_loss"] != plain[2]["train_loss"]
+    from lpc_geom.train.trainer import Trainer
+
+    trainer = Trainer(tiny_config(tmp_path, "probe", kfac_damping=1e-2, kfac_damping_late=1e-3, **common))
+    assert [trainer.kfac_damping_at(e) for e in (0, 1, 2, 5)] == [1e-2, 1e-2, 1e-3, 1e-3]
+
+
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     """Kill a CLI run once it has checkpointed mid-run, resume it, compare with an uninterrupted run."""
     epochs = 12

@@ -221,7 +221,19 @@ class Trainer:
             group["lr"] = base if keep else base * factor
         if self.preconditioner is not None:
             self.preconditioner.lr = self.config.lr * factor  # its KL clipping assumes the current step size
+            self.preconditioner.damping = self.kfac_damping_at(epoch)
         return self.config.lr * factor
+
+    def kfac_damping_at(self, epoch: int) -> float:
+        """K-FAC damping of an epoch: ``kfac_damping``, or ``kfac_damping_late`` once the learning rate decays.
+
+        Why two values: a large damping keeps the steps close to the base optimiser's while gamma grows (which
+        protects test accuracy); a small one in the decay phase lets the compression gradient act along the
+        directions where the Fisher of the classifier is nearly flat, which is where the remaining
+        within-class spread of the latents lies.
+        """
+        late = self.config.kfac_damping_late
+        return self.config.kfac_damping if late is None or epoch < self.config.lr_halve_from else late
 
     def _non_finite(self, epoch: int, gamma: float, lr: float, parts: dict[str, torch.Tensor]) -> None:
         params_ok = all(torch.isfinite(p).all() for p in self.model.parameters())
