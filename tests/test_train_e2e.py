@@ -119,6 +119,10 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
 def test_resume_refuses_a_different_config(tmp_path):
     cfg = tiny_config(tmp_path, epochs=2)
     train(cfg)
+    # a run directory that was moved (or copied) continues, here for two more epochs
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")
+    longer = train(cfg.replace(out_dir=str(tmp_path / "moved"), epochs=4), resume=True)
+    assert [r["epoch"] for r in longer.history] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match=r"differs from the checkpoint's in \['seed'\]"):
         train(cfg.replace(seed=3, epochs=4), resume=True)
 

@@ -36,7 +36,7 @@ from lpc_geom.train.schedules import build_gamma_schedule, lr_factor
 CHECKPOINT = "checkpoint.pt"
 LAST_GOOD = "checkpoint_last_good.pt"
 #: Keys that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("epochs", "progress", "checkpoint_every", "device")
+RESUMABLE_CHANGES = ("epochs", "progress", "checkpoint_every", "device", "out_dir")  # out_dir: a moved run
 #: Training samples whose latents the per-epoch history follows (``train_sigma_w_rel`` etc.).
 TRAIN_PROBE_SAMPLES = 2000
 
