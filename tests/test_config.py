@@ -31,13 +31,13 @@ def test_invalid_values_name_the_problem(changes, message):
         TrainConfig(**changes)
 
 
-@pytest.mark.parametrize("name", ["mnist1d_lpc.toml", "mnist1d_lpc_kfac.toml"])
-def test_shipped_configs_load(name):
+@pytest.mark.parametrize(("name", "epochs"), [("mnist1d_lpc.toml", 300), ("mnist1d_lpc_kfac.toml", 360)])
+def test_shipped_configs_load(name, epochs):
     from importlib import resources
 
     with resources.as_file(resources.files("lpc_geom") / "configs" / name) as path:
         cfg = load_config(path)
-    assert cfg.dataset == "mnist1d" and cfg.row == "LPC" and cfg.epochs == 300
+    assert cfg.dataset == "mnist1d" and cfg.row == "LPC" and cfg.epochs == epochs
 
 
 def test_config_files_toml_yaml_json(tmp_path):
