@@ -115,10 +115,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 def _cmd_robustness(args: argparse.Namespace) -> int:
     from lpc_geom.experiments.runs import analyze_run, robustness_run, run_table
 
-    robustness_run(Path(args.run_dir), samples=args.samples, seed=args.seed, candidates=args.candidates,
-                   max_iter=args.max_iter, lipschitz=not args.no_lipschitz)
-    if not (Path(args.run_dir) / "report_test.json").is_file():
-        analyze_run(Path(args.run_dir), split="test")
+    robustness_run(Path(args.run_dir), samples=args.samples, seed=args.seed, split=args.split,
+                   candidates=args.candidates, max_iter=args.max_iter, lipschitz=not args.no_lipschitz)
+    if not (Path(args.run_dir) / f"report_{args.split}.json").is_file():
+        analyze_run(Path(args.run_dir), split=args.split)
     print(run_table(Path(args.run_dir)))
     return 0
 
@@ -174,11 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     robustness = commands.add_parser(
         "robustness", help="DeepFool, Lipschitz bounds and certified radii of a finished run",
-        description="Measure a run's robustness on test inputs (DeepFool as in the LPC paper: the model's own "
-                    "prediction as label, top-10 candidates, overshoot 0.02, no clipping), write "
-                    "RUN_DIR/robustness.json and print it joined with the analyzer's report.")
+        description="Measure a run's robustness on test inputs, or with --split train on training inputs "
+                    "(DeepFool as in the LPC paper: the model's own prediction as label, top-10 candidates, "
+                    "overshoot 0.02, no clipping), write RUN_DIR/robustness.json (robustness_train.json) and "
+                    "print it joined with the analyzer's report.")
     robustness.add_argument("run_dir")
-    robustness.add_argument("--samples", type=int, default=1000, help="test inputs (seeded subsample)")
+    robustness.add_argument("--samples", type=int, default=1000, help="inputs attacked (seeded subsample)")
+    robustness.add_argument("--split", choices=("test", "train"), default="test",
+                            help="attack test inputs (the paper's figure; robustness.json) or training inputs, "
+                                 "whose latents the training collapsed (robustness_train.json)")
     robustness.add_argument("--seed", type=int, default=0)
     robustness.add_argument("--candidates", type=int, default=10, help="DeepFool candidate classes")
     robustness.add_argument("--max-iter", type=int, default=50, help="DeepFool iterations")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lpc_geom.cli import main
+from lpc_geom.experiments.runs import robustness_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "blobs", "--set", 'dataset_options={"num_classes": 3, "dim": 8, "num_samples": 300}',
@@ -55,6 +56,13 @@ def test_train_analyze_and_robustness_on_a_tiny_run(tmp_path, capsys):
     assert robustness["n_samples"] == 20 and 0 <= robustness["deepfool_success_rate"] <= 1
     table = capsys.readouterr().out
     assert "| robustness | `deepfool_mean_relative_norm` |" in table and "| test | `nc1` |" in table
+    # all 240 training inputs (the test split has 60); the test split's file is left as it was
+    assert main(["robustness", str(run), "--samples", "1000", "--split", "train", "--no-lipschitz"]) == 0
+    on_train = json.loads((run / "robustness_train.json").read_text())
+    assert on_train["n_samples"] == 240 and json.loads((run / "robustness.json").read_text())["n_samples"] == 20
+    assert "| robustness (train) | `deepfool_mean_relative_norm` |" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="split must be one of 'test', 'train', got 'val'"):
+        robustness_run(run, samples=5, split="val")
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):

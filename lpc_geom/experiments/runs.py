@@ -94,36 +94,45 @@ def analysis_classifier(head: torch.nn.Module) -> torch.nn.Module | None:
     return head.classifier
 
 
-def robustness_of(model: torch.nn.Module, data, *, samples: int = 1000, seed: int = 0,
-                  **report_options) -> dict[str, float]:
-    """:func:`~lpc_geom.analysis.robustness.robustness_report` on a seeded subsample of ``data``'s test set.
+#: Splits whose inputs a robustness measurement can attack, and the file each one's report goes to.
+ROBUSTNESS_FILES = {"test": "robustness.json", "train": "robustness_train.json"}
 
-    ``samples`` test inputs are drawn without replacement with ``seed`` (all of them when there are fewer).
+
+def robustness_of(model: torch.nn.Module, data, *, samples: int = 1000, seed: int = 0, split: str = "test",
+                  **report_options) -> dict[str, float]:
+    """:func:`~lpc_geom.analysis.robustness.robustness_report` on a seeded subsample of one of ``data``'s splits.
+
+    ``samples`` inputs of ``split`` (``"test"``, as the LPC paper measures it, or ``"train"``: the inputs
+    whose latents the training collapsed) are drawn without replacement with ``seed`` (all of them when
+    there are fewer).
     """
     from lpc_geom.analysis.robustness import robustness_report
 
+    if split not in ROBUSTNESS_FILES:
+        raise ValueError(f"split must be one of {', '.join(map(repr, ROBUSTNESS_FILES))}, got {split!r}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    n = len(data.y_test)
-    index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(samples, n)]
+    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+    index = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: min(samples, len(y))]
     parameter = next(model.parameters())
-    inputs = data.x_test[index].to(device=parameter.device, dtype=parameter.dtype)
-    return robustness_report(model, inputs, data.y_test[index].to(parameter.device), **report_options)
+    inputs = x[index].to(device=parameter.device, dtype=parameter.dtype)
+    return robustness_report(model, inputs, y[index].to(parameter.device), **report_options)
 
 
-def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, write: bool = True,
-                   **report_options) -> dict[str, float]:
+def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, split: str = "test",
+                   write: bool = True, **report_options) -> dict[str, float]:
     """DeepFool, Lipschitz bounds and certified radii of a finished run (see :func:`robustness_of`).
 
-    Writes ``robustness.json`` next to the run when ``write``.
+    Writes ``robustness.json`` (test inputs) or ``robustness_train.json`` (training inputs) next to the
+    run when ``write``.
     """
     from lpc_geom.analysis.robustness import write_robustness_json
 
     run = load_run(path)
     data = run.dataset()
-    report = robustness_of(run.model(data), data, samples=samples, seed=seed, **report_options)
+    report = robustness_of(run.model(data), data, samples=samples, seed=seed, split=split, **report_options)
     if write:
-        write_robustness_json(report, run.path / "robustness.json")
+        write_robustness_json(report, run.path / ROBUSTNESS_FILES[split])
     return report
 
 
@@ -131,7 +140,8 @@ def run_table(path: str | Path) -> str:
     """One markdown table per run joining its summary, analyzer reports and robustness record."""
     path = Path(path)
     sources = [("summary", path / "summary.json"), ("test", path / "report_test.json"),
-               ("train", path / "report_train.json"), ("robustness", path / "robustness.json")]
+               ("train", path / "report_train.json"), ("robustness", path / ROBUSTNESS_FILES["test"]),
+               ("robustness (train)", path / ROBUSTNESS_FILES["train"])]
     lines = [f"**{path}**", "", "| source | figure | value |", "|---|---|---|"]
     for source, file in sources:
         if not file.is_file():
