@@ -27,7 +27,7 @@ from lpc_geom.config import load_config
 from lpc_geom.experiments.demo import demo_config
 from lpc_geom.experiments.plots import save_figure
 from lpc_geom.experiments.runs import robustness_run
-from lpc_geom.experiments.sweep import Job, aggregate, default_workers, run_jobs
+from lpc_geom.experiments.sweep import Job, aggregate, default_workers, finished_record, run_jobs
 from lpc_geom.experiments.tables import csv_text
 from lpc_geom.train.checkpoint import write_json, write_text
 
@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--robustness-samples", type=int, default=1000,
                         help="test inputs for DeepFool per run (0: skip robustness)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report the runs of the grid that already finished under --out")
     return parser.parse_args(argv)
 
 
@@ -141,6 +143,10 @@ def main(argv=None) -> int:
     ]
     print(f"{len(jobs)} runs ({len(args.rows)} rows x {len(args.seeds)} seeds), {base.epochs} epochs each, "
           f"{args.workers} worker process(es); results in {out.resolve()}", flush=True)
+    if args.report_only:
+        missing = [job.name for job in jobs if finished_record(job) is None]
+        jobs = [job for job in jobs if job.name not in missing]
+        print(f"report only: {len(jobs)} finished runs" + (f"; not run: {', '.join(missing)}" if missing else ""))
     postprocess = (functools.partial(robustness_figures, samples=args.robustness_samples)
                    if args.robustness_samples > 0 else None)
     records = run_jobs(jobs, workers=args.workers, progress=not args.no_progress, postprocess=postprocess)
