@@ -98,6 +98,13 @@ def analysis_classifier(head: torch.nn.Module) -> torch.nn.Module | None:
 ROBUSTNESS_FILES = {"test": "robustness.json", "train": "robustness_train.json"}
 
 
+def robustness_file(split: str) -> str:
+    """The file name of a robustness report on ``split``; a ValueError names the accepted splits."""
+    if split not in ROBUSTNESS_FILES:
+        raise ValueError(f"split must be one of {', '.join(map(repr, ROBUSTNESS_FILES))}, got {split!r}")
+    return ROBUSTNESS_FILES[split]
+
+
 def robustness_of(model: torch.nn.Module, data, *, samples: int = 1000, seed: int = 0, split: str = "test",
                   **report_options) -> dict[str, float]:
     """:func:`~lpc_geom.analysis.robustness.robustness_report` on a seeded subsample of one of ``data``'s splits.
@@ -108,8 +115,7 @@ def robustness_of(model: torch.nn.Module, data, *, samples: int = 1000, seed: in
     """
     from lpc_geom.analysis.robustness import robustness_report
 
-    if split not in ROBUSTNESS_FILES:
-        raise ValueError(f"split must be one of {', '.join(map(repr, ROBUSTNESS_FILES))}, got {split!r}")
+    robustness_file(split)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
@@ -128,11 +134,12 @@ def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, spli
     """
     from lpc_geom.analysis.robustness import write_robustness_json
 
+    file = robustness_file(split)  # before loading the run: a bad split fails at once
     run = load_run(path)
     data = run.dataset()
     report = robustness_of(run.model(data), data, samples=samples, seed=seed, split=split, **report_options)
     if write:
-        write_robustness_json(report, run.path / ROBUSTNESS_FILES[split])
+        write_robustness_json(report, run.path / file)
     return report
 
 
