@@ -116,7 +116,8 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
     from lpc_geom.experiments.runs import analyze_run, robustness_run, run_table
 
     robustness_run(Path(args.run_dir), samples=args.samples, seed=args.seed, split=args.split,
-                   candidates=args.candidates, max_iter=args.max_iter, lipschitz=not args.no_lipschitz)
+                   candidates=args.candidates, max_iter=args.max_iter, refine_steps=args.refine_steps,
+                   lipschitz=not args.no_lipschitz)
     if not (Path(args.run_dir) / f"report_{args.split}.json").is_file():
         analyze_run(Path(args.run_dir), split=args.split)
     print(run_table(Path(args.run_dir)))
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.add_argument("--seed", type=int, default=0)
     robustness.add_argument("--candidates", type=int, default=10, help="DeepFool candidate classes")
     robustness.add_argument("--max-iter", type=int, default=50, help="DeepFool iterations")
+    robustness.add_argument("--refine-steps", type=int, default=20,
+                            help="bisection halvings that shrink each DeepFool perturbation to the nearest "
+                                 "misclassified point on its segment (deepfool_refined_*; 0: none)")
     robustness.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz bounds")
     robustness.set_defaults(func=_cmd_robustness)
 

@@ -46,6 +46,9 @@ def test_pipeline_tiny_grid_resumes_and_records_failures(tmp_path, capsys):
     assert all("latent_dim <= in_dim" in r["error"] and r["traceback"] for r in failed)
     ok = [r for r in result.records if r["status"] == "ok"]
     assert all(math.isfinite(r["robust_deepfool_mean_relative_norm"]) for r in ok)
+    # the refined DeepFool distance is a point on DeepFool's segment: never longer
+    assert all(0 < r["robust_deepfool_refined_mean_relative_norm"] <= r["robust_deepfool_mean_relative_norm"]
+               for r in ok)
     assert all(math.isfinite(r["train_separation_ratio"]) for r in ok)
     kfac = {r["optimizer_name"] for r in ok if r["optimizer"] == "kfac"}
     assert kfac == {"kfac-adam", "kfac-riemannian"}

@@ -200,6 +200,79 @@ def test_deepfool_edge_cases():
         deepfool(nn.Flatten(0), torch.randn(2, 4))
 
 
+class _FlatThenSteep(nn.Module):
+    """Two classes, logit difference g(z) = -1 + 0.01 z + 10 relu(z - 1) of z = u.x (u a unit vector).
+
+    From x = 0 DeepFool's linear step (slope 0.01) jumps to z = 1.02 (1/0.01 + 1e-4); the boundary is at
+    z* = 11 / 10.01, the closed form the refinement must find.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        u = torch.zeros(dim)
+        u[0] = 0.6
+        u[1] = 0.8
+        self.register_buffer("u", u)
+
+    def forward(self, x):
+        z = x @ self.u
+        g = -1.0 + 0.01 * z + 10.0 * torch.relu(z - 1.0)
+        return torch.stack([torch.zeros_like(g), g], dim=1)
+
+
+def test_refinement_finds_the_boundary_deepfool_overshoots():
+    model = _FlatThenSteep(5)
+    x = torch.zeros(3, 5, dtype=torch.float64)
+    x[:, 2:] = torch.randn(3, 3, dtype=torch.float64)  # orthogonal to u: the distance stays z*
+    result = deepfool(model.double(), x, refine_steps=30)
+    z_star = 11.0 / 10.01
+    jump = 1.02 * (100.0 + 1e-4)
+    torch.testing.assert_close(result.norms, torch.full((3,), jump, dtype=torch.float64))
+    torch.testing.assert_close(result.refined_norms, torch.full((3,), z_star, dtype=torch.float64),
+                               atol=jump * 2.0**-29, rtol=0)
+    torch.testing.assert_close(result.refine_scales, result.refined_norms / result.norms)
+    torch.testing.assert_close(result.refined_relative_norms, result.refined_norms / x.norm(dim=1))
+    summary = result.summary()
+    assert summary["deepfool_median_refine_scale"] == pytest.approx(z_star / jump, rel=1e-6)
+    assert summary["deepfool_refined_mean_relative_norm"] < 0.02 * summary["deepfool_mean_relative_norm"]
+
+
+def test_refinement_is_exact_on_a_linear_classifier_and_keeps_unfooled_samples():
+    torch.manual_seed(5)
+    linear = nn.Linear(DIM, 2).double()
+    x = torch.randn(20, DIM, dtype=torch.float64)
+    result = deepfool(linear, x, refine_steps=40)
+    w = linear.weight[1] - linear.weight[0]
+    b = linear.bias[1] - linear.bias[0]
+    exact = ((x @ w + b).abs() / w.norm()).detach()
+    assert result.success.all()
+    torch.testing.assert_close(result.refined_norms, exact, atol=1e-9, rtol=1e-9)
+    assert (result.refine_scales < 1).all() and (result.refine_scales > 0.97).all()  # 1 / (1 + overshoot)
+    frozen = nn.Linear(4, 3)
+    nn.init.zeros_(frozen.weight)
+    stuck = deepfool(frozen, torch.randn(5, 4), refine_steps=10)
+    assert (stuck.refine_scales == 1).all() and (stuck.refined_norms == 0).all()
+    empty = deepfool(frozen, torch.zeros(0, 4), refine_steps=10)
+    assert empty.refine_scales.shape == (0,)
+    assert deepfool(frozen, torch.randn(2, 4)).refine_scales is None
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="refine_steps"):
+            deepfool(frozen, torch.randn(2, 4), refine_steps=bad)
+
+
+def test_refined_points_are_misclassified_and_inside_the_box(trained_mlp):
+    model, x, _ = trained_mlp
+    result = deepfool(model, x, refine_steps=20)
+    assert (result.refined_norms <= result.norms + 1e-6).all()
+    refined = x + result.refine_scales[:, None] * (result.adversarial - x)
+    with torch.no_grad():
+        pred = model(refined).logits.argmax(1)
+    assert torch.equal(pred != result.labels, result.success)
+    box = deepfool(model, x.clamp(-3, 3), bounds=(-3.0, 3.0), refine_steps=20)
+    inside = x.clamp(-3, 3) + box.refine_scales[:, None] * (box.adversarial - x.clamp(-3, 3))
+    assert (inside >= -3).all() and (inside <= 3).all()
+
+
 # ----------------------------------------------------------------------------------- Lipschitz bounds
 
 

@@ -102,6 +102,7 @@ TABLE_COLUMNS = (
     ("σ_W/σ_T (train)", "train_sigma_w_rel", 1.0, ".2g"),
     ("norm CV (train)", "train_norm_cv", 1.0, ".2g"),
     ("DeepFool ‖r‖/‖x‖", "robust_deepfool_mean_relative_norm", 1.0, ".3g"),
+    ("DeepFool refined", "robust_deepfool_refined_mean_relative_norm", 1.0, ".3g"),
     ("s/epoch", "epoch_seconds_median", 1.0, ".3g"),
 )
 
@@ -331,11 +332,12 @@ def lpc_vs_nopen(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if not lpc or not nopen or not lpc["runs"] or not nopen["runs"]:
             continue
         sep = lpc["train_separation_ratio_mean"] / nopen["train_separation_ratio_mean"]
-        rob = (lpc.get("robust_deepfool_mean_relative_norm_mean", math.nan)
-               / nopen.get("robust_deepfool_mean_relative_norm_mean", math.nan))
+        rob, refined = (lpc.get(f"robust_deepfool_{key}_mean", math.nan)
+                        / nopen.get(f"robust_deepfool_{key}_mean", math.nan)
+                        for key in ("mean_relative_norm", "refined_mean_relative_norm"))
         acc = 100 * (lpc["final_test_acc_mean"] - nopen["final_test_acc_mean"])
         lines.append(f"- {optimizer}: Euclidean LPC vs NoPen: separation ratio (train) x{sep:.3g}, "
-                     f"DeepFool robustness x{rob:.3g}, test accuracy {acc:+.1f} points")
+                     f"DeepFool robustness x{rob:.3g} (refined x{refined:.3g}), test accuracy {acc:+.1f} points")
     return lines
 
 
