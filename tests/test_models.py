@@ -86,6 +86,20 @@ def test_resnet_parameter_counts_match_standard_cifar_resnets(resnets):
     assert resnets["resnet18"].out_dim == 512 and resnets["resnet50"].out_dim == 2048
 
 
+def test_resnet_width_scales_every_stage():
+    narrow = build_backbone("resnet18", (1, 8, 8), width=16)
+    assert narrow.out_dim == 128 and narrow(torch.randn(2, 1, 8, 8)).shape == (2, 128)
+    convs = [m for m in narrow.modules() if isinstance(m, nn.Conv2d)]
+    assert {m.out_channels for m in convs} == {16, 32, 64, 128}
+    # every 3x3 conv has (width / 64)^2 of the standard weights, except the stem's input side
+    standard = sum(m.weight.numel() for m in resnet18(in_channels=1).modules() if isinstance(m, nn.Conv2d))
+    assert sum(m.weight.numel() for m in convs) == pytest.approx(standard / 16, rel=1e-3)
+    assert resnet50(width=8).out_dim == 256
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="width"):
+            resnet18(width=bad)
+
+
 def test_resnets_use_silu_and_batch_norm(resnets):
     for net in resnets.values():
         kinds = {type(m) for m in net.modules()}
@@ -126,7 +140,7 @@ def test_build_backbone_names_and_errors():
         build_backbone("resnet18", (3, 32))
     with pytest.raises(ValueError, match=r"\(L,\) or \(C, L\)"):
         build_backbone("cnn1d", (1, 1, 40))
-    assert backbone_options("resnet50") == ("zero_init_residual",)
+    assert backbone_options("resnet50") == ("zero_init_residual", "width")
 
 
 # ---------------------------------------------------------------------------------------------- heads

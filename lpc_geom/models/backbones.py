@@ -252,9 +252,12 @@ class ResNet(nn.Module):
     block : type
         :class:`BasicBlock` or :class:`Bottleneck`.
     num_blocks : sequence of 4 ints
-        Blocks per stage; the stages have 64, 128, 256, 512 planes and strides 1, 2, 2, 2.
+        Blocks per stage; the stages have ``width`` x (1, 2, 4, 8) planes and strides 1, 2, 2, 2.
     in_channels : int, default 3
         Input image channels.
+    width : int, default 64
+        Planes of the stem and the first stage (64: the standard ResNet; 16 costs about 1/16 of the
+        compute, for small images on a CPU).
     zero_init_residual : bool, default False
         Start the last batch norm of every block at scale 0, so each block starts as the identity
         (Goyal et al. 2017). Off by default, as in the LPC paper's setup.
@@ -262,7 +265,7 @@ class ResNet(nn.Module):
     Attributes
     ----------
     out_dim : int
-        ``512 * block.expansion`` (512 for ResNet-18, 2048 for ResNet-50).
+        ``8 * width * block.expansion`` (512 for ResNet-18, 2048 for ResNet-50 at the default width).
 
     Notes
     -----
@@ -272,15 +275,18 @@ class ResNet(nn.Module):
     """
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], num_blocks: Sequence[int],
-                 in_channels: int = 3, zero_init_residual: bool = False):
+                 in_channels: int = 3, zero_init_residual: bool = False, width: int = 64):
         super().__init__()
         if len(num_blocks) != 4:
             raise ValueError(f"num_blocks must have 4 entries (one per stage), got {num_blocks}")
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
         self.in_channels = int(in_channels)
-        self.stem = nn.Sequential(_conv3x3(self.in_channels, 64), nn.BatchNorm2d(64), nn.SiLU())
-        c_in = 64
+        self.stem = nn.Sequential(_conv3x3(self.in_channels, width), nn.BatchNorm2d(width), nn.SiLU())
+        c_in = width
         stages = []
-        for planes, n, stride in zip((64, 128, 256, 512), num_blocks, (1, 2, 2, 2), strict=True):
+        for planes, n, stride in zip((width, 2 * width, 4 * width, 8 * width), num_blocks, (1, 2, 2, 2),
+                                     strict=True):
             blocks = []
             for s in [stride] + [1] * (int(n) - 1):
                 blocks.append(block(c_in, planes, s))
@@ -310,14 +316,18 @@ class ResNet(nn.Module):
         return torch.flatten(self.pool(x), 1)
 
 
-def resnet18(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
-    """CIFAR ResNet-18 backbone (BasicBlock, [2, 2, 2, 2]); ``out_dim = 512``, about 11.17 M parameters."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels=in_channels, zero_init_residual=zero_init_residual)
+def resnet18(in_channels: int = 3, zero_init_residual: bool = False, width: int = 64) -> ResNet:
+    """CIFAR ResNet-18 backbone (BasicBlock, [2, 2, 2, 2]); ``out_dim = 8 * width`` (512), about 11.17 M
+    parameters at the default width."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), in_channels=in_channels, zero_init_residual=zero_init_residual,
+                  width=width)
 
 
-def resnet50(in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
-    """CIFAR ResNet-50 backbone (Bottleneck, [3, 4, 6, 3]); ``out_dim = 2048``, about 23.5 M parameters."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels=in_channels, zero_init_residual=zero_init_residual)
+def resnet50(in_channels: int = 3, zero_init_residual: bool = False, width: int = 64) -> ResNet:
+    """CIFAR ResNet-50 backbone (Bottleneck, [3, 4, 6, 3]); ``out_dim = 32 * width`` (2048), about 23.5 M
+    parameters at the default width."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), in_channels=in_channels, zero_init_residual=zero_init_residual,
+                  width=width)
 
 
 def _mlp_from_shape(shape: tuple[int, ...], **options) -> MLP:
@@ -378,7 +388,7 @@ def build_backbone(name: str, input_shape: int | Sequence[int], **options) -> nn
     **options
         Keyword arguments of the architecture (e.g. ``hidden``, ``batch_norm`` for ``mlp``;
         ``channels``, ``kernel_sizes``, ``stride``, ``batch_norm`` for ``cnn1d``;
-        ``zero_init_residual`` for the ResNets).
+        ``zero_init_residual`` and ``width`` for the ResNets).
 
     Returns
     -------
