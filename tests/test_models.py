@@ -100,6 +100,21 @@ def test_resnet_width_scales_every_stage():
             resnet18(width=bad)
 
 
+def test_one_dimensional_resnets_take_sequences():
+    for shape in ((40,), (1, 40)):
+        net = build_backbone("resnet18", shape, width=8)
+        assert net.dims == 1 and net.out_dim == 64
+        assert net(torch.randn(3, *shape)).shape == (3, 64)
+    types = {type(m) for m in net.modules()}
+    assert nn.Conv1d in types and nn.BatchNorm1d in types and nn.Conv2d not in types
+    two_channel = build_backbone("resnet50", (2, 16), width=4)
+    assert two_channel(torch.randn(2, 2, 16)).shape == (2, 128)
+    with pytest.raises(ValueError, match=r"\(N, 2, L\)"):
+        two_channel(torch.randn(2, 16))
+    with pytest.raises(ValueError, match="dims"):
+        resnet18(dims=3)
+
+
 def test_resnets_use_silu_and_batch_norm(resnets):
     for net in resnets.values():
         kinds = {type(m) for m in net.modules()}
@@ -137,10 +152,12 @@ def test_build_backbone_names_and_errors():
     with pytest.raises(ValueError, match="unknown option"):
         build_backbone("cnn1d", (40,), input_length=40)
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
-        build_backbone("resnet18", (3, 32))
+        build_backbone("resnet18", (3, 4, 8, 8))
+    with pytest.raises(ValueError, match="length 8"):
+        build_backbone("resnet18", (1, 6))
     with pytest.raises(ValueError, match=r"\(L,\) or \(C, L\)"):
         build_backbone("cnn1d", (1, 1, 40))
-    assert backbone_options("resnet50") == ("zero_init_residual", "width")
+    assert backbone_options("resnet50") == ("zero_init_residual", "width")  # dims comes from input_shape
 
 
 # ---------------------------------------------------------------------------------------------- heads

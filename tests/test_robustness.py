@@ -472,12 +472,14 @@ def test_max_pool_bound(pool, shape, expected):
     (BasicBlock(4, 4, stride=1), (4, 6, 6)),
     (BasicBlock(3, 5, stride=2), (3, 7, 7)),
     (Bottleneck(6, 2, stride=2), (6, 6, 6)),
+    (BasicBlock(3, 5, stride=2, dims=1), (3, 11)),
+    (Bottleneck(4, 2, stride=2, dims=1), (4, 9)),
 ])
 def test_resnet_blocks(block, shape):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
             _random_bn(m, g)
     block.eval()
     bound = lipschitz_upper_bound(block, shape)
@@ -512,6 +514,19 @@ def test_lpc_models_are_walked(backbone, options):
     assert bound.value == pytest.approx(math.prod(layer.bound for layer in leaves), rel=1e-12)
     lower = lipschitz_lower_bound(model, torch.randn(32, DIM), candidates=None)
     assert lower.value <= bound.value
+
+
+def test_one_dimensional_resnet_is_walked():
+    torch.manual_seed(0)
+    model = build_model("resnet18", "LPC", (DIM,), CLASSES, latent_dim=8, width=4)
+    g = torch.Generator().manual_seed(2)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            _random_bn(m, g)
+    bound = lipschitz_upper_bound(model, (DIM,))
+    assert {layer.kind for layer in bound.layers if layer.leaf} >= {"Conv1d", "BatchNorm1d", "SiLU", "Linear"}
+    lower = lipschitz_lower_bound(model, torch.randn(32, DIM), candidates=None)
+    assert 0 < lower.value <= bound.value < math.inf
 
 
 def test_errors_for_unsupported_or_unbounded_modules():

@@ -605,8 +605,13 @@ def _rrelu(module: nn.RReLU, input_shape: tuple[int, ...], walker: LipschitzWalk
     return max(1.0, abs(module.lower + module.upper) / 2)
 
 
+def _single_channel_view(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The input shape a 1-D convolutional network reads: ``(L,)`` inputs get their one channel axis."""
+    return (1, *shape) if len(shape) == 1 else shape
+
+
 def _cnn1d(module: CNN1d, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
-    return chain_rule("net", input_view=lambda s: (1, *s) if len(s) == 1 else s)(module, input_shape, walker)
+    return chain_rule("net", input_view=_single_channel_view)(module, input_shape, walker)
 
 
 def _register_defaults() -> None:
@@ -663,7 +668,8 @@ def _register_defaults() -> None:
     register_lipschitz_rule(StiefelHead, chain_rule("projection", "classifier"))
     register_lipschitz_rule(MLP, chain_rule("net"))
     register_lipschitz_rule(CNN1d, _cnn1d)
-    register_lipschitz_rule(ResNet, chain_rule("stem", "layer1", "layer2", "layer3", "layer4", "pool"))
+    register_lipschitz_rule(ResNet, chain_rule("stem", "layer1", "layer2", "layer3", "layer4", "pool",
+                                               input_view=_single_channel_view))
     register_lipschitz_rule(BasicBlock, residual_rule(("conv1", "bn1", "act", "conv2", "bn2"), "shortcut",
                                                       ("act",)))
     register_lipschitz_rule(Bottleneck, residual_rule(
