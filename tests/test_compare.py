@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # hidden [32, 6] and latent_dim 8: the Stiefel head needs latent_dim <= 6 and fails, the others train.
 TINY = [
     "--dataset", "blobs", "--dataset-option", "num_samples=240", "--dataset-option", "num_classes=4",
-    "--dataset-option", "dim=8", "--backbone-option", "hidden=[32,6]", "--latent-dim", "8",
+    "--dataset-option", "dim=8", "--backbone", "mlp", "--backbone-option", "hidden=[32,6]", "--latent-dim", "8",
     "--epochs", "2", "--robustness-samples", "24", "--no-progress",
 ]
 GRID = ["--geometries", "euclidean-LPC", "euclidean-NoPen", "sphere", "poincare-2d", "stiefel",
@@ -102,6 +102,21 @@ def test_pipeline_tiny_grid_resumes_and_records_failures(tmp_path, capsys):
     # a re-launch with another config into the same directory is refused, naming what differs
     with pytest.raises(ValueError, match="epochs"):
         compare.main([*TINY, *GRID, "--out", str(out), "--workers", "1", "--epochs", "3"])
+
+
+def test_default_backbone_is_a_1d_resnet_end_to_end(tmp_path):
+    # the default grid's backbone (1-D ResNet-18), tiny: K-FAC on Conv1d, DeepFool + refinement, 1-D Lipschitz rule
+    base = compare.default_config()
+    assert (base.dataset, base.backbone, base.backbone_options) == ("mnist1d", "resnet18", {"width": 8})
+    result = compare.main(["--dataset", "blobs", "--dataset-option", "num_samples=120", "--dataset-option",
+                           "dim=8", "--backbone-option", "width=2", "--latent-dim", "4", "--epochs", "1",
+                           "--robustness-samples", "8", "--no-progress", "--no-figures", "--workers", "1",
+                           "--geometries", "euclidean-LPC", "--optimizers", "default", "kfac", "--seeds", "0",
+                           "--out", str(tmp_path / "rn")])
+    assert [r["status"] for r in result.records] == ["ok", "ok"], [r.get("error") for r in result.records]
+    for record in result.records:
+        assert 0 < record["robust_deepfool_refined_mean_relative_norm"] <= record["robust_deepfool_mean_relative_norm"]
+        assert math.isfinite(record["robust_lipschitz_upper"])
 
 
 def test_settings_and_jobs():
