@@ -30,8 +30,8 @@ Written to the output directory:
   ``separation_vs_robustness.png``, ``gw_matrix.png``.
 
 The default settings (:func:`default_config`) are a compressed LPC recipe with a 1-D ResNet-18 under which
-the default grid (5 geometries x 2 optimisers x 2 seeds, 20 runs) takes about 8.5 minutes on two idle
-cores, with peak memory about 0.8 GB per process (3 processes), and shows the paper's pattern (Euclidean
+the default grid (5 geometries x 2 optimisers x 2 seeds, 20 runs) takes 8.5-9.5 minutes on two idle
+cores, with peak memory about 0.85 GB per process (3 processes), and shows the paper's pattern (Euclidean
 LPC against NoPen: separation ratio x5-6, DeepFool distance x3.4-3.9, accuracy kept). K-FAC runs are
 started first.
 """
