@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import json
 import sys
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 from lpc_geom.ablation import ROWS
 from lpc_geom.config import (
-    GEOMETRIES,
-    OPTIMIZERS,
+    DEVICES,
+    DTYPES,
+    ConfigError,
     TrainConfig,
     check_keys,
+    config_keys,
     load_config,
     parse_override,
 )
-from lpc_geom.train.schedules import GAMMA_SCHEDULES
+from lpc_geom.paths import check_writable_directory
 
 #: Flags of ``lpc-geom train`` that map onto TrainConfig keys (flag dest -> config key).
 TRAIN_FLAGS = {
@@ -30,39 +36,84 @@ TRAIN_FLAGS = {
 }
 
 
+class _Registry(Sequence):
+    """The names of a registry, read on first use (argparse ``choices``), so that building the parser stays
+    light: the registries live in modules that import torch."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def _names(self) -> tuple[str, ...]:
+        spec = next(f for f in dataclasses.fields(TrainConfig) if f.name == self.key).metadata["choices"]
+        return tuple(spec())
+
+    def __getitem__(self, index):
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+def _default(key: str) -> str:
+    """`` (default: X)`` with X the TrainConfig default of ``key``."""
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return f" (default: {value})"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already names it or there is none to show (None, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML/YAML/JSON config file (keys: TrainConfig fields)")
-    group = parser.add_argument_group("overrides (take precedence over the config file)")
-    group.add_argument("--dataset", help="mnist1d, digits, blobs, cifar10, cifar100 or npz")
+    group = parser.add_argument_group("overrides (take precedence over the config file; defaults: TrainConfig's)")
+    group.add_argument("--dataset", type=str.lower, choices=_Registry("dataset"), metavar="NAME",
+                       help="dataset: %(choices)s" + _default("dataset"))
     group.add_argument("--data-root", help="CIFAR directory (cifar10/cifar100) or .npz file (npz)")
-    group.add_argument("--backbone", help="mlp, cnn1d, resnet18 or resnet50")
-    group.add_argument("--row", help=f"ablation row: {', '.join(ROWS)}")
+    group.add_argument("--backbone", type=str.lower, choices=_Registry("backbone"), metavar="NAME",
+                       help="backbone: %(choices)s" + _default("backbone"))
+    group.add_argument("--row", help=f"ablation row: {', '.join(ROWS)}" + _default("row"))
     group.add_argument("--latent-dim", type=int, help="penultimate width (default: the row's width)")
-    group.add_argument("--geometry", choices=GEOMETRIES, help="latent geometry of the head")
-    group.add_argument("--gamma-schedule", choices=list(GAMMA_SCHEDULES), help="gamma schedule")
-    group.add_argument("--gamma-start", type=float, help="initial gamma (paper: 1e-2)")
-    group.add_argument("--gamma-factor", type=float, help="growth factor per step (paper: 1.05/epoch)")
-    group.add_argument("--gamma-max", type=float, help="largest gamma (paper: 1e6)")
-    group.add_argument("--optimizer", choices=OPTIMIZERS,
-                       help="optimiser; auto: adamw, or riemannian-adam for manifold heads; kfac-* add K-FAC")
-    group.add_argument("--lr", type=float, help="learning rate")
-    group.add_argument("--kfac-damping", type=float, help="K-FAC Tikhonov damping")
+    group.add_argument("--geometry", choices=_Registry("geometry"), metavar="NAME",
+                       help="latent geometry of the head: %(choices)s" + _default("geometry"))
+    group.add_argument("--gamma-schedule", choices=_Registry("gamma_schedule"), metavar="NAME",
+                       help="gamma schedule: %(choices)s" + _default("gamma_schedule"))
+    group.add_argument("--gamma-start", type=float, help="initial gamma (default: the schedule's; paper: 1e-2)")
+    group.add_argument("--gamma-factor", type=float,
+                       help="growth factor per step (default: the schedule's; paper: 1.05/epoch)")
+    group.add_argument("--gamma-max", type=float, help="largest gamma (default: the schedule's; paper: 1e6)")
+    group.add_argument("--optimizer", choices=_Registry("optimizer"), metavar="NAME",
+                       help="optimiser: %(choices)s; auto: adamw, or riemannian-adam for manifold heads; "
+                            "kfac-* add K-FAC" + _default("optimizer"))
+    group.add_argument("--lr", type=float, help="learning rate" + _default("lr"))
+    group.add_argument("--kfac-damping", type=float, help="K-FAC Tikhonov damping" + _default("kfac_damping"))
     group.add_argument("--kfac-damping-late", type=float,
                        help="K-FAC damping once the learning rate starts halving (default: --kfac-damping)")
-    group.add_argument("--kfac-update-freq", type=int, help="K-FAC: steps between eigendecompositions")
-    group.add_argument("--kfac-factor-freq", type=int, help="K-FAC: steps between curvature statistics")
-    group.add_argument("--kfac-fisher", choices=("mc", "empirical", "exact"), help="K-FAC Fisher type")
+    group.add_argument("--kfac-update-freq", type=int,
+                       help="K-FAC: steps between eigendecompositions" + _default("kfac_update_freq"))
+    group.add_argument("--kfac-factor-freq", type=int,
+                       help="K-FAC: steps between curvature statistics" + _default("kfac_factor_freq"))
+    group.add_argument("--kfac-fisher", choices=_Registry("kfac_fisher"), metavar="NAME",
+                       help="K-FAC Fisher type: %(choices)s" + _default("kfac_fisher"))
     group.add_argument("--kfac-start-epoch", type=int,
-                       help="K-FAC preconditions from this epoch on (before it the base optimiser steps alone)")
-    group.add_argument("--epochs", type=int)
-    group.add_argument("--batch-size", type=int)
-    group.add_argument("--seed", type=int)
-    group.add_argument("--out", help="run directory (config, history, checkpoints, latents)")
-    group.add_argument("--device", choices=("auto", "cpu", "cuda"))
-    group.add_argument("--dtype", choices=("float32", "float64"))
-    group.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints")
+                       help="K-FAC preconditions from this epoch on (before it the base optimiser steps alone)"
+                            + _default("kfac_start_epoch"))
+    group.add_argument("--epochs", type=int, help="epochs" + _default("epochs"))
+    group.add_argument("--batch-size", type=int, help="batch size, at least 2" + _default("batch_size"))
+    group.add_argument("--seed", type=int, help="seed of initialisation and data order" + _default("seed"))
+    group.add_argument("--out", help="run directory (config, history, checkpoints, latents)" + _default("out_dir"))
+    group.add_argument("--device", choices=DEVICES, help=_default("device").strip())
+    group.add_argument("--dtype", choices=DTYPES, help=_default("dtype").strip())
+    group.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints" + _default("checkpoint_every"))
     group.add_argument("--final-robustness", type=int, metavar="N",
-                       help="after training, DeepFool/Lipschitz/certified radii on N test inputs (robustness.json)")
+                       help="after training, DeepFool/Lipschitz/certified radii on N test inputs (robustness.json)"
+                            + _default("final_robustness_samples"))
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any TrainConfig key, value parsed as JSON (e.g. --set gamma_options='{\"every\": 2}')")
     parser.add_argument("--resume", action="store_true",
@@ -70,33 +121,53 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Config file (or defaults), then explicit flags, then ``--set`` overrides."""
+    """Config file (or defaults), then explicit flags, then ``--set`` overrides.
+
+    A :class:`~lpc_geom.config.ConfigError` labels each invalid key with the option that set it
+    (``--lr``, ``--set lr``) or the config file it came from.
+    """
     config = load_config(args.config) if args.config else TrainConfig()
     changes = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    labels = {key: _flag(flag) for flag, key in TRAIN_FLAGS.items() if key in changes}
     gamma_options = dict(config.gamma_options)
+    gamma_flags = []
     for flag, key in (("gamma_start", "start"), ("gamma_factor", "factor"), ("gamma_max", "gamma_max")):
         if getattr(args, flag) is not None:
             gamma_options[key] = getattr(args, flag)
+            gamma_flags.append(_flag(flag))
     if gamma_options != config.gamma_options:
         changes["gamma_options"] = gamma_options
+        labels["gamma_options"] = f"gamma_options ({', '.join(gamma_flags)})"
     if args.data_root is not None:
         dataset = changes.get("dataset", config.dataset)
         key = "path" if dataset == "npz" else "root"
         changes["dataset_options"] = {**config.dataset_options, key: args.data_root}
+        labels["dataset_options"] = "--data-root"
     for item in args.set:
         key, value = parse_override(item)
         changes[key] = value
+        labels[key] = f"--set {key}"
     if args.no_progress:
         changes["progress"] = False
-    check_keys(changes, source="command-line overrides")
-    return config.replace(**changes)
+    check_keys(changes, source="--set")
+    if args.config:
+        labels = {**{key: f"{args.config}: {key}" for key in config_keys() if key not in labels}, **labels}
+    try:
+        return config.replace(**changes)
+    except ConfigError as exc:
+        raise exc.located(labels=labels) from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from lpc_geom.train import train
 
     config = config_from_args(args)
+    check_writable_directory(config.out_dir, label="--out")
     result = train(config, resume=args.resume)
     final = result.final
     print(f"run directory: {result.out_dir}")
@@ -127,6 +198,7 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lpc_geom.experiments.demo import run_demo
 
+    check_writable_directory(args.out, label="--out")
     run_demo(Path(args.out), epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
     return 0
 
@@ -144,9 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Latent point collapse (LPC) and the geometry of classifier latents.",
         epilog="Run 'lpc-geom COMMAND --help' for the options of each command.",
     )
+    parser.add_argument("--debug", action="store_true", help="on an error, show the Python traceback")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an error, show the Python traceback")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train_parser = commands.add_parser(
+    def command(name: str, **options) -> argparse.ArgumentParser:
+        return commands.add_parser(name, formatter_class=_HelpFormatter, parents=[common], **options)
+
+    train_parser = command(
         "train", help="train one classifier (any ablation row, geometry, optimiser)",
         description="Train one classifier. The run directory receives config.json, history.json/.csv, "
                     "checkpoint.pt (written atomically) and latents.npz (train/test latents, labels, "
@@ -155,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_arguments(train_parser)
     train_parser.set_defaults(func=_cmd_train)
 
-    demo = commands.add_parser(
+    demo = command(
         "demo", help="train LPC and the NoPen baseline on MNIST-1D and compare their latents",
         description="Train LPC and NoPen on MNIST-1D (generated offline), print the collapse table and "
                     "write a figure of both latent spaces.",
@@ -166,14 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_cmd_demo)
 
-    analyze = commands.add_parser("analyze", help="collapse report of a finished run's latents",
+    analyze = command("analyze", help="collapse report of a finished run's latents",
                                   description="Print lpc_geom.analyze's report for RUN_DIR/latents.npz "
                                               "and write it to RUN_DIR/report_<split>.json.")
     analyze.add_argument("run_dir")
     analyze.add_argument("--split", choices=("train", "test"), default="test")
     analyze.set_defaults(func=_cmd_analyze)
 
-    robustness = commands.add_parser(
+    robustness = command(
         "robustness", help="DeepFool, Lipschitz bounds and certified radii of a finished run",
         description="Measure a run's robustness on test inputs, or with --split train on training inputs "
                     "(DeepFool as in the LPC paper: the model's own prediction as label, top-10 candidates, "
@@ -193,19 +272,70 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz bounds")
     robustness.set_defaults(func=_cmd_robustness)
 
-    rows = commands.add_parser("rows", help="list the ablation rows", description="List the ablation rows.")
+    rows = command("rows", help="list the ablation rows", description="List the ablation rows.")
     rows.set_defaults(func=_cmd_rows)
     return parser
 
 
+#: Errors in what the user gave (a value, an option, a file's content or path): exit code 2. Anything else
+#: (a full disk, a read-only directory, a diverging run) is a runtime error: exit code 1.
+USAGE_ERRORS = (ValueError, TypeError, LookupError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                IsADirectoryError)
+
+
+def _chain(exc: BaseException):
+    """``exc`` and the exceptions it was raised from or while handling, outermost first."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """``(one-line message, exit code)`` for an exception that ends a command.
+
+    lpc_geom's own messages already start with the file or option at fault. An operating-system error
+    hidden in a chained library error (torch reports a full disk as a RuntimeError raised while handling
+    the ``OSError``) is reported as that ``OSError``.
+    """
+    if not isinstance(exc, (OSError, *USAGE_ERRORS)):
+        hidden = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno is not None), None)
+        if hidden is not None:
+            exc = hidden
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = exc.filename if exc.filename is not None else ""
+        problem = f"{exc.strerror or errno.errorcode.get(exc.errno, exc)} [{errno.errorcode.get(exc.errno, '?')}]"
+        message = f"{name}: {problem}" if name else problem
+    elif type(exc).__module__.startswith("lpc_geom") or type(exc) in (*USAGE_ERRORS, OSError, ConfigError):
+        message = str(exc) or type(exc).__name__
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, KeyError) and not type(exc).__module__.startswith("lpc_geom"):
+        message = f"missing key {exc}"
+    return _one_line(message), (2 if isinstance(exc, USAGE_ERRORS) else 1)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an error ends it with one line ``lpc-geom COMMAND: error: WHERE: PROBLEM`` on stderr.
+
+    Exit codes: 0 success, 2 a usage error (bad value, option or input file), 1 a runtime error (see
+    :data:`USAGE_ERRORS`). ``--debug`` prints the traceback before that line.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"lpc-geom {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # every error a command raises ends in one line
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        message, code = describe_error(exc)
+        print(f"lpc-geom {args.command}: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -1,166 +1,569 @@
-"""Run configuration: one flat dataclass, loaded from TOML or YAML and overridden by flags.
+"""Run configuration: one typed dataclass, loaded from TOML, YAML or JSON and overridden by flags.
 
-Unknown keys and invalid values are errors that list what is accepted, so that a typo in a config file
-never silently trains something else.
+Every value is checked once, here, before any data is loaded or any step is taken:
+
+* types strictly, from the field annotations (a bool is not a number, a number is not a bool, an
+  integer field takes only integers; ``None`` only where the annotation allows it);
+* ranges and accepted names, from each field's metadata (``ge``/``gt``/``le``, ``finite``, and
+  ``choices`` drawn from the registry that owns the names: datasets, backbones, geometries, gamma
+  schedules, optimisers);
+* every nested options dict against the signature of what it configures (the dataset loader, the
+  backbone constructor, the geometry head class, the gamma schedule): unknown keys are listed with the
+  accepted ones and each value is checked against that parameter's annotation.
+
+A failure raises :class:`ConfigError` (a ``ValueError``) naming every invalid key, what is wrong and what
+is accepted, prefixed by the file (or labelled by the command-line option) it came from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import inspect
 import json
 import math
+import numbers
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union
 
 from lpc_geom.ablation import ROWS, get_row
 
-GEOMETRIES = ("euclidean", "sphere", "poincare", "stiefel")
-OPTIMIZERS = ("auto", "adamw", "sgd", "riemannian-adam", "riemannian-sgd", "kfac-sgd", "kfac-adam", "kfac-riemannian")
-FISHER_TYPES = ("mc", "empirical", "exact")
+#: Optimisers that precondition a base optimiser with K-FAC (the trainer maps each onto its base).
+KFAC_OPTIMIZERS = ("kfac-sgd", "kfac-adam", "kfac-riemannian")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
+#: Largest seed: numpy and torch generators both accept every seed in [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+
+
+# ------------------------------------------------------------------------------------------- registries
+# Imported on first use: the registries pull in torch, and `import lpc_geom.config` (the CLI) stays light.
+def _datasets() -> dict[str, Callable[..., Any]]:
+    from lpc_geom.data import DATASETS
+
+    return DATASETS
+
+
+def _backbones() -> tuple[str, ...]:
+    from lpc_geom.models.backbones import BACKBONES
+
+    return tuple(BACKBONES)
+
+
+def _geometries() -> tuple[str, ...]:
+    from lpc_geom.models.geometry import GEOMETRIES
+
+    return GEOMETRIES
+
+
+def _gamma_schedules() -> dict[str, type]:
+    from lpc_geom.train.schedules import GAMMA_SCHEDULES
+
+    return GAMMA_SCHEDULES
+
+
+def _optimizers() -> tuple[str, ...]:
+    from lpc_geom.optim import OPTIMIZERS
+
+    return ("auto", *OPTIMIZERS, *KFAC_OPTIMIZERS)
+
+
+def _fisher_types() -> tuple[str, ...]:
+    from lpc_geom.optim.kfac import FisherType
+
+    return typing.get_args(FisherType)
+
+
+def _rows() -> tuple[str, ...]:
+    return tuple(ROWS)
+
+
+def _spec(*, ge: float | None = None, gt: float | None = None, le: float | None = None, finite: bool = False,
+          choices: Callable[[], Sequence[str]] | None = None) -> dict[str, Any]:
+    return {"ge": ge, "gt": gt, "le": le, "finite": finite, "choices": choices}
+
+
+def _field(default: Any, **spec: Any) -> Any:
+    return field(default=default, metadata=_spec(**spec))
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (saved as ``config.json`` in the run directory)."""
+    """Everything that defines a training run (saved as ``config.json`` in the run directory).
+
+    Construction validates every field (see the module docstring) and raises :class:`ConfigError`.
+    Integers given for float fields are stored as floats; options dicts are stored as their JSON form
+    (tuples become lists), so that ``config.json`` records exactly what was trained.
+    """
 
     # data
-    dataset: str = "mnist1d"
+    dataset: str = _field("mnist1d", choices=lambda: tuple(_datasets()))
     dataset_options: dict[str, Any] = field(default_factory=dict)
     # model
-    backbone: str = "mlp"
+    backbone: str = _field("mlp", choices=_backbones)
     backbone_options: dict[str, Any] = field(default_factory=dict)
-    row: str = "LPC"
-    latent_dim: int | None = None
-    classifier_bias: bool = False
-    geometry: str = "euclidean"
+    row: str = _field("LPC", choices=_rows)
+    latent_dim: int | None = _field(None, ge=1)
+    classifier_bias: bool = _field(False)
+    geometry: str = _field("euclidean", choices=_geometries)
     geometry_options: dict[str, Any] = field(default_factory=dict)
     # loss
-    gamma_schedule: str = "exponential"
+    gamma_schedule: str = _field("exponential", choices=lambda: tuple(_gamma_schedules()))
     gamma_options: dict[str, Any] = field(default_factory=dict)
-    supcon_weight: float = 1.0
-    temperature: float = 0.05
+    supcon_weight: float = _field(1.0, ge=0, finite=True)
+    temperature: float = _field(0.05, gt=0, finite=True)
     # optimisation
-    optimizer: str = "auto"  # adamw, or riemannian-adam when the model has manifold parameters
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    lr_halve_from: int = 250
-    lr_halve_every: int = 50
-    lr_halve_classifier: bool = False  # the paper keeps the classifier's learning rate constant
-    kfac_damping: float = 1e-3
-    kfac_damping_late: float | None = None  # K-FAC damping from lr_halve_from on; None: kfac_damping throughout
-    kfac_update_freq: int = 10
-    kfac_factor_freq: int = 1
-    kfac_fisher: str = "mc"
-    kfac_start_epoch: int = 0  # K-FAC preconditions from this epoch on; before it the base optimiser alone steps
-    epochs: int = 200
-    batch_size: int = 128
+    optimizer: str = _field("auto", choices=_optimizers)  # adamw, or riemannian-adam for manifold parameters
+    lr: float = _field(1e-3, gt=0, finite=True)
+    weight_decay: float = _field(5e-4, ge=0, finite=True)
+    lr_halve_from: int = _field(250, ge=0)
+    lr_halve_every: int = _field(50, ge=1)
+    lr_halve_classifier: bool = _field(False)  # the paper keeps the classifier's learning rate constant
+    kfac_damping: float = _field(1e-3, gt=0, finite=True)
+    kfac_damping_late: float | None = _field(None, gt=0, finite=True)  # from lr_halve_from on; None: kfac_damping
+    kfac_update_freq: int = _field(10, ge=1)
+    kfac_factor_freq: int = _field(1, ge=1)
+    kfac_fisher: str = _field("mc", choices=_fisher_types)
+    kfac_start_epoch: int = _field(0, ge=0)  # K-FAC preconditions from this epoch on; before it the base optimiser
+    epochs: int = _field(200, ge=1)
+    # Batch norm and the supervised contrastive loss need two samples per batch: the trainer skips smaller
+    # batches, so a batch size of 1 would train nothing.
+    batch_size: int = _field(128, ge=2)
     # run
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    out_dir: str = "runs/default"
-    checkpoint_every: int = 10
-    final_robustness_samples: int = 0  # > 0: DeepFool etc. on this many test inputs after training
-    progress: bool = True
+    seed: int = _field(0, ge=0, le=MAX_SEED)
+    device: str = _field("auto", choices=lambda: DEVICES)
+    dtype: str = _field("float32", choices=lambda: DTYPES)
+    out_dir: str = _field("runs/default")
+    checkpoint_every: int = _field(10, ge=1)
+    final_robustness_samples: int = _field(0, ge=0)  # > 0: DeepFool etc. on this many test inputs after training
+    progress: bool = _field(True)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError naming every invalid value and what is accepted."""
-        problems = []
+        """Check (and normalise) every field; raise :class:`ConfigError` listing every problem.
 
-        def choice(name: str, accepted: tuple[str, ...]) -> None:
-            if getattr(self, name) not in accepted:
-                problems.append(f"{name}={getattr(self, name)!r} (accepted: {', '.join(accepted)})")
-
-        choice("geometry", GEOMETRIES)
-        choice("optimizer", OPTIMIZERS)
-        choice("kfac_fisher", FISHER_TYPES)
-        choice("device", DEVICES)
-        choice("dtype", DTYPES)
-        try:
-            self.row = get_row(self.row).name
-        except ValueError:
-            problems.append(f"row={self.row!r} (accepted: {', '.join(ROWS)})")
-        for name in ("epochs", "batch_size", "checkpoint_every", "lr_halve_every", "kfac_update_freq",
-                     "kfac_factor_freq"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name}={value!r} (must be an integer >= 1)")
-        for name in ("lr_halve_from", "final_robustness_samples", "seed", "kfac_start_epoch"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                problems.append(f"{name}={value!r} (must be an integer >= 0)")
-        for name in ("lr", "weight_decay", "supcon_weight", "temperature", "kfac_damping"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                problems.append(f"{name}={value!r} (must be a finite number >= 0)")
-        late = self.kfac_damping_late
-        if late is not None and (isinstance(late, bool) or not isinstance(late, (int, float))
-                                 or not math.isfinite(late) or late <= 0):
-            problems.append(f"kfac_damping_late={late!r} (must be None or a finite number > 0)")
-        if self.lr == 0 or self.temperature == 0:
-            problems.append("lr and temperature must be > 0")
-        if self.latent_dim is not None and (not isinstance(self.latent_dim, int) or self.latent_dim < 1):
-            problems.append(f"latent_dim={self.latent_dim!r} (must be None or an integer >= 1)")
-        for name in ("dataset_options", "backbone_options", "geometry_options", "gamma_options"):
-            if not isinstance(getattr(self, name), dict):
-                problems.append(f"{name} must be a table/mapping, got {type(getattr(self, name)).__name__}")
+        Raises
+        ------
+        ConfigError
+            Naming each invalid key, what is wrong with it and what is accepted.
+        """
+        problems: list[tuple[str, str]] = []
+        hints = _field_hints()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            problem, value = _check_value(value, hints[f.name])
+            if problem is None:
+                problem, value = _check_range(f.name, value, f.metadata)
+            if problem is None:
+                setattr(self, f.name, value)
+            else:
+                problems.append((f.name, problem))
+        bad = {key for key, _ in problems}
+        for key, check in (("dataset_options", _check_dataset_options), ("backbone_options", _check_backbone_options),
+                           ("geometry_options", _check_geometry_options), ("gamma_options", _check_gamma_options)):
+            owner = _OPTION_OWNERS[key]
+            if key in bad or owner in bad:
+                continue
+            problems.extend((key, text) for text in check(getattr(self, owner), getattr(self, key)))
         if problems:
-            raise ValueError("invalid training configuration: " + "; ".join(problems))
+            raise ConfigError(problems)
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict of JSON values (what ``config.json`` holds)."""
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
+        """A validated copy with ``changes`` applied (unknown keys are an error)."""
         check_keys(changes, source="overrides")
         return dataclasses.replace(self, **changes)
 
 
+#: Which field names the thing each options dict configures.
+_OPTION_OWNERS = {"dataset_options": "dataset", "backbone_options": "backbone", "geometry_options": "geometry",
+                  "gamma_options": "gamma_schedule"}
+
+
+class ConfigError(ValueError):
+    """Invalid configuration values: ``problems`` is a list of ``(key, what is wrong)``.
+
+    ``str()`` reads ``[source: ]label: problem; label: problem``, where ``label`` is ``labels[key]`` (a
+    command-line option, say) or the key itself, and ``source`` names the file the values came from.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]], *, source: str | None = None,
+                 labels: Mapping[str, str] | None = None):
+        self.problems = list(problems)
+        self.source = source
+        self.labels = dict(labels or {})
+        super().__init__(str(self))
+
+    def located(self, *, source: str | None = None, labels: Mapping[str, str] | None = None) -> ConfigError:
+        """The same problems attributed to ``source`` and/or labelled with ``labels``."""
+        return ConfigError(self.problems, source=source or self.source, labels={**self.labels, **(labels or {})})
+
+    def __str__(self) -> str:
+        text = "; ".join(f"{self.labels.get(key, key)}: {problem}" for key, problem in self.problems)
+        return f"{self.source}: {text}" if self.source else text
+
+
+# ------------------------------------------------------------------------------------------- type checks
+@functools.cache
+def _field_hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it: JSON spelling (true, null, "no") where there is one."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return f"{value!r} ({type(value).__module__}.{type(value).__qualname__})"
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _describe(hint: Any) -> str:
+    """An annotation in words: ``int | None`` -> "an integer or null"."""
+    if hint is Any:
+        return "any value"
+    if hint is type(None):
+        return "null"
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(_show(a) for a in args)
+    simple = {bool: "a bool (true or false)", int: "an integer", float: "a number", str: "a string"}
+    if hint in simple:
+        return simple[hint]
+    if origin in (dict, Mapping) or hint is dict:
+        return "a table/mapping" + (f" of {_describe(args[1])}" if args and args[1] is not Any else "")
+    if origin in (list, tuple, Sequence):
+        return "a list" + (f" whose items are each {_describe(args[0])}" if args and args[0] is not Any else "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of type ``hint``, strictly (bools, integers and reals never stand in for each other).
+
+    Annotations this checker does not model (a protocol, a torch class) are left to the callee, which
+    receives the value as it is.
+    """
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is Literal:
+        return any(type(value) is type(a) and value == a for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return _is_integer(value)
+    if hint is float:
+        return _is_real(value)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is dict or origin in (dict, Mapping):
+        key_hint, value_hint = args if args else (Any, Any)
+        return isinstance(value, Mapping) and all(
+            _matches(k, key_hint) and _matches(v, value_hint) for k, v in value.items())
+    if origin in (list, tuple, Sequence):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return all(_matches(v, args[0] if args else Any) for v in value)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _json_form(value: Any) -> Any:
+    """``value`` as ``config.json`` will store it (tuples become lists); a TypeError if it has no JSON form."""
+    return json.loads(json.dumps(value))
+
+
+def _check_value(value: Any, hint: Any) -> tuple[str | None, Any]:
+    """``(problem or None, normalised value)`` of a top-level field."""
+    if isinstance(value, Mapping) and not all(isinstance(k, str) for k in value):
+        return f"keys must be strings, got {', '.join(repr(k) for k in value if not isinstance(k, str))}", value
+    if not _matches(value, hint):
+        return f"expected {_describe(hint)}, got {_show(value)}", value
+    if _is_integer(value) and float in (*typing.get_args(hint), hint):
+        try:
+            value = float(value)
+        except OverflowError:
+            return f"{value} is too large for a float", value
+    elif _is_integer(value):
+        value = int(value)
+    if isinstance(value, Mapping):
+        try:
+            value = _json_form(dict(value))
+        except (TypeError, ValueError) as exc:
+            return f"values must be representable in config.json (JSON): {exc}", value
+    return None, value
+
+
+def _check_range(name: str, value: Any, spec: Mapping[str, Any]) -> tuple[str | None, Any]:
+    """``(problem or None, normalised value)`` against a field's ``ge``/``gt``/``le``/``finite``/``choices``."""
+    if value is None:
+        return None, value
+    if name == "row":
+        try:
+            return None, get_row(value).name
+        except ValueError:
+            return f"unknown row {_show(value)} (accepted: {', '.join(ROWS)})", value
+    choices = spec.get("choices")
+    if choices is not None:
+        accepted = tuple(choices())
+        if name in ("dataset", "backbone"):  # their loaders look names up case-insensitively
+            value = value.strip().lower()
+        if value not in accepted:
+            hint = _close(value, accepted)
+            return f"unknown value {_show(value)}{hint} (accepted: {', '.join(accepted)})", value
+        return None, value
+    if isinstance(value, str):
+        return ("must not be empty" if not value.strip() else None), value
+    if not _is_real(value):
+        return None, value
+    bounds = []
+    if spec.get("finite") and not math.isfinite(value):
+        return f"must be a finite number, got {_show(value)}", value
+    if math.isnan(value):
+        return "must be a number, got NaN", value
+    if spec.get("gt") is not None and not value > spec["gt"]:
+        bounds.append(f"> {spec['gt']}")
+    if spec.get("ge") is not None and not value >= spec["ge"]:
+        bounds.append(f">= {spec['ge']}")
+    if spec.get("le") is not None and not value <= spec["le"]:
+        bounds.append(f"<= {spec['le']}")
+    if bounds:
+        return f"{_show(value)} is out of range (must be {' and '.join(bounds)})", value
+    return None, value
+
+
+def _close(value: str, accepted: Sequence[str]) -> str:
+    match = difflib.get_close_matches(str(value), list(accepted), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+# ------------------------------------------------------------------------------------------- options
+def _parameter_hints(target: Callable[..., Any]) -> dict[str, Any]:
+    """Resolved annotations of ``target``'s parameters (of ``__init__`` for a class)."""
+    function = target.__init__ if isinstance(target, type) else target
+    try:
+        return typing.get_type_hints(function)
+    except (NameError, TypeError):  # an annotation that does not resolve: the callee checks that value
+        return {}
+
+
+def _check_options(options: Mapping[str, Any], *, what: str, accepted: Sequence[str], hints: Mapping[str, Any],
+                   required: Sequence[str] = ()) -> list[str]:
+    """Problems of an options dict: unknown or missing keys, and values that do not match their annotations."""
+    problems = []
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        suggestions = "".join(_close(k, accepted) for k in unknown[:1])
+        problems.append(f"unknown key(s) {', '.join(map(repr, unknown))} for {what}{suggestions}; "
+                        f"accepted: {', '.join(accepted) or '(none)'}")
+    missing = [k for k in required if k not in options]
+    if missing:
+        problems.append(f"{what} requires {', '.join(map(repr, missing))}; accepted: {', '.join(accepted)}")
+    for key, value in options.items():
+        if key in accepted and key in hints and not _matches(value, hints[key]):
+            problems.append(f"{key}: expected {_describe(hints[key])}, got {_show(value)}")
+    return problems
+
+
+def _check_dataset_options(name: str, options: Mapping[str, Any]) -> list[str]:
+    loader = _datasets()[name]
+    params = inspect.signature(loader).parameters
+    required = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty]
+    return _check_options(options, what=f"dataset {name!r} ({loader.__name__})", accepted=list(params),
+                          hints=_parameter_hints(loader), required=required)
+
+
+def _check_backbone_options(name: str, options: Mapping[str, Any]) -> list[str]:
+    from lpc_geom.models.backbones import BACKBONES, backbone_options
+
+    _, constructor, _ = BACKBONES[name]
+    return _check_options(options, what=f"backbone {name!r} ({constructor.__name__})",
+                          accepted=backbone_options(name), hints=_parameter_hints(constructor))
+
+
+def _check_geometry_options(name: str, options: Mapping[str, Any]) -> list[str]:
+    from lpc_geom.models.geometry import GEOMETRY_HEADS
+
+    if name == "euclidean":
+        return [f"geometry 'euclidean' (the reference LPC head) takes no options; got {', '.join(map(repr, options))}"
+                ] if options else []
+    head = GEOMETRY_HEADS[name]
+    # The keyword-only parameters; the sizes come from the model and the manifold from the geometry name.
+    params = inspect.signature(head).parameters
+    accepted = [p for p, spec in params.items() if spec.kind is inspect.Parameter.KEYWORD_ONLY]
+    return _check_options(options, what=f"geometry {name!r} ({head.__name__})", accepted=accepted,
+                          hints=_parameter_hints(head))
+
+
+#: Ranges of the gamma schedules' options (the schedules themselves check start <= gamma_max, every >= 1).
+_GAMMA_RANGES = {"start": _spec(gt=0, finite=True), "factor": _spec(gt=0, finite=True), "gamma_max": _spec(gt=0),
+                 "every": _spec(ge=1), "switch": _spec(gt=0, finite=True), "late_factor": _spec(gt=0, finite=True),
+                 "threshold": _spec(ge=0, le=1)}
+
+
+def _check_gamma_options(name: str, options: Mapping[str, Any]) -> list[str]:
+    from lpc_geom.train.schedules import build_gamma_schedule
+
+    schedule = _gamma_schedules()[name]
+    # started_at is the schedule's state (the epoch it started growing), not an option
+    accepted = [f.name for f in dataclasses.fields(schedule) if f.name != "started_at"]
+    problems = _check_options(options, what=f"gamma schedule {name!r} ({schedule.__name__})", accepted=accepted,
+                              hints=typing.get_type_hints(schedule))
+    if problems:
+        return problems
+    for key, value in options.items():
+        problem, _ = _check_range(key, value, _GAMMA_RANGES.get(key, {}))
+        if problem is not None:
+            problems.append(f"{key}: {problem}")
+    if not problems:
+        try:
+            build_gamma_schedule(name, **options)
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+# ------------------------------------------------------------------------------------------- keys and files
 def config_keys() -> list[str]:
+    """The names of the :class:`TrainConfig` fields."""
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def check_keys(mapping: dict[str, Any], *, source: str) -> None:
-    unknown = sorted(set(mapping) - set(config_keys()))
+def check_keys(mapping: Mapping[Any, Any], *, source: str) -> None:
+    """Raise a ValueError naming ``source`` if ``mapping`` has a key that is not a TrainConfig field."""
+    keys = config_keys()
+    not_strings = [k for k in mapping if not isinstance(k, str)]
+    if not_strings:
+        raise ValueError(f"{source}: keys must be strings, got {', '.join(map(_show, not_strings))}")
+    unknown = sorted(set(mapping) - set(keys))
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {source}; accepted keys: {', '.join(config_keys())}")
+        hints = "".join(_close(k, keys) for k in unknown[:1])
+        raise ValueError(f"{source}: unknown key(s) {unknown}{hints}; accepted keys: {', '.join(keys)}")
+
+
+def _yaml_loader() -> type:
+    """A safe YAML loader that also reads exponent floats without a dot (``1e-3``, ``5E+4``) as numbers.
+
+    YAML 1.1 (PyYAML's schema) requires a dot in a float, so it reads ``lr: 1e-3`` as the string
+    ``"1e-3"``; YAML 1.2 and every other config format read it as a number.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return Loader
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """1-based (line, column) of character ``index`` of ``text``."""
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def _parse(path: Path, raw: bytes) -> Any:
+    """Parse ``raw`` by ``path``'s suffix; a ValueError names the file, line and column of a syntax error."""
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"{path}: a config file must end in .toml, .yaml, .yml or .json")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _position(raw.decode("utf-8", errors="replace"), exc.start)
+        raise ValueError(f"{path}: line {line}, column {column}: not UTF-8 text (byte "
+                         f"0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    text = text.removeprefix("\ufeff")
+    if suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:  # its message ends in "(at line L, column C)"
+            raise ValueError(f"{path}: invalid TOML: {exc}") from None
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}") from None
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass: builds plain data only
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ValueError(f"{path}: {where}invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON (``.json``) file into a TrainConfig."""
+    """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON (``.json``) file into a TrainConfig.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file; its suffix selects the parser.
+
+    Returns
+    -------
+    TrainConfig
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    ValueError
+        Naming the file: a syntax error (with its line and column), text that is not UTF-8, content that
+        is not a mapping, an unknown key, or (:class:`ConfigError`) an invalid value.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ValueError(f"config file {path} must end in .toml, .yaml, .yml or .json")
-    except ValueError:
-        raise
-    except Exception as exc:  # parser errors: name the file
-        raise ValueError(f"could not parse config file {path}: {exc}") from exc
+        raise FileNotFoundError(f"{path}: config file does not exist" if not path.exists()
+                                else f"{path}: is not a file")
+    data = _parse(path, path.read_bytes())
+    if data is None:  # an empty YAML file
+        data = {}
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of keys to values")
+        raise ValueError(f"{path}: must hold a mapping of keys to values, got {type(data).__name__}")
     check_keys(data, source=str(path))
-    return TrainConfig(**data)
+    try:
+        return TrainConfig(**data)
+    except ConfigError as exc:
+        raise exc.located(source=str(path)) from None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

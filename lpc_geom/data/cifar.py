@@ -169,7 +169,17 @@ def _read_class_names(path: Path, layout: _Layout) -> list[str]:
     meta = _read_pickle(path)
     if layout.names_key not in meta:
         raise ValueError(f"{path}: missing key '{layout.names_key}'; found {sorted(meta)}")
-    names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in meta[layout.names_key]]
+    raw = meta[layout.names_key]
+    if isinstance(raw, np.ndarray) and raw.ndim == 1:
+        raw = raw.tolist()
+    if not isinstance(raw, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in raw):
+        desc = type(raw).__name__ if not isinstance(raw, (list, tuple)) else (
+            f"{type(raw).__name__} holding {sorted({type(n).__name__ for n in raw})}")
+        raise ValueError(f"{path}: '{layout.names_key}' must be a list of {layout.num_classes} strings, got {desc}")
+    try:
+        names = [n.decode("utf-8") if isinstance(n, bytes) else n for n in raw]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: '{layout.names_key}' holds a name that is not UTF-8 ({exc})") from None
     if len(names) != layout.num_classes:
         raise ValueError(
             f"{path}: '{layout.names_key}' has {len(names)} entries, expected {layout.num_classes}"
@@ -227,8 +237,8 @@ def load_cifar(root: str | Path, num_classes: int = 10, augment: bool = True) ->
     ------
     ValueError
         For ``num_classes`` other than 10 or 100, or a file whose content is not a valid batch
-        (unreadable pickle, missing keys, wrong shape or dtype, labels out of range); the message
-        names the file.
+        (unreadable pickle, missing keys, wrong shape or dtype, labels out of range, class names that
+        are not a list of strings); the message names the file.
     FileNotFoundError
         If ``root`` or any expected file is missing; the message names what is missing and spells
         out the expected layout.

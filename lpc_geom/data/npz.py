@@ -78,7 +78,8 @@ def load_npz(path: str | Path, name: str | None = None) -> Dataset:
     FileNotFoundError
         If ``path`` is not an existing file.
     ValueError
-        Naming the file, if it is not a readable npz archive, keys are missing or unknown, an array has
+        Naming the file, if it is not a readable npz archive, keys are missing or unknown, a member is not a
+        NumPy array, an array has
         the wrong dtype or shape, label and sample counts differ, inputs are non-finite, labels are not
         integers, train and test sample shapes differ, or labels fall outside ``class_names``.
     """
@@ -112,6 +113,10 @@ def load_npz(path: str | Path, name: str | None = None) -> Dataset:
                 arrays[key] = archive[key]
             except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
                 raise ValueError(f"{path}: cannot read array '{key}' ({exc})") from exc
+            # numpy hands back a member that is not in .npy format as its raw bytes
+            if not isinstance(arrays[key], np.ndarray):
+                raise ValueError(f"{path}: member '{key}' is not a NumPy array (.npy), got "
+                                 f"{type(arrays[key]).__name__}")
 
     x_train = _check_inputs(path, "x_train", arrays["x_train"])
     x_test = _check_inputs(path, "x_test", arrays["x_test"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lpc_geom.config import TrainConfig
+from lpc_geom.config import TrainConfig, load_config
+from lpc_geom.paths import check_writable_directory
 from lpc_geom.train.checkpoint import load_checkpoint, write_json
 
 REQUIRED_FILES = ("config.json", "history.json", "latents.npz", "checkpoint.pt")
+#: The arrays the trainer writes to ``latents.npz`` (``classifier_weight``/``classifier_bias`` when it has them).
+LATENT_ARRAYS = tuple(f"{split}_{kind}" for split in ("train", "test")
+                      for kind in ("latents", "labels", "predictions", "logits"))
 
 
 @dataclass
@@ -43,17 +48,43 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Load a run directory written by :func:`lpc_geom.train.train`; missing files are named."""
+    """Load a run directory written by :func:`lpc_geom.train.train`.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the missing files.
+    ValueError
+        Naming the file: a ``config.json`` that is not a valid configuration (unknown key, null, wrong
+        type), a ``history.json`` that is not JSON, a ``latents.npz`` that is not a readable archive, lacks
+        one of :data:`LATENT_ARRAYS` or holds a member that is not a NumPy array.
+    """
     path = Path(path)
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a finished lpc_geom run: missing {', '.join(missing)} "
                                 f"(expected {', '.join(REQUIRED_FILES)})")
-    config = TrainConfig(**json.loads((path / "config.json").read_text()))
-    history = json.loads((path / "history.json").read_text())
-    with np.load(path / "latents.npz") as archive:
-        arrays = {key: archive[key] for key in archive.files}
-    return Run(path, config, history, arrays)
+    config = load_config(path / "config.json")
+    try:
+        history = json.loads((path / "history.json").read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path / 'history.json'}: not valid JSON ({exc})") from None
+    return Run(path, config, history, _load_latents(path / "latents.npz"))
+
+
+def _load_latents(file: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
+        raise ValueError(f"{file}: not a readable .npz archive ({exc})") from None
+    not_arrays = sorted(key for key, value in arrays.items() if not isinstance(value, np.ndarray))
+    if not_arrays:
+        raise ValueError(f"{file}: member(s) {not_arrays} are not NumPy arrays (.npy)")
+    missing = [key for key in LATENT_ARRAYS if key not in arrays]
+    if missing:
+        raise ValueError(f"{file}: missing array(s) {missing}; a finished run holds {list(LATENT_ARRAYS)}")
+    return arrays
 
 
 def analyze_run(path: str | Path, *, split: str = "test", write: bool = True, **analyze_options):
@@ -67,6 +98,8 @@ def analyze_run(path: str | Path, *, split: str = "test", write: bool = True, **
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     run = load_run(path)
+    if write:  # before any work: a report computed for a directory that cannot take it is lost
+        check_writable_directory(path, create=False)
     model = run.model()
     head = model.head
     report = analyze(
@@ -136,6 +169,8 @@ def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, spli
 
     file = robustness_file(split)  # before loading the run: a bad split fails at once
     run = load_run(path)
+    if write:  # before any work: a report computed for a directory that cannot take it is lost
+        check_writable_directory(path, create=False)
     data = run.dataset()
     report = robustness_of(run.model(data), data, samples=samples, seed=seed, split=split, **report_options)
     if write:

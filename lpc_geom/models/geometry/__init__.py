@@ -31,10 +31,12 @@ from lpc_geom.models.geometry.poincare import (
 from lpc_geom.models.geometry.sphere import SphereClassifier, SphereHead, sphere_normalize
 from lpc_geom.models.geometry.stiefel import StiefelHead, StiefelLinear, random_stiefel
 
-#: Geometry names understood by :func:`build_geometry_head` (and the CLI's ``--geometry``).
-GEOMETRIES = ("euclidean", "sphere", "poincare", "stiefel")
-
-_HEADS: dict[str, type[ManifoldHead]] = {"sphere": SphereHead, "poincare": PoincareHead, "stiefel": StiefelHead}
+#: The head class of each curved or constrained geometry (its keyword-only parameters are its options).
+GEOMETRY_HEADS: dict[str, type[ManifoldHead]] = {"sphere": SphereHead, "poincare": PoincareHead,
+                                                 "stiefel": StiefelHead}
+#: Geometry names understood by the trainer (and the CLI's ``--geometry``): the reference Euclidean head and
+#: those of :data:`GEOMETRY_HEADS`.
+GEOMETRIES = ("euclidean", *GEOMETRY_HEADS)
 
 
 def build_geometry_head(geometry: str, in_dim: int, latent_dim: int, num_classes: int, **options) -> ManifoldHead:
@@ -62,15 +64,16 @@ def build_geometry_head(geometry: str, in_dim: int, latent_dim: int, num_classes
     if key == "euclidean":
         raise ValueError(
             "geometry 'euclidean' is the reference LPC head, built by lpc_geom.models.heads; "
-            f"build_geometry_head builds {', '.join(_HEADS)}"
+            f"build_geometry_head builds {', '.join(GEOMETRY_HEADS)}"
         )
-    if key not in _HEADS:
+    if key not in GEOMETRY_HEADS:
         raise ValueError(f"unknown geometry {geometry!r}; accepted geometries: {', '.join(GEOMETRIES)}")
-    return _HEADS[key](in_dim, latent_dim, num_classes, **options)
+    return GEOMETRY_HEADS[key](in_dim, latent_dim, num_classes, **options)
 
 
 __all__ = [
     "GEOMETRIES",
+    "GEOMETRY_HEADS",
     "SUPPORTED_MANIFOLDS",
     "HyperbolicMLR",
     "HyperbolicPrototypes",
