@@ -281,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
 #: (a full disk, a read-only directory, a diverging run) is a runtime error: exit code 1.
 USAGE_ERRORS = (ValueError, TypeError, LookupError, FileNotFoundError, FileExistsError, NotADirectoryError,
                 IsADirectoryError)
+#: Operating-system errors that describe the machine rather than the program (a full disk, a read-only file
+#: system, no permission): the cause worth reporting when a library re-raises them as its own error.
+ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                                errno.EFBIG, errno.EMFILE, errno.ENFILE})
 
 
 def _chain(exc: BaseException):
@@ -304,19 +308,19 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
     the ``OSError``) is reported as that ``OSError``.
     """
     if not isinstance(exc, (OSError, *USAGE_ERRORS)):
-        hidden = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno is not None), None)
+        hidden = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS), None)
         if hidden is not None:
             exc = hidden
     if isinstance(exc, OSError) and exc.errno is not None:
         name = exc.filename if exc.filename is not None else ""
         problem = f"{exc.strerror or errno.errorcode.get(exc.errno, exc)} [{errno.errorcode.get(exc.errno, '?')}]"
         message = f"{name}: {problem}" if name else problem
-    elif type(exc).__module__.startswith("lpc_geom") or type(exc) in (*USAGE_ERRORS, OSError, ConfigError):
+    elif isinstance(exc, KeyError) and not type(exc).__module__.startswith("lpc_geom"):
+        message = f"missing key {exc}"  # a bare KeyError's message is only the key
+    elif type(exc).__module__.startswith("lpc_geom") or isinstance(exc, (*USAGE_ERRORS, OSError)):
         message = str(exc) or type(exc).__name__
-    else:
+    else:  # another library's error (torch's RuntimeError): its type says where it came from
         message = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, KeyError) and not type(exc).__module__.startswith("lpc_geom"):
-        message = f"missing key {exc}"
     return _one_line(message), (2 if isinstance(exc, USAGE_ERRORS) else 1)
 
 

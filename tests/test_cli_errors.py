@@ -136,8 +136,9 @@ def test_out_naming_a_file(tmp_path):
     file.write_text("keep me")
     assert_one_line_error(lpc_geom("train", *TINY, "--out", str(file)), "train", 2,
                           f"--out {file}: is a file, not a directory")
-    assert_one_line_error(in_process("train", *TINY, "--out", str(file / "run")), "train", 2,
-                          f"--out {file / 'run'}: {file} is a file, not a directory")
+    result = in_process("train", *TINY, "--out", str(file / "run"))
+    assert_one_line_error(result, "train", 2)
+    assert result[2][0] == f"lpc-geom train: error: --out {file / 'run'}: {file} is a file, not a directory"
     assert file.read_text() == "keep me"
 
 
@@ -167,8 +168,8 @@ def test_read_only_run_directory_is_refused_before_computing(finished_run, comma
             path.chmod(0o755 if path.is_dir() else 0o644)
         run.chmod(0o555)
         returncode, stdout, lines = lpc_geom(command[0], str(run), *command[1:], prefix=prefix)
-        assert_one_line_error((returncode, stdout, lines), command[0], 1,
-                              f"{run}: cannot write files here: Permission denied")
+        assert_one_line_error((returncode, stdout, lines), command[0], 1)
+        assert lines[0] == f"lpc-geom {command[0]}: error: {run}: cannot write files here: Permission denied"
         assert stdout == ""  # nothing was computed, so nothing was printed
     finally:
         run.chmod(0o755)
@@ -199,6 +200,13 @@ def test_describe_error_finds_the_os_error_behind_a_runtime_error():
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from exc
     except RuntimeError as exc:
         assert describe_error(exc) == ("/data/run/checkpoint.pt: No space left on device [ENOSPC]", 1)
+    try:
+        try:
+            raise OSError(22, "Invalid argument")
+        except OSError as exc:
+            raise RuntimeError("PytorchStreamReader failed reading zip archive") from exc
+    except RuntimeError as exc:  # not a condition of the machine: the outer message says more
+        assert describe_error(exc) == ("RuntimeError: PytorchStreamReader failed reading zip archive", 1)
     assert describe_error(KeyError("test_latents")) == ("missing key 'test_latents'", 2)
     assert describe_error(RuntimeError("line one\n  line two")) == ("RuntimeError: line one line two", 1)
     assert describe_error(ValueError("x.npz: bad")) == ("x.npz: bad", 2)
