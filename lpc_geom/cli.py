@@ -65,9 +65,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default unless its help already names it or there is none to show (None, a flag)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -211,7 +218,7 @@ def _cmd_rows(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lpc-geom",
         description="Latent point collapse (LPC) and the geometry of classifier latents.",
         epilog="Run 'lpc-geom COMMAND --help' for the options of each command.",
@@ -241,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     demo.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo config's)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of both runs")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_cmd_demo)
 
@@ -263,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.add_argument("--split", choices=("test", "train"), default="test",
                             help="attack test inputs (the paper's figure; robustness.json) or training inputs, "
                                  "whose latents the training collapsed (robustness_train.json)")
-    robustness.add_argument("--seed", type=int, default=0)
+    robustness.add_argument("--seed", type=int, default=0, help="seed of the subsample")
     robustness.add_argument("--candidates", type=int, default=10, help="DeepFool candidate classes")
     robustness.add_argument("--max-iter", type=int, default=50, help="DeepFool iterations")
     robustness.add_argument("--refine-steps", type=int, default=20,

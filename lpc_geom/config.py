@@ -85,8 +85,21 @@ def _rows() -> tuple[str, ...]:
 
 
 def _spec(*, ge: float | None = None, gt: float | None = None, le: float | None = None, finite: bool = False,
-          choices: Callable[[], Sequence[str]] | None = None) -> dict[str, Any]:
-    return {"ge": ge, "gt": gt, "le": le, "finite": finite, "choices": choices}
+          choices: Callable[[], Sequence[str]] | None = None,
+          normalise: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """A field's checks: bounds, finiteness, and the accepted names (``normalise`` maps a name onto one)."""
+    return {"ge": ge, "gt": gt, "le": le, "finite": finite, "choices": choices, "normalise": normalise}
+
+
+def _lower(name: str) -> str:  # the dataset and backbone registries look names up case-insensitively
+    return name.strip().lower()
+
+
+def _row_name(name: str) -> str:
+    try:
+        return get_row(name).name
+    except ValueError:
+        return name
 
 
 def _field(default: Any, **spec: Any) -> Any:
@@ -103,12 +116,12 @@ class TrainConfig:
     """
 
     # data
-    dataset: str = _field("mnist1d", choices=lambda: tuple(_datasets()))
+    dataset: str = _field("mnist1d", choices=lambda: tuple(_datasets()), normalise=_lower)
     dataset_options: dict[str, Any] = field(default_factory=dict)
     # model
-    backbone: str = _field("mlp", choices=_backbones)
+    backbone: str = _field("mlp", choices=_backbones, normalise=_lower)
     backbone_options: dict[str, Any] = field(default_factory=dict)
-    row: str = _field("LPC", choices=_rows)
+    row: str = _field("LPC", choices=_rows, normalise=_row_name)
     latent_dim: int | None = _field(None, ge=1)
     classifier_bias: bool = _field(False)
     geometry: str = _field("euclidean", choices=_geometries)
@@ -161,7 +174,7 @@ class TrainConfig:
             value = getattr(self, f.name)
             problem, value = _check_value(value, hints[f.name])
             if problem is None:
-                problem, value = _check_range(f.name, value, f.metadata)
+                problem, value = _check_range(value, f.metadata)
             if problem is None:
                 setattr(self, f.name, value)
             else:
@@ -321,20 +334,15 @@ def _check_value(value: Any, hint: Any) -> tuple[str | None, Any]:
     return None, value
 
 
-def _check_range(name: str, value: Any, spec: Mapping[str, Any]) -> tuple[str | None, Any]:
+def _check_range(value: Any, spec: Mapping[str, Any]) -> tuple[str | None, Any]:
     """``(problem or None, normalised value)`` against a field's ``ge``/``gt``/``le``/``finite``/``choices``."""
     if value is None:
         return None, value
-    if name == "row":
-        try:
-            return None, get_row(value).name
-        except ValueError:
-            return f"unknown row {_show(value)} (accepted: {', '.join(ROWS)})", value
     choices = spec.get("choices")
     if choices is not None:
         accepted = tuple(choices())
-        if name in ("dataset", "backbone"):  # their loaders look names up case-insensitively
-            value = value.strip().lower()
+        if spec.get("normalise") is not None:
+            value = spec["normalise"](value)
         if value not in accepted:
             hint = _close(value, accepted)
             return f"unknown value {_show(value)}{hint} (accepted: {', '.join(accepted)})", value
@@ -439,7 +447,7 @@ def _check_gamma_options(name: str, options: Mapping[str, Any]) -> list[str]:
     if problems:
         return problems
     for key, value in options.items():
-        problem, _ = _check_range(key, value, _GAMMA_RANGES.get(key, {}))
+        problem, _ = _check_range(value, _GAMMA_RANGES.get(key, {}))
         if problem is not None:
             problems.append(f"{key}: {problem}")
     if not problems:

@@ -224,3 +224,17 @@ def test_syntax_error_in_a_config_file_and_debug_traceback(tmp_path, capsys):
     assert "Traceback (most recent call last)" in err and err.splitlines()[-1] == lines[0]
     assert main(["--debug", "train", str(path)]) == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["train", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+    (["train", "--geometry", "hyperbolic"], "argument --geometry: invalid choice: 'hyperbolic' (choose from "
+                                            "'euclidean', 'sphere', 'poincare', 'stiefel')"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_usage_errors_are_one_line_too(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    lines = capsys.readouterr().err.splitlines()
+    assert info.value.code == 2 and len(lines) == 1 and fragment in lines[0]
+    assert lines[0].startswith(f"lpc-geom{' ' + argv[0] if argv else ''}: error: ")
