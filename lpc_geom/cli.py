@@ -174,7 +174,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lpc_geom.train import train
 
     config = config_from_args(args)
-    check_writable_directory(config.out_dir, label="--out")
+    args.output_dir = config.out_dir  # names the directory in an error that does not (a full disk)
+    check_writable_directory(config.out_dir, label="--out" if args.out is not None else "out_dir")
     result = train(config, resume=args.resume)
     final = result.final
     print(f"run directory: {result.out_dir}")
@@ -307,12 +308,17 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def describe_error(exc: BaseException) -> tuple[str, int]:
+#: Errors only a write raises: without a file name in the error, they concern the command's output directory.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def describe_error(exc: BaseException, *, output_dir: str | Path | None = None) -> tuple[str, int]:
     """``(one-line message, exit code)`` for an exception that ends a command.
 
     lpc_geom's own messages already start with the file or option at fault. An operating-system error
     hidden in a chained library error (torch reports a full disk as a RuntimeError raised while handling
-    the ``OSError``) is reported as that ``OSError``.
+    the ``OSError``) is reported as that ``OSError``; a write error without a file name is attributed to
+    ``output_dir``, the directory the command writes to.
     """
     if not isinstance(exc, (OSError, *USAGE_ERRORS)):
         hidden = next((e for e in _chain(exc) if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS), None)
@@ -320,6 +326,8 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
             exc = hidden
     if isinstance(exc, OSError) and exc.errno is not None:
         name = exc.filename if exc.filename is not None else ""
+        if not name and exc.errno in WRITE_ERRNOS and output_dir is not None:
+            name = str(output_dir)
         problem = f"{exc.strerror or errno.errorcode.get(exc.errno, exc)} [{errno.errorcode.get(exc.errno, '?')}]"
         message = f"{name}: {problem}" if name else problem
     elif isinstance(exc, KeyError) and not type(exc).__module__.startswith("lpc_geom"):
@@ -344,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # every error a command raises ends in one line
         if getattr(args, "debug", False):
             traceback.print_exc()
-        message, code = describe_error(exc)
+        output_dir = next((getattr(args, key) for key in ("output_dir", "run_dir", "out")
+                           if getattr(args, key, None) is not None), None)
+        message, code = describe_error(exc, output_dir=output_dir)
         print(f"lpc-geom {args.command}: error: {message}", file=sys.stderr)
         return code
 

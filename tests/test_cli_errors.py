@@ -189,7 +189,8 @@ def test_full_disk_hidden_in_a_chained_torch_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", save_to_full_disk)
     result = in_process("train", *TINY, "--out", str(tmp_path / "run"))
-    assert_one_line_error(result, "train", 1, "No space left on device [ENOSPC]")
+    assert_one_line_error(result, "train", 1)
+    assert result[2][0] == f"lpc-geom train: error: {tmp_path / 'run'}: No space left on device [ENOSPC]"
 
 
 def test_describe_error_finds_the_os_error_behind_a_runtime_error():
