@@ -493,12 +493,6 @@ def _yaml_loader() -> type:
     return Loader
 
 
-def _position(text: str, index: int) -> tuple[int, int]:
-    """1-based (line, column) of character ``index`` of ``text``."""
-    line = text.count("\n", 0, index) + 1
-    return line, index - (text.rfind("\n", 0, index) + 1) + 1
-
-
 def _parse(path: Path, raw: bytes) -> Any:
     """Parse ``raw`` by ``path``'s suffix; a ValueError names the file, line and column of a syntax error."""
     suffix = path.suffix.lower()
@@ -507,7 +501,8 @@ def _parse(path: Path, raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line, column = _position(raw.decode("utf-8", errors="replace"), exc.start)
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = len(raw[raw.rfind(b"\n", 0, exc.start) + 1: exc.start].decode("utf-8", errors="replace")) + 1
         raise ValueError(f"{path}: line {line}, column {column}: not UTF-8 text (byte "
                          f"0x{raw[exc.start]:02x} at offset {exc.start})") from None
     text = text.removeprefix("\ufeff")
