@@ -211,12 +211,12 @@ class ConfigError(ValueError):
     command-line option, say) or the key itself, and ``source`` names the file the values came from.
     """
 
-    def __init__(self, problems: list[tuple[str, str]], *, source: str | None = None,
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None,
                  labels: Mapping[str, str] | None = None):
-        self.problems = list(problems)
+        self.problems = [tuple(p) for p in problems]
         self.source = source
         self.labels = dict(labels or {})
-        super().__init__(str(self))
+        super().__init__(self.problems, source, self.labels)  # the args rebuild it when unpickled
 
     def located(self, *, source: str | None = None, labels: Mapping[str, str] | None = None) -> ConfigError:
         """The same problems attributed to ``source`` and/or labelled with ``labels``."""
@@ -271,7 +271,8 @@ def _describe(hint: Any) -> str:
 
 
 def _matches(value: Any, hint: Any) -> bool:
-    """Whether ``value`` is of type ``hint``, strictly (bools, integers and reals never stand in for each other).
+    """Whether ``value`` is of type ``hint``, strictly: a bool is no number and a number no bool, a real is no
+    integer (an integer is a real).
 
     Annotations this checker does not model (a protocol, a torch class) are left to the callee, which
     receives the value as it is.

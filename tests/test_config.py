@@ -181,6 +181,16 @@ def test_values_from_a_config_file_are_labelled_with_the_file(tmp_path):
         _cli_config(str(path), "--geometry", "poincare")
 
 
+def test_config_errors_survive_pickling():  # they cross process boundaries in sweeps
+    import pickle
+
+    with pytest.raises(ConfigError) as info:
+        _cli_config("--lr", "-1", "--epochs", "0")
+    again = pickle.loads(pickle.dumps(info.value))
+    assert str(again) == str(info.value) and again.problems == info.value.problems
+    assert str(again).startswith("--lr: -1.0 is out of range") and "; --epochs: 0 is out of range" in str(again)
+
+
 def test_yaml_numbers_in_exponent_form_are_numbers(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("lr: 1e-3\nweight_decay: 5E-4\ntemperature: 1.5e-1\nkfac_damping: +2e-2\n"
