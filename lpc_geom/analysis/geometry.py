@@ -55,6 +55,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lpc_geom.analysis._validation import check_manifold
+
 __all__ = [
     "Geometry",
     "class_centres",
@@ -195,34 +197,17 @@ class Geometry:
 def geometry_from_manifold(manifold) -> Geometry:
     """Identify a geoopt manifold (or ``None``) as a :class:`Geometry`.
 
+    The checks are :func:`~lpc_geom.analysis._validation.check_manifold`'s.
+
     Raises
     ------
     TypeError
         A manifold other than Euclidean, unconstrained Sphere, or a stereographic model.
     ValueError
-        A Sphere restricted to a subspace (``intersection``/``complement``), or a non-scalar curvature.
+        A Sphere restricted to a subspace (``intersection``/``complement``), a non-scalar curvature, or a
+        non-finite or wrong-sign curvature (e.g. ``PoincareBall(c=-1)``, which geoopt stores as ``k = nan``).
     """
-    if manifold is None:
-        return Geometry("euclidean")
-    import geoopt  # the caller built a geoopt manifold, so the import is already paid for
-
-    if isinstance(manifold, geoopt.Euclidean):
-        if manifold.ndim not in (0, 1):
-            raise ValueError(f"geoopt.Euclidean(ndim={manifold.ndim}) is not a manifold of latent vectors")
-        return Geometry("euclidean")
-    if isinstance(manifold, geoopt.Sphere):
-        if getattr(manifold, "projector", None) is not None:
-            raise ValueError("a geoopt.Sphere restricted to a subspace (intersection/complement) is not supported")
-        return Geometry("sphere")
-    if isinstance(manifold, geoopt.Stereographic):
-        k = manifold.k.detach()
-        if k.numel() != 1:
-            raise ValueError("a stereographic manifold with per-coordinate curvature is not supported")
-        return Geometry("stereographic", float(k.to(torch.float64)))
-    raise TypeError(
-        f"unsupported manifold {type(manifold).__name__}: use None (Euclidean), geoopt.Sphere, "
-        "geoopt.PoincareBall, geoopt.SphereProjection or geoopt.Stereographic"
-    )
+    return Geometry(*check_manifold(manifold))
 
 
 # -- class statistics -------------------------------------------------------------------------------

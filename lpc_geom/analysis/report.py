@@ -35,8 +35,14 @@ from lpc_geom.analysis._validation import (
     EncodedLabels,
     UndefinedMetricError,
     align_to_classes,
+    check_bimodality_threshold,
+    check_bool,
+    check_groups,
     check_head,
+    check_int,
     check_logits,
+    check_output_classes,
+    check_real,
 )
 from lpc_geom.analysis.collapse import (
     ClassStatistics,
@@ -55,7 +61,7 @@ from lpc_geom.analysis.collapse import (
     sigma_w_rel,
     statistics_from_arrays,
 )
-from lpc_geom.analysis.entropy import entropy_from_arrays
+from lpc_geom.analysis.entropy import check_entropy_options, entropy_from_arrays
 from lpc_geom.analysis.hypercube import (
     BIMODALITY_THRESHOLD,
     bimodality_fraction,
@@ -202,6 +208,9 @@ class AnalysisContext:
         ``analyze``'s keyword options.
     cache : dict
         Shared intermediate results (see :meth:`cached`).
+    output_classes : EncodedLabels or None
+        The class of each classifier output (``classes=`` of :func:`analyze`), or ``None``: see
+        :func:`~lpc_geom.analysis._validation.align_to_classes`.
     """
 
     stats: ClassStatistics
@@ -212,6 +221,7 @@ class AnalysisContext:
     manifold: Any = None
     options: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    output_classes: EncodedLabels | None = None
 
     @property
     def in_memory(self) -> bool:
@@ -239,7 +249,8 @@ class AnalysisContext:
 
     def output_index(self, n_out: int) -> torch.Tensor:
         """Index of each class's row in W / column in the logits."""
-        return torch.from_numpy(align_to_classes(n_out, self.encoded, "logits/classifier")).to(self.stats.means.device)
+        index = align_to_classes(n_out, self.encoded, "logits/classifier", self.output_classes)
+        return torch.from_numpy(index).to(self.stats.means.device)
 
 
 class MetricCollector:
@@ -578,13 +589,10 @@ def build_report(
     ctx: AnalysisContext, groups: Iterable[str] | None = None, *, streaming: bool = False
 ) -> CollapseReport:
     """Run the selected metric groups on a context and collect a :class:`CollapseReport`."""
-    if groups is None:
+    names = check_groups(groups, _GROUPS)
+    if names is None:
         selected = [g for g in _GROUPS.values() if g.default]
     else:
-        names = list(groups)
-        unknown = [n for n in names if n not in _GROUPS]
-        if unknown:
-            raise ValueError(f"unknown metric group(s) {unknown}; registered: {list(_GROUPS)}")
         selected = [g for g in _GROUPS.values() if g.name in names]
     if streaming:
         selected = [g for g in selected if g.streaming]
@@ -606,6 +614,7 @@ def analyze(
     manifold=None,
     classifier=None,
     logits=None,
+    classes=None,
     k: int = 20,
     max_entropy_samples: int = 5000,
     entropy_floor: float | None = None,
@@ -630,7 +639,9 @@ def analyze(
         Penultimate latents; float16/bfloat16/float32/float64 (or integer), any torch device. Computed in
         float64 on the input's device (CPU for numpy and MPS).
     labels : array-like, shape (N,)
-        True labels: integers, integral floats, booleans or strings; mapped to ``0..K-1`` in sorted order.
+        True labels: integers, integral floats, booleans or strings; mapped to ``0..K-1`` in sorted order
+        (numeric order for strings that are all decimal integers, "2" before "10"; integers up to
+        2**64 - 1 are kept exactly).
     manifold : geoopt manifold or None
         ``None`` (Euclidean), ``geoopt.Sphere``, ``geoopt.PoincareBall(c)``, ``SphereProjection`` or
         ``Stereographic``: distances, centres and norms then use that geometry (see
@@ -653,6 +664,13 @@ def analyze(
           its classifier's cosines by ``head.radius``, so pass a module that includes that scale.
     logits : array (N, K_out), optional
         Network outputs; enable ``nc4`` (used instead of the classifier for it).
+    classes : sequence, optional
+        The class of each classifier output (row of W, column of ``logits``), in output order, e.g.
+        ``classes=["cat", "dog", "eel"]``. Needed whenever the labels cannot index the outputs
+        themselves: integer labels (or decimal-integer strings) in ``0..K_out-1`` do; string labels, or
+        integers outside that range, with a classifier or logits and no ``classes`` raise ``ValueError``
+        (sorted order would be a guess). Every label class must be named; outputs without samples are
+        allowed.
     k : int
         Neighbour order of the entropy estimate (default 20).
     max_entropy_samples : int
@@ -668,9 +686,11 @@ def analyze(
     gmm_max_samples : int
         Rows used by each GMM fit (seeded subsample).
     bimodality_threshold : float
-        Threshold on the bimodality coefficient (default 5/9).
+        Threshold on the bimodality coefficient, in (0, 1) (default 5/9; the coefficient lies in (0, 1],
+        so thresholds outside that interval make the figure a constant, see
+        :func:`~lpc_geom.analysis._validation.check_bimodality_threshold`).
     min_class_size : int
-        Classes with fewer samples raise ``ValueError`` (default 2; see below).
+        Classes with fewer samples raise ``ValueError`` (default 2, at least 1; see below).
     max_fisher_samples : int, optional
         The pointwise Fisher figures (all ``fisher_*`` keys except the Fisher-Rao distances) are computed
         on a seeded subsample of at most this many latents, drawn like the entropy's
@@ -689,8 +709,9 @@ def analyze(
     gw_restarts : int
         Random starts of the Gromov-Wasserstein solver for ``gw_hypercube`` (besides its structured
         starts; :func:`~lpc_geom.analysis.transport.gw_distance`).
-    groups : iterable of str, optional
-        Metric groups to compute (default: all registered default groups, see :func:`metric_groups`).
+    groups : str or iterable of str, optional
+        Metric groups to compute: one name (``groups="collapse"``) or several (default: all registered
+        default groups, see :func:`metric_groups`).
 
     Returns
     -------
@@ -753,43 +774,54 @@ def analyze(
         ball; a class with fewer than ``min_class_size`` samples. With one sample the class mean *is* the
         sample: its separation ratio is 0/0 and its within-class scatter is 0 by construction; pass
         ``min_class_size=1`` to accept that (the sample is then counted in ``separation_ratio_excluded``).
-        Out-of-range options (``max_fisher_samples < 1``, ``fisher_min_prob`` outside [0, 1),
-        ``gw_restarts < 0``, ``gmm_max_samples < 2``).
+        Out-of-range options: ``k``, ``min_class_size``, ``max_fisher_samples`` below 1,
+        ``max_entropy_samples`` or ``gmm_max_samples`` below 2, ``gw_restarts`` or ``seed`` below 0,
+        ``bimodality_threshold`` outside (0, 1), ``fisher_min_prob`` outside [0, 1), ``entropy_floor`` not
+        positive, NaN/Inf in any of them; an empty or unknown ``groups`` (the accepted names are listed).
+
+    Every option is checked before any work, by the validators of :mod:`lpc_geom.analysis._validation`:
+    a ``TypeError`` for the wrong kind of value (a string or number where a bool is expected, a bool or
+    float where a count is expected: ``gmm="no"``, ``min_class_size=2.5``), a ``ValueError`` for a value
+    out of range; the message names the option, the value and what is accepted.
     """
-    geom, z, eps, enc, codes = prepare_inputs(latents, labels, manifold, min_class_size)
-    head = clf = None
-    if classifier is not None:
-        head = check_head(classifier, z)
-        align_to_classes(head.n_out, enc, "classifier")
-        if head.weight is not None:
-            clf = (head.weight, head.bias)
-    L = None
-    if logits is not None:
-        L = check_logits(logits, z.shape[0], z.device)
-        align_to_classes(L.shape[1], enc, "logits")
-    if gmm_max_samples < 2:
-        raise ValueError(f"gmm_max_samples must be >= 2; got {gmm_max_samples}")
-    if max_fisher_samples is not None and max_fisher_samples < 1:
-        raise ValueError(f"max_fisher_samples must be >= 1 (or None for the default); got {max_fisher_samples}")
-    if not 0.0 <= fisher_min_prob < 1.0:
-        raise ValueError(f"fisher_min_prob must be in [0, 1); got {fisher_min_prob}")
-    if gw_restarts < 0:
-        raise ValueError(f"gw_restarts must be >= 0; got {gw_restarts}")
-    stats = statistics_from_arrays(geom, z, eps, enc, codes)
+    k, max_entropy_samples, seed, entropy_floor = check_entropy_options(k, max_entropy_samples, seed, entropy_floor)
     options = {
         "k": k,
         "max_entropy_samples": max_entropy_samples,
         "entropy_floor": entropy_floor,
         "seed": seed,
-        "gmm": gmm,
-        "gmm_max_samples": gmm_max_samples,
-        "bimodality_threshold": bimodality_threshold,
-        "max_fisher_samples": max_fisher_samples,
-        "fisher_curvature": fisher_curvature,
-        "fisher_min_prob": fisher_min_prob,
-        "gw_restarts": gw_restarts,
+        "gmm": check_bool(gmm, "gmm"),
+        "gmm_max_samples": check_int(gmm_max_samples, "gmm_max_samples", minimum=2),
+        "bimodality_threshold": check_bimodality_threshold(bimodality_threshold),
+        "max_fisher_samples": check_int(max_fisher_samples, "max_fisher_samples", minimum=1, allow_none=True),
+        "fisher_curvature": check_bool(fisher_curvature, "fisher_curvature", allow_none=True),
+        "fisher_min_prob": check_real(fisher_min_prob, "fisher_min_prob", low=0.0, high=1.0, high_open=True),
+        "gw_restarts": check_int(gw_restarts, "gw_restarts", minimum=0),
     }
+    selected = check_groups(groups, _GROUPS)
+    out_classes = None if classes is None else check_output_classes(classes)
+    geom, z, eps, enc, codes = prepare_inputs(latents, labels, manifold, min_class_size)
+    head = clf = None
+    if classifier is not None:
+        head = check_head(classifier, z)
+        align_to_classes(head.n_out, enc, "classifier", out_classes)
+        if head.weight is not None:
+            clf = (head.weight, head.bias)
+    L = None
+    if logits is not None:
+        L = check_logits(logits, z.shape[0], z.device)
+        align_to_classes(L.shape[1], enc, "logits", out_classes)
+    if out_classes is not None and head is None and L is None:
+        raise ValueError("classes names the classes of a classifier's outputs: pass it with classifier= or logits=")
+    stats = statistics_from_arrays(geom, z, eps, enc, codes)
     ctx = AnalysisContext(
-        stats=stats, encoded=enc, classifier=clf, head=head, logits=L, manifold=manifold, options=options
+        stats=stats,
+        encoded=enc,
+        classifier=clf,
+        head=head,
+        logits=L,
+        manifold=manifold,
+        options=options,
+        output_classes=out_classes,
     )
-    return build_report(ctx, groups)
+    return build_report(ctx, selected)
