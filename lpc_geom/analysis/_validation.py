@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 __all__ = [
+    "SMALL_SUBSET_FRACTION",
     "ClassifierHead",
     "EncodedLabels",
+    "SmallSubsetWarning",
     "UndefinedMetricError",
     "align_to_classes",
     "check_bimodality_threshold",
@@ -41,12 +43,38 @@ __all__ = [
     "class_order",
     "encode_labels",
     "labels_to_array",
+    "small_subset_note",
     "work_device",
 ]
 
 
 class UndefinedMetricError(ValueError):
     """A figure that is mathematically undefined for the given data (the message says why)."""
+
+
+SMALL_SUBSET_FRACTION = 0.1
+"""A figure that averages over a masked subset (Fisher log-volume and curvature over the unmasked points,
+separation ratio over the samples off their class centre) is flagged when that subset holds fewer than
+this fraction of the points it summarises: it then describes a minority of the data (e.g. the few points
+near a confident network's decision boundaries), not the data."""
+
+
+class SmallSubsetWarning(UserWarning):
+    """A figure was computed from a small fraction of the points it summarises (:data:`SMALL_SUBSET_FRACTION`)."""
+
+
+def small_subset_note(used: int, total: int, what: str, why: str) -> str | None:
+    """The note recorded for a figure computed from ``used`` of ``total`` points, or ``None`` when
+    ``used`` is 0 (the figure is then undefined, not thin) or at least ``SMALL_SUBSET_FRACTION * total``.
+
+    ``what`` names the points (``"points analysed"``), ``why`` says why the others were left out.
+    """
+    if used <= 0 or total <= 0 or used >= SMALL_SUBSET_FRACTION * total:
+        return None
+    return (
+        f"computed from {used} of {total} {what} ({used / total:.2%}, below {SMALL_SUBSET_FRACTION:.0%}): {why}; "
+        "it describes those points, not the data"
+    )
 
 
 # -- options -------------------------------------------------------------------------------------------

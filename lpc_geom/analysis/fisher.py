@@ -80,6 +80,7 @@ masked fraction of 1.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -89,6 +90,7 @@ import torch
 from torch.func import jacfwd, jacrev, vmap
 
 from lpc_geom.analysis._validation import (
+    SmallSubsetWarning,
     UndefinedMetricError,
     check_bool,
     check_curvature,
@@ -96,6 +98,7 @@ from lpc_geom.analysis._validation import (
     check_real,
     check_seed,
     encode_labels,
+    small_subset_note,
 )
 from lpc_geom.analysis.transport import check_points_on_manifold
 
@@ -977,7 +980,9 @@ def fisher_summary(
         :math:`\bar p_c = \mathrm{mean}_{i: y_i = c}\,p(z_i)` (classes present in ``labels``); in
         :math:`[0, \pi]`, :math:`\pi` for perfectly separated confident classes.
 
-    The masked means are NaN when every point is masked (``fisher_masked_fraction == 1``).
+    The masked means are NaN when every point is masked (``fisher_masked_fraction == 1``), and come with a
+    :class:`~lpc_geom.analysis._validation.SmallSubsetWarning` when fewer than 10 % of the points are
+    unmasked (:data:`~lpc_geom.analysis._validation.SMALL_SUBSET_FRACTION`).
 
     Parameters
     ----------
@@ -1036,6 +1041,15 @@ def fisher_summary(
     valid = ~pw.masked
     n_valid = int(valid.sum())
     curv = pw.scalar_curvature[valid]
+    note = small_subset_note(
+        n_valid, valid.size, "points", f"the others have min_k p_k < min_prob = {min_prob:g} and are masked"
+    )
+    if note is not None:
+        warnings.warn(
+            f"fisher_logvol_mean, fisher_scalar_curvature, fisher_scalar_curvature_std: {note}",
+            SmallSubsetWarning,
+            stacklevel=2,
+        )
     return {
         "fisher_logvol_mean": float(pw.logvol[valid].mean()) if n_valid else float("nan"),
         "fisher_trace_mean": float(pw.trace.mean()),

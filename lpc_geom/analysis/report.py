@@ -16,13 +16,17 @@ registering a group::
 
 A figure that is undefined for the data (a :class:`~lpc_geom.analysis.UndefinedMetricError` raised
 inside ``out.attempt``) is stored as NaN and its reason in ``CollapseReport.undefined``; a figure that
-does not apply (no classifier, streaming mode, ...) is simply absent.
+does not apply (no classifier, streaming mode, ...) is simply absent. A figure computed from a small
+fraction of the points it summarises (``out.subset``; below
+:data:`~lpc_geom.analysis._validation.SMALL_SUBSET_FRACTION`) keeps its value, gets a note in
+``CollapseReport.notes`` and a :class:`~lpc_geom.analysis._validation.SmallSubsetWarning`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -33,6 +37,7 @@ import torch
 from lpc_geom.analysis._validation import (
     ClassifierHead,
     EncodedLabels,
+    SmallSubsetWarning,
     UndefinedMetricError,
     align_to_classes,
     check_bimodality_threshold,
@@ -43,6 +48,7 @@ from lpc_geom.analysis._validation import (
     check_logits,
     check_output_classes,
     check_real,
+    small_subset_note,
 )
 from lpc_geom.analysis.collapse import (
     ClassStatistics,
@@ -101,6 +107,10 @@ class CollapseReport:
         Flat ``name -> float/int`` figures in group order (see :func:`analyze` for the keys).
     undefined : dict
         ``name -> reason`` for every figure that is NaN because it is undefined for these data.
+    notes : dict
+        ``name -> reason`` for figures that are defined but rest on a small fraction of the points they
+        summarise (below :data:`~lpc_geom.analysis._validation.SMALL_SUBSET_FRACTION`; ``analyze`` also
+        emits a :class:`~lpc_geom.analysis._validation.SmallSubsetWarning` for them).
     groups : dict
         ``group name -> keys`` it produced.
     classes : tuple
@@ -117,14 +127,22 @@ class CollapseReport:
     undefined: dict[str, str] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     classes: tuple = ()
+    notes: dict[str, str] = field(default_factory=dict)
 
-    def add(self, group: str, values: Mapping[str, Number], undefined: Mapping[str, str] | None = None) -> None:
+    def add(
+        self,
+        group: str,
+        values: Mapping[str, Number],
+        undefined: Mapping[str, str] | None = None,
+        notes: Mapping[str, str] | None = None,
+    ) -> None:
         """Add (or extend) a group of figures. Keys must be new: figures are never silently overwritten."""
         clash = (set(values) & set(self.metrics)) | ({"N", "K", "d"} & set(values))
         if clash:
             raise ValueError(f"report already has figures {sorted(clash)}")
         self.metrics.update(values)
         self.undefined.update(undefined or {})
+        self.notes.update(notes or {})
         self.groups[group] = tuple(self.groups.get(group, ())) + tuple(values)
 
     def to_dict(self) -> dict[str, Number]:
@@ -143,7 +161,7 @@ class CollapseReport:
         return key in ("N", "K", "d") or key in self.metrics
 
     def __getattr__(self, name: str) -> Number:
-        if name.startswith("_") or name in ("metrics", "undefined", "groups"):
+        if name.startswith("_") or name in ("metrics", "undefined", "groups", "notes"):
             raise AttributeError(name)
         try:
             return self.metrics[name]
@@ -165,6 +183,8 @@ class CollapseReport:
             lines.append(f"  {group}: {body}")
         for k, why in self.undefined.items():
             lines.append(f"  undefined {k}: {why}")
+        for k, why in self.notes.items():
+            lines.append(f"  note {k}: {why}")
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -178,9 +198,10 @@ class CollapseReport:
         for group, keys in self.groups.items():
             out.append(f"| *{group}* | |")
             out.extend(f"| `{k}` | {self._fmt(self.metrics[k])} |" for k in keys)
-        if self.undefined:
+        if self.undefined or self.notes:
             out.append("")
             out.extend(f"- `{k}` undefined: {why}" for k, why in self.undefined.items())
+            out.extend(f"- `{k}` note: {why}" for k, why in self.notes.items())
         return "\n".join(out) + "\n"
 
 
@@ -254,11 +275,21 @@ class AnalysisContext:
 
 
 class MetricCollector:
-    """Receives a group's figures: ``put`` a value, or ``attempt`` a computation that may be undefined."""
+    """Receives a group's figures: ``put`` a value, or ``attempt`` a computation that may be undefined;
+    ``subset`` flags figures computed from a small fraction of the points."""
 
     def __init__(self) -> None:
         self.values: dict[str, Number] = {}
         self.undefined: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
+
+    def subset(self, keys: str | Iterable[str], used: int, total: int, what: str, why: str) -> None:
+        """Note ``keys`` as resting on ``used`` of ``total`` points when that is a small fraction
+        (:func:`~lpc_geom.analysis._validation.small_subset_note`); the report warns about them."""
+        note = small_subset_note(used, total, what, why)
+        if note is not None:
+            for key in (keys,) if isinstance(keys, str) else keys:
+                self.notes[key] = note
 
     def put(self, key: str, value: Number) -> None:
         self.values[key] = value if isinstance(value, int) else float(value)
@@ -356,6 +387,10 @@ def _separation_group(ctx: AnalysisContext, out: MetricCollector) -> None:
     out.put(keys[0], res.mean)
     out.put(keys[1], res.median)
     out.put(keys[2], res.excluded)
+    out.subset(
+        keys[:2], ctx.stats.n - res.excluded, ctx.stats.n, "samples",
+        "the others sit exactly on their class centre (zero own-class distance, R = x/0) and are excluded",
+    )
 
 
 def _entropy_group(ctx: AnalysisContext, out: MetricCollector) -> None:
@@ -539,6 +574,13 @@ def _fisher_group(ctx: AnalysisContext, out: MetricCollector) -> None:
         else:
             out.undefine("fisher_scalar_curvature", masked_reason)
             out.undefine("fisher_scalar_curvature_std", masked_reason)
+        out.subset(
+            ("fisher_logvol_mean", "fisher_scalar_curvature", "fisher_scalar_curvature_std"),
+            n_valid,
+            valid.size,
+            "points analysed",
+            f"the others have min_k p_k < fisher_min_prob = {min_prob:g} and are masked (fisher_masked_fraction)",
+        )
         out.put("fisher_masked_fraction", float(1.0 - n_valid / valid.size))
         out.put("fisher_rank", int(pw.range_rank))
     out.put("fisher_samples", int(z.shape[0]))
@@ -602,7 +644,13 @@ def build_report(
         out = MetricCollector()
         group.compute(ctx, out)
         if out.values:
-            report.add(group.name, out.values, out.undefined)
+            notes = {k: v for k, v in out.notes.items() if k in out.values and k not in out.undefined}
+            report.add(group.name, out.values, out.undefined, notes)
+    by_reason: dict[str, list[str]] = {}
+    for key, why in report.notes.items():
+        by_reason.setdefault(why, []).append(key)
+    for why, keys in by_reason.items():
+        warnings.warn(f"{', '.join(keys)}: {why}", SmallSubsetWarning, stacklevel=3)
     return report
 
 
@@ -760,7 +808,11 @@ def analyze(
         the data are NaN with the reason in ``report.undefined`` (e.g. ``norm_cv`` on the sphere, the
         cosines when two class means coincide with their mean, ``separation_ratio`` when every class is a
         single point, ``entropy`` when N <= k, the GW figures when all class centres coincide). Duplicated
-        or fully collapsed latents give finite figures otherwise.
+        or fully collapsed latents give finite figures otherwise. Figures that rest on fewer than 10 %
+        (:data:`~lpc_geom.analysis._validation.SMALL_SUBSET_FRACTION`) of the points they summarise --
+        the Fisher log-volume and curvature when most points are masked, the separation ratio when most
+        samples sit on their class centre -- keep their value, with the reason in ``report.notes`` and a
+        :class:`~lpc_geom.analysis._validation.SmallSubsetWarning`.
 
     Raises
     ------
