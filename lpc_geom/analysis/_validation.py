@@ -26,6 +26,7 @@ __all__ = [
     "SmallSubsetWarning",
     "UndefinedMetricError",
     "align_to_classes",
+    "check_array",
     "check_bimodality_threshold",
     "check_bool",
     "check_classifier",
@@ -583,6 +584,22 @@ def _as_float64(x, what: str, device: torch.device) -> torch.Tensor:
     t = t.to(device=device, dtype=torch.float64)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{what} contains NaN/Inf")
+    return t
+
+
+def check_array(x, name: str, ndim: int | None = None) -> torch.Tensor:
+    """A real array or tensor (classifier weights, biases, plane vectors) as a float64 CPU tensor.
+
+    Raises
+    ------
+    TypeError
+        Not an array/tensor/number, or a complex or boolean dtype.
+    ValueError
+        ``ndim`` given and not matched, or NaN/Inf entries.
+    """
+    t = _as_float64(x, name, torch.device("cpu"))
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
     return t
 
 

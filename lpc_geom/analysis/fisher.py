@@ -92,9 +92,11 @@ from torch.func import jacfwd, jacrev, vmap
 from lpc_geom.analysis._validation import (
     SmallSubsetWarning,
     UndefinedMetricError,
+    check_array,
     check_bool,
     check_curvature,
     check_int,
+    check_latents,
     check_real,
     check_seed,
     encode_labels,
@@ -173,32 +175,23 @@ class FisherPointwise:
 # input handling
 
 
-def _as_tensor(x, name: str, ndim: int | None) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must be a real numeric array, got dtype {t.dtype}")
-    t = t.to(device="cpu", dtype=_DTYPE)
-    if ndim is not None and t.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return t
+def _latents(latents) -> torch.Tensor:
+    """Validated float64 CPU latents (N >= 1, any d >= 1): :func:`~lpc_geom.analysis._validation.check_latents`."""
+    return check_latents(latents, min_dim=1, min_samples=1)[0].cpu()
 
 
 def _check_linear(latents, W, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    z = _as_tensor(latents, "latents", 2)
-    Wt = _as_tensor(W, "W", 2)
+    z = _latents(latents)
+    Wt = check_array(W, "W", 2)
     K, d = Wt.shape
     if K < 2:
         raise ValueError(f"W must have at least 2 rows (classes), got shape {tuple(Wt.shape)}")
     if z.shape[1] != d:
         raise ValueError(f"latents have dimension {z.shape[1]} but W has {d} columns")
-    if z.shape[0] == 0:
-        raise ValueError("latents is empty")
     if b is None:
         bt = torch.zeros(K, dtype=_DTYPE)
     else:
-        bt = _as_tensor(b, "b", 1)
+        bt = check_array(b, "b", 1)
         if bt.shape[0] != K:
             raise ValueError(f"b has {bt.shape[0]} entries but W has {K} rows")
     return z, Wt, bt
@@ -429,7 +422,7 @@ def _check_planes(planes, N: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("planes must be a pair (u, v) of arrays of shape (d,) or (N, d)")
     out = []
     for name, x in zip(("u", "v"), planes, strict=True):
-        t = _as_tensor(x, name, None)
+        t = check_array(x, name)
         if t.ndim == 1:
             t = t.expand(N, -1)
         if t.ndim != 2 or t.shape != (N, d):
@@ -592,9 +585,7 @@ def _latent_chart(manifold) -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 
 def _check_autograd_input(latents, logits_fn, manifold) -> tuple[torch.Tensor, int]:
-    z = _as_tensor(latents, "latents", 2)
-    if z.shape[0] == 0:
-        raise ValueError("latents is empty")
+    z = _latents(latents)
     _latent_chart(manifold)
     check_points_on_manifold(z, manifold, "latents")
     if not callable(logits_fn):

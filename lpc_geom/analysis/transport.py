@@ -64,6 +64,7 @@ from lpc_geom.analysis._validation import (
     check_bool,
     check_curvature,
     check_int,
+    check_latents,
     check_seed,
     encode_labels,
 )
@@ -89,16 +90,11 @@ DEFAULT_RESTARTS = 10
 
 
 def _as_points(x, name: str) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must be a real numeric array, got dtype {t.dtype}")
-    t = t.to(device="cpu", dtype=_DTYPE)
-    if t.ndim != 2:
-        raise ValueError(f"{name} must have shape (n, d), got {tuple(t.shape)}")
+    """A configuration of at least 2 points as a float64 CPU tensor (arrays checked by
+    :func:`~lpc_geom.analysis._validation.check_latents`)."""
+    t = check_latents(x, name=name, min_dim=1, min_samples=1)[0].cpu()
     if t.shape[0] < 2:
         raise ValueError(f"{name} must contain at least 2 points, got {t.shape[0]}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
     return t
 
 
