@@ -32,8 +32,11 @@ Conventions:
   :math:`V_m \rho^m`; the relative error is :math:`O(|K| \rho^2)` for curvature :math:`K` (geodesic balls
   are smaller on the sphere, larger in hyperbolic space), negligible when the k-NN radii are small
   against the curvature radius, and the estimate is then the entropy with respect to the Riemannian
-  volume. Euclidean latents use ``scipy.spatial.cKDTree`` for ``d <= 16`` and the same exact-refined brute
-  force above.
+  volume. Euclidean latents use ``scipy.spatial.cKDTree`` for ``d <= 16`` and the same brute force above.
+  Both give the exact k-th distances (up to the rounding of the distance itself): the brute force bounds
+  the rounding of its Gram-identity distances and measures exactly every candidate those bounds cannot
+  rule out, so tight classes far from the global mean (collapsed latents) are not mis-ranked
+  (:func:`~lpc_geom.analysis.geometry.kth_neighbour_distance`).
 """
 
 from __future__ import annotations
