@@ -114,7 +114,8 @@ class CollapseReport:
     groups : dict
         ``group name -> keys`` it produced.
     classes : tuple
-        The class labels in the order used internally (sorted).
+        The class labels in the order used internally (sorted; decimal-integer strings in numeric order,
+        :func:`~lpc_geom.analysis._validation.class_order`).
 
     Figures are also readable as ``report["nc1"]`` or ``report.nc1``.
     """
