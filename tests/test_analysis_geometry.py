@@ -6,6 +6,8 @@ import geoopt
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lpc_geom import analyze
 from lpc_geom.analysis import geometry as G
@@ -191,6 +193,8 @@ def test_curved_knn_matches_full_distance_matrix(rng, geom):
     z = torch.from_numpy(rng.normal(size=(150, 4)) * 0.3)
     if geom.kind == "sphere":
         z = z / z.norm(dim=1, keepdim=True)
+    if geom.k < 0:
+        z = z * 0.5  # on the ball (|k| |z|^2 < 1): outside it the distance formula is not a distance
     z[40:45] = z[39]
     full = geom.dist(z[:, None, :], z[None, :, :])
     full.fill_diagonal_(float("inf"))
@@ -198,3 +202,96 @@ def test_curved_knn_matches_full_distance_matrix(rng, geom):
     got = G.kth_neighbour_distance(geom, z, 5)
     assert torch.allclose(got, ref, rtol=1e-9, atol=0)
     assert bool((got[39:45] == 0).all())
+
+
+def _tight_far_clusters(rng, N, d, dtype, K=2, sep=1e4, noise=1e-5):
+    """K classes ``sep`` apart on the first axis, isotropic noise ``noise``: LPC-like latents."""
+    y = np.arange(N) % K
+    z = np.zeros((N, d))
+    z[:, 0] = sep * y
+    z += noise * rng.normal(size=(N, d))
+    return z.astype(dtype)
+
+
+@pytest.mark.parametrize("d", [32, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_knn_exact_on_tight_far_apart_clusters(rng, d, dtype):
+    """The brute-force path (d > 16) agrees with cKDTree (direct differences) where the Gram identity on
+    globally centred points cannot resolve the within-class distances, and so does the entropy."""
+    from scipy.spatial import cKDTree
+    from scipy.special import digamma, gammaln
+
+    N, k = 1200, 20
+    z = _tight_far_clusters(rng, N, d, dtype)
+    z64 = z.astype(np.float64)  # the values the analyzers see
+    ref = cKDTree(z64).query(z64, k=k + 1)[0][:, k]
+    got = G.kth_neighbour_distance(G.Geometry("euclidean"), torch.from_numpy(z64), k).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=0)
+    # float32 stores the 1e4 offset to ~1e-3 but the other units near 0 finely: the default floor (the
+    # input's resolution) would floor every radius, so an explicit one lets the distances decide
+    est = kl_entropy(z, k=k, floor=1e-12)
+    assert est.floored == 0.0
+    exact = (digamma(N) - digamma(k) + 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1)) / d + np.log(ref).mean()
+    assert est.entropy == pytest.approx(exact, abs=1e-6)
+
+
+def test_knn_issue_reproducer_entropy():
+    """Issue 15: two classes 1e4 apart, noise 1e-5, d = 32, N = 3000, k = 20: exact -9.942 nats/dim."""
+    from scipy.spatial import cKDTree
+    from scipy.special import digamma, gammaln
+
+    N, d, k = 3000, 32, 20
+    z = _tight_far_clusters(np.random.default_rng(0), N, d, np.float64)
+    ref = cKDTree(z).query(z, k=k + 1)[0][:, k]
+    exact = (digamma(N) - digamma(k) + 0.5 * d * math.log(math.pi) - gammaln(0.5 * d + 1)) / d + np.log(ref).mean()
+    assert exact == pytest.approx(-9.942, abs=1e-3)
+    assert kl_entropy(z, k=k).entropy == pytest.approx(exact, abs=1e-6)
+
+
+@pytest.mark.parametrize("geom", [G.Geometry("stereographic", -1.0), G.Geometry("stereographic", 0.5),
+                                  G.Geometry("sphere")])
+def test_curved_knn_exact_on_tight_clusters(rng, geom):
+    """Tight clusters away from the mean on curved models: the rounding bounds hold after the weights
+    of the stereographic ranking, and re-centring recovers the exact distances."""
+    d, N, k = 20, 400, 5
+    y = np.arange(N) % 4
+    centres = rng.normal(size=(4, d))
+    centres *= 0.6 / np.linalg.norm(centres, axis=1, keepdims=True)
+    z = torch.from_numpy(centres[y] + 1e-9 * rng.normal(size=(N, d)))
+    if geom.kind == "sphere":
+        z = z / z.norm(dim=1, keepdim=True)
+    full = geom.dist(z[:, None, :], z[None, :, :])
+    full.fill_diagonal_(float("inf"))
+    ref = torch.sort(full, dim=1).values[:, k - 1]
+    got = G.kth_neighbour_distance(geom, z, k)
+    assert torch.allclose(got, ref, rtol=1e-7, atol=0)
+
+
+@settings(max_examples=40)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    K=st.integers(1, 4),
+    d=st.integers(17, 40),
+    k=st.integers(1, 6),
+    log_sep=st.floats(-2.0, 8.0),
+    log_noise=st.floats(-12.0, 0.0),
+    kind=st.sampled_from(["euclidean", "flat", "ball"]),
+)
+def test_knn_matches_direct_differences_property(seed, K, d, k, log_sep, log_noise, kind):
+    """Any mix of cluster offsets and spreads: the brute force equals the sorted direct differences."""
+    r = np.random.default_rng(seed)
+    N = 60
+    y = np.arange(N) % K
+    z = 10.0**log_sep * r.normal(size=(K, d))[y] + 10.0**log_noise * r.normal(size=(N, d))
+    z[5:8] = z[4]  # exact duplicates as well
+    geom = {"euclidean": G.Geometry("euclidean"), "flat": G.Geometry("stereographic", 0.0),
+            "ball": G.Geometry("stereographic", -1.0)}[kind]
+    t = torch.from_numpy(z)
+    if kind == "ball":
+        t = t / (1.0 + t.norm(dim=1, keepdim=True))  # inside the unit ball
+    full = geom.dist(t[:, None, :], t[None, :, :])
+    full.fill_diagonal_(float("inf"))
+    ref = torch.sort(full, dim=1).values[:, k - 1]
+    got = G.kth_neighbour_distance(geom, t, k)
+    assert torch.allclose(got, ref, rtol=1e-7, atol=0)
+    assert bool((got[4:8] == 0).all()) or k > 3

@@ -71,7 +71,7 @@ def test_label_permutation_and_encoding(data, rng):
     assert a.pop(noise) == pytest.approx(b.pop(noise), abs=1e-9)
     assert a == pytest.approx(b, rel=1e-12)
     names = np.array(["cat", "dog", "eel", "fox", "gnu"])
-    c = analyze(torch.from_numpy(z), list(names[y]), classifier=torch.nn.Linear(6, 5), k=10)
+    c = analyze(torch.from_numpy(z), list(names[y]), classifier=torch.nn.Linear(6, 5), classes=list(names), k=10)
     assert c.classes == tuple(names)
     d = analyze(z, y.astype(float), k=10).to_dict()
     e = analyze(z, y + 100, k=10).to_dict()

@@ -10,30 +10,271 @@ whose message names the argument and the problem.
 from __future__ import annotations
 
 import copy
+import math
 import numbers
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 __all__ = [
+    "SMALL_SUBSET_FRACTION",
     "ClassifierHead",
     "EncodedLabels",
+    "SmallSubsetWarning",
     "UndefinedMetricError",
     "align_to_classes",
+    "check_array",
+    "check_bimodality_threshold",
+    "check_bool",
     "check_classifier",
+    "check_curvature",
+    "check_groups",
     "check_head",
+    "check_int",
     "check_latents",
     "check_logits",
+    "check_manifold",
     "check_min_class_size",
+    "check_output_classes",
+    "check_real",
+    "check_seed",
+    "class_order",
     "encode_labels",
     "labels_to_array",
+    "small_subset_note",
     "work_device",
 ]
 
 
 class UndefinedMetricError(ValueError):
     """A figure that is mathematically undefined for the given data (the message says why)."""
+
+
+SMALL_SUBSET_FRACTION = 0.1
+"""A figure that averages over a masked subset (Fisher log-volume and curvature over the unmasked points,
+separation ratio over the samples off their class centre) is flagged when that subset holds fewer than
+this fraction of the points it summarises: it then describes a minority of the data (e.g. the few points
+near a confident network's decision boundaries), not the data."""
+
+
+class SmallSubsetWarning(UserWarning):
+    """A figure was computed from a small fraction of the points it summarises (:data:`SMALL_SUBSET_FRACTION`)."""
+
+
+def small_subset_note(used: int, total: int, what: str, why: str) -> str | None:
+    """The note recorded for a figure computed from ``used`` of ``total`` points, or ``None`` when
+    ``used`` is 0 (the figure is then undefined, not thin) or at least ``SMALL_SUBSET_FRACTION * total``.
+
+    ``what`` names the points (``"points analysed"``), ``why`` says why the others were left out.
+    """
+    if used <= 0 or total <= 0 or used >= SMALL_SUBSET_FRACTION * total:
+        return None
+    return (
+        f"computed from {used} of {total} {what} ({used / total:.2%}, below {SMALL_SUBSET_FRACTION:.0%}): {why}; "
+        "it describes those points, not the data"
+    )
+
+
+# -- options -------------------------------------------------------------------------------------------
+def _shown(value) -> str:
+    """``repr`` of a rejected value with its type, cut short for large objects."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def check_bool(value, name: str, *, allow_none: bool = False) -> bool | None:
+    """``value`` as a ``bool``: only ``True``/``False`` (and numpy booleans) are accepted.
+
+    Strings such as ``"no"`` and numbers such as ``0`` are refused rather than read through their truth
+    value (``bool("no")`` is ``True``).
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    accepted = "True, False or None" if allow_none else "True or False"
+    raise TypeError(f"{name} must be {accepted}; got {_shown(value)}")
+
+
+def check_int(
+    value, name: str, *, minimum: int | None = None, maximum: int | None = None, allow_none: bool = False
+) -> int | None:
+    """``value`` as an ``int`` in ``[minimum, maximum]``; Python or numpy integers only.
+
+    Booleans and floats (``2.0`` included) are refused: a count that arrives as a float is a sign of an
+    upstream mistake, and ``True`` is not the number 1.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        what = "an integer" + (" or None" if allow_none else "")
+        raise TypeError(f"{name} must be {what}; got {_shown(value)}")
+    v = int(value)
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+        lo = "" if minimum is None else f">= {minimum}"
+        hi = "" if maximum is None else f"<= {maximum}"
+        raise ValueError(f"{name} must be an integer {' and '.join(x for x in (lo, hi) if x)}; got {v}")
+    return v
+
+
+def check_real(
+    value,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> float | None:
+    """``value`` as a finite ``float`` in the interval given by ``low``/``high`` (open or closed ends).
+
+    Booleans, strings and NaN/Inf are refused.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.integer, np.floating)):
+        what = "a real number" + (" or None" if allow_none else "")
+        raise TypeError(f"{name} must be {what}; got {_shown(value)}")
+    v = float(value)
+    interval = (
+        ("(" if low_open else "[")
+        + ("-inf" if low is None else f"{low:g}")
+        + ", "
+        + ("inf" if high is None else f"{high:g}")
+        + (")" if high_open or high is None else "]")
+    )
+    ok = math.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if low_open else v >= low
+    if ok and high is not None:
+        ok = v < high if high_open else v <= high
+    if not ok:
+        raise ValueError(f"{name} must be a finite number in {interval}; got {v!r}")
+    return v
+
+
+def check_seed(value, name: str = "seed") -> int:
+    """A seed for ``numpy.random.default_rng``: an integer >= 0."""
+    return check_int(value, name, minimum=0)
+
+
+def check_bimodality_threshold(value, name: str = "bimodality_threshold") -> float:
+    r"""A threshold on the bimodality coefficient :math:`b = (g^2 + 1)/\kappa`: a number in (0, 1).
+
+    :math:`b \in (0, 1]` for every non-constant unit (Pearson's inequality :math:`\kappa \ge g^2 + 1`),
+    so the fraction of units with :math:`b >` threshold is the fraction of non-constant units for any
+    threshold <= 0 and 0 for any threshold >= 1: neither measures bimodality.
+    """
+    return check_real(value, name, low=0.0, high=1.0, low_open=True, high_open=True)
+
+
+def check_groups(groups, registered: Iterable[str]) -> tuple[str, ...] | None:
+    """Metric group names: ``None`` (the defaults), one name as a string, or an iterable of names.
+
+    Raises
+    ------
+    TypeError
+        Not a string or an iterable of strings.
+    ValueError
+        An empty selection, or names that are not registered (listed with the accepted ones).
+    """
+    if groups is None:
+        return None
+    accepted = list(registered)
+    if isinstance(groups, str):
+        names = (groups,)
+    elif isinstance(groups, Iterable) and not isinstance(groups, (bytes, Mapping)):
+        names = tuple(groups)
+        bad = [g for g in names if not isinstance(g, str)]
+        if bad:
+            raise TypeError(f"groups must be metric group names (strings); got {_shown(bad[0])}; accepted: {accepted}")
+    else:
+        raise TypeError(f"groups must be a group name or an iterable of names; got {_shown(groups)}")
+    if not names:
+        raise ValueError(f"groups is empty: name at least one of {accepted} (or pass None for the defaults)")
+    unknown = [g for g in names if g not in accepted]
+    if unknown:
+        raise ValueError(f"unknown metric group(s) {unknown} in groups; accepted: {accepted}")
+    return tuple(dict.fromkeys(names))
+
+
+# -- manifolds ------------------------------------------------------------------------------------------
+def _curvature_value(manifold, attr: str) -> float:
+    k = getattr(manifold, attr)
+    k = k.detach() if isinstance(k, torch.Tensor) else torch.as_tensor(k)
+    if k.numel() != 1:
+        raise ValueError(f"a {type(manifold).__name__} with per-coordinate curvature is not supported")
+    return float(k.to(torch.float64))
+
+
+def check_curvature(manifold) -> None:
+    """Refuse a geoopt manifold whose curvature parameter is non-finite or of the wrong sign.
+
+    geoopt stores ``PoincareBall(c)`` as ``k = -softplus(softplus^{-1}(c))``, so ``c <= 0`` or ``c = nan``
+    gives ``k = nan`` (and ``c = inf`` gives ``k = -inf``) without complaint; ``SphereProjection(k)`` does
+    the same for ``k <= 0``. Checked: the stereographic family (``k`` finite; ``< 0`` for a Poincaré ball,
+    ``> 0`` for a projected sphere) and ``Lorentz`` (``k`` finite and ``> 0``). Other manifolds have no
+    curvature parameter and pass.
+    """
+    import geoopt
+
+    if isinstance(manifold, geoopt.Stereographic):
+        k = _curvature_value(manifold, "k")
+        if isinstance(manifold, geoopt.PoincareBall):
+            ok, want, given = math.isfinite(k) and k < 0, "c > 0 and finite", f"c = {-k!r}"
+        elif isinstance(manifold, geoopt.SphereProjection):
+            ok, want, given = math.isfinite(k) and k > 0, "k > 0 and finite", f"k = {k!r}"
+        else:
+            ok, want, given = math.isfinite(k), "a finite k", f"k = {k!r}"
+        if not ok:
+            hint = " (geoopt turns c <= 0, k <= 0 or NaN into k = nan)" if math.isnan(k) else ""
+            raise ValueError(f"manifold {type(manifold).__name__} has curvature {given}{hint}; it needs {want}")
+    elif isinstance(manifold, geoopt.Lorentz):
+        k = _curvature_value(manifold, "k")
+        if not (math.isfinite(k) and k > 0):
+            raise ValueError(f"manifold Lorentz has k = {k!r}; it needs k > 0 and finite")
+
+
+def check_manifold(manifold) -> tuple[str, float]:
+    """The latent geometry of a manifold accepted by the analyzers: ``(kind, k)``.
+
+    ``kind`` is ``"euclidean"`` (``None`` or ``geoopt.Euclidean``), ``"sphere"`` (unconstrained
+    ``geoopt.Sphere``) or ``"stereographic"`` (``PoincareBall``, ``SphereProjection``, ``Stereographic``
+    and their ``Exact`` variants) with ``k`` the signed curvature of geoopt's model (0 otherwise).
+
+    Raises
+    ------
+    TypeError
+        Another kind of manifold.
+    ValueError
+        A Sphere restricted to a subspace, a non-scalar curvature, or a curvature refused by
+        :func:`check_curvature`.
+    """
+    if manifold is None:
+        return "euclidean", 0.0
+    import geoopt  # the caller built a geoopt manifold, so the import is already paid for
+
+    if isinstance(manifold, geoopt.Euclidean):
+        if manifold.ndim not in (0, 1):
+            raise ValueError(f"geoopt.Euclidean(ndim={manifold.ndim}) is not a manifold of latent vectors")
+        return "euclidean", 0.0
+    if isinstance(manifold, geoopt.Sphere):
+        if getattr(manifold, "projector", None) is not None:
+            raise ValueError("a geoopt.Sphere restricted to a subspace (intersection/complement) is not supported")
+        return "sphere", 0.0
+    if isinstance(manifold, geoopt.Stereographic):
+        check_curvature(manifold)
+        return "stereographic", _curvature_value(manifold, "k")
+    raise TypeError(
+        f"unsupported manifold {type(manifold).__name__}: use None (Euclidean), geoopt.Sphere, "
+        "geoopt.PoincareBall, geoopt.SphereProjection or geoopt.Stereographic"
+    )
 
 
 def work_device(device: torch.device) -> torch.device:
@@ -125,6 +366,19 @@ def check_latents(
     return z, eps
 
 
+_INTEGER_STRING = re.compile(r"[+-]?[0-9]+")
+
+
+def _integer_string_values(classes: np.ndarray) -> list[int] | None:
+    """The integer value of each string class when every one is a decimal integer ("0", "10", "-3") and
+    no two share a value ("1" and "01" would); otherwise ``None``."""
+    texts = classes.tolist()
+    if not texts or not all(_INTEGER_STRING.fullmatch(t) for t in texts):
+        return None
+    values = [int(t) for t in texts]
+    return values if len(set(values)) == len(values) else None
+
+
 @dataclass(frozen=True)
 class EncodedLabels:
     """Labels mapped to class codes.
@@ -134,7 +388,9 @@ class EncodedLabels:
     codes : numpy.ndarray of int64, shape (N,)
         ``codes[i]`` is the index of ``labels[i]`` in ``classes``.
     classes : numpy.ndarray, shape (K,)
-        The distinct original labels in sorted order (ints, or strings).
+        The distinct original labels in the analyzers' order (:func:`class_order`): ints (int64, or
+        uint64 when some exceed 2**63 - 1) in increasing order, or strings, in numeric order when they are
+        all decimal integers and in lexicographic order otherwise.
     integer : bool
         True when the original labels are integers (bool and integral floats included).
     """
@@ -147,6 +403,39 @@ class EncodedLabels:
     def n_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def values(self) -> list[int] | None:
+        """The integer value of each class (integer labels, or strings that are all decimal integers),
+        used to index a classifier's outputs; ``None`` for other string labels."""
+        if self.integer:
+            return [int(c) for c in self.classes.tolist()]
+        return _integer_string_values(self.classes)
+
+
+def class_order(classes: np.ndarray) -> np.ndarray:
+    """Permutation putting distinct labels in the analyzers' order: numeric for integers and for strings
+    that are all decimal integers ("2" before "10"), lexicographic for other strings."""
+    if classes.dtype.kind == "U":
+        values = _integer_string_values(classes)
+        if values is not None:
+            return np.array(sorted(range(len(values)), key=values.__getitem__), dtype=np.int64)
+    return np.argsort(classes, kind="stable")
+
+
+def _integer_array(values, what: str) -> np.ndarray:
+    """Python/numpy integers as an int64 array, or uint64 when some exceed 2**63 - 1 (never wrapped)."""
+    try:
+        return np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        pass
+    try:
+        return np.asarray(values, dtype=np.uint64)
+    except OverflowError:
+        raise ValueError(
+            f"{what} must be integers in [-2**63, 2**63 - 1], or all in [0, 2**64 - 1]; got values outside "
+            "both ranges"
+        ) from None
+
 
 def _labels_to_numpy(labels) -> np.ndarray:
     if isinstance(labels, torch.Tensor):
@@ -156,12 +445,13 @@ def _labels_to_numpy(labels) -> np.ndarray:
     if isinstance(labels, np.ndarray):
         return labels
     if isinstance(labels, (list, tuple)):
-        # np.asarray would silently turn [1, "a"] into strings; check the element types first.
+        # np.asarray would silently turn [1, "a"] into strings (and [1, 2**63] into floats); check the
+        # element types first.
         kinds = set(map(type, labels))
         if kinds and all(issubclass(k, str) for k in kinds):
             return np.asarray(labels, dtype=str)
         if kinds and all(issubclass(k, (numbers.Integral, np.bool_)) for k in kinds):
-            return np.asarray(labels, dtype=np.int64)
+            return _integer_array([int(v) for v in labels], "labels")
         if kinds and all(issubclass(k, (numbers.Real, np.bool_)) for k in kinds):
             return np.asarray(labels, dtype=np.float64)
         if not kinds:
@@ -174,27 +464,33 @@ def _labels_to_numpy(labels) -> np.ndarray:
 
 
 def labels_to_array(labels, n: int) -> tuple[np.ndarray, bool]:
-    """Check ``n`` labels and return them as an int64 or str numpy array, and whether they are integers.
+    """Check ``n`` labels and return them as an integer (int64, or uint64 beyond 2**63 - 1) or str numpy
+    array, and whether they are integers.
 
     Raises
     ------
     TypeError
         Complex, datetime, byte or mixed-type labels.
     ValueError
-        Not 1-D, a count different from ``n``, non-integral or non-finite float labels.
+        Not 1-D, a count different from ``n``, non-integral or non-finite float labels, integers that
+        fit neither int64 nor uint64 together.
     """
     arr = _labels_to_numpy(labels)
     if arr.ndim != 1:
         raise ValueError(f"labels must be 1-D with one label per sample; got shape {arr.shape}")
     if arr.shape[0] != n:
-        raise ValueError(f"label count mismatch: {n} latent rows but {arr.shape[0]} labels")
+        raise ValueError(
+            f"label count mismatch: {n} latent rows but {arr.shape[0]} labels (labels must have shape ({n},))"
+        )
     kind = arr.dtype.kind
     integer = True
     if kind == "b":
         arr = arr.astype(np.int64)
-    elif kind in "iu":
-        if kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
-            raise ValueError("unsigned labels above 2**63 - 1 cannot be mapped to classes")
+    elif kind == "u":
+        fits = not arr.size or int(arr.max()) <= np.iinfo(np.int64).max
+        arr = arr.astype(np.int64 if fits else np.uint64)
+    elif kind == "i":
+        arr = arr.astype(np.int64)
     elif kind == "f":
         if not np.isfinite(arr).all():
             raise ValueError("labels contain NaN/Inf; they cannot be mapped to classes")
@@ -212,7 +508,7 @@ def labels_to_array(labels, n: int) -> tuple[np.ndarray, bool]:
             arr = arr.astype(str)
             integer = False
         elif kinds and all(issubclass(k, (numbers.Integral, np.bool_)) for k in kinds):
-            arr = arr.astype(np.int64)
+            arr = _integer_array([int(v) for v in arr.tolist()], "labels")
         else:
             raise TypeError(
                 "object labels must be all strings or all integers; got "
@@ -220,24 +516,35 @@ def labels_to_array(labels, n: int) -> tuple[np.ndarray, bool]:
             )
     else:
         raise TypeError(f"labels must be integers or strings; got numpy dtype {arr.dtype}")
-    return (arr.astype(np.int64) if integer else arr), integer
+    return arr, integer
 
 
-def encode_labels(labels, n: int) -> EncodedLabels:
-    """Map labels (integers, integral floats, booleans or strings) to codes ``0..K-1`` in sorted order.
+def encode_labels(labels, n: int, *, min_classes: int = 2) -> EncodedLabels:
+    """Map labels (integers, integral floats, booleans or strings) to codes ``0..K-1``.
+
+    Classes are numbered in :func:`class_order`: increasing integers; strings that are all decimal
+    integers ("0".."10") in numeric order, so that they line up with a classifier's outputs like the
+    integers they name; other strings in lexicographic order.
 
     Raises
     ------
     TypeError, ValueError
-        As :func:`labels_to_array`; ``ValueError`` also for fewer than 2 classes.
+        As :func:`labels_to_array`; ``ValueError`` also for fewer than ``min_classes`` classes.
     """
     arr, integer = labels_to_array(labels, n)
     classes, codes = np.unique(arr, return_inverse=True)
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise ValueError(
-            f"labels name only one class ({classes[0]!r}); collapse figures compare classes and need K >= 2"
+            f"labels name only one class ({classes[0].item()!r}); the collapse figures compare classes and "
+            "need at least two classes (K >= 2)"
         )
-    return EncodedLabels(codes=codes.reshape(-1).astype(np.int64), classes=classes, integer=integer)
+    codes = codes.reshape(-1).astype(np.int64)
+    order = class_order(classes)
+    if not np.array_equal(order, np.arange(len(classes))):
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        classes, codes = classes[order], rank[codes]
+    return EncodedLabels(codes=codes, classes=classes, integer=integer)
 
 
 def check_min_class_size(counts: np.ndarray, classes: np.ndarray, min_class_size: int) -> None:
@@ -247,7 +554,9 @@ def check_min_class_size(counts: np.ndarray, classes: np.ndarray, min_class_size
     separation ratio is 0/0 (it is counted in ``separation_ratio_excluded``), and it adds an exact zero to
     the within-class scatter (``sigma_w``, ``sigma_w_rel``, ``nc1`` are then biased towards collapse).
     Those are the undefined or misleading figures; pass ``min_class_size=1`` to accept them.
+    ``min_class_size`` must be an integer >= 1 (:func:`check_int`).
     """
+    min_class_size = check_int(min_class_size, "min_class_size", minimum=1)
     small = np.flatnonzero(counts < min_class_size)
     if small.size:
         names = ", ".join(repr(c) for c in classes[small[:5]].tolist())
@@ -275,6 +584,22 @@ def _as_float64(x, what: str, device: torch.device) -> torch.Tensor:
     t = t.to(device=device, dtype=torch.float64)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{what} contains NaN/Inf")
+    return t
+
+
+def check_array(x, name: str, ndim: int | None = None) -> torch.Tensor:
+    """A real array or tensor (classifier weights, biases, plane vectors) as a float64 CPU tensor.
+
+    Raises
+    ------
+    TypeError
+        Not an array/tensor/number, or a complex or boolean dtype.
+    ValueError
+        ``ndim`` given and not matched, or NaN/Inf entries.
+    """
+    t = _as_float64(x, name, torch.device("cpu"))
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
     return t
 
 
@@ -436,19 +761,75 @@ def check_logits(logits, n: int, device: torch.device) -> torch.Tensor:
     return L
 
 
-def align_to_classes(n_out: int, labels: EncodedLabels, what: str) -> np.ndarray:
-    """Indices of the rows of W (or columns of the logits) that belong to ``labels.classes``.
+def check_output_classes(classes) -> EncodedLabels:
+    """Validate ``classes=``: the class of each classifier output (row of W, column of the logits).
 
-    Integer labels that all lie in ``0..n_out-1`` index the outputs directly (so absent classes are
-    allowed). Otherwise the outputs must number exactly K and are taken in the sorted label order.
+    Returns an :class:`EncodedLabels` whose ``codes`` are the outputs in order and whose ``classes`` are
+    the distinct names; the names must be distinct (one output per class).
     """
-    classes = labels.classes
-    if labels.integer and classes.min() >= 0 and classes.max() < n_out:
-        return classes.astype(np.int64)
-    if n_out == len(classes):
-        return np.arange(n_out, dtype=np.int64)
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple, np.ndarray, torch.Tensor)):
+        raise TypeError(f"classes must be a sequence with the class of each classifier output; got {_shown(classes)}")
+    n = len(classes)
+    enc = encode_labels(classes, n, min_classes=0) if n else None
+    if enc is None or enc.n_classes != n:
+        raise ValueError(
+            "classes must name each classifier output's class once (distinct labels, at least one); got "
+            f"{n} entries naming {0 if enc is None else enc.n_classes} distinct classes"
+        )
+    return enc
+
+
+def _preview(items: list, limit: int = 5) -> str:
+    shown = ", ".join(repr(c) for c in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def align_to_classes(
+    n_out: int, labels: EncodedLabels, what: str, output_classes: EncodedLabels | None = None
+) -> np.ndarray:
+    """Indices of the outputs (rows of W, columns of the logits) that belong to ``labels.classes``.
+
+    * With ``output_classes`` (from :func:`check_output_classes`: the class of each of the ``n_out``
+      outputs): each label class is matched to the output that names it. Integer labels and strings that
+      are all decimal integers match by value (label ``"3"`` and output class ``3`` are one class),
+      other strings by text; every label class must have an output (outputs without samples are fine).
+    * Without it: integer labels (or decimal-integer strings) that all lie in ``0..n_out-1`` index the
+      outputs directly, so absent classes are allowed. Any other labels are ambiguous (is label ``"cat"``
+      output 0? is label 1 output 0 or 1?) and raise ``ValueError`` asking for ``classes=``.
+    """
+    names = labels.classes.tolist()
+    values = labels.values
+    if output_classes is not None:
+        if len(output_classes.codes) != n_out:
+            raise ValueError(
+                f"classes names {len(output_classes.codes)} outputs but the {what} has {n_out}: give the class "
+                "of every output, in output order"
+            )
+        out_values = output_classes.values
+        out_names = output_classes.classes[output_classes.codes].tolist()  # in output order
+        if values is not None and out_values is not None:
+            out_keys = [out_values[c] for c in output_classes.codes.tolist()]
+            keys = values
+        elif values is None and out_values is None:
+            out_keys, keys = out_names, names
+        else:
+            kinds = ("integers", "non-integer strings") if values is not None else ("non-integer strings", "integers")
+            raise ValueError(f"the labels are {kinds[0]} but classes holds {kinds[1]}: they name no common class")
+        where = {key: i for i, key in enumerate(out_keys)}
+        missing = [name for name, key in zip(names, keys, strict=True) if key not in where]
+        if missing:
+            raise ValueError(
+                f"classes has no output for label class(es) {_preview(missing)}; it names {_preview(out_names)}"
+            )
+        return np.array([where[key] for key in keys], dtype=np.int64)
+    if values is not None and min(values) >= 0 and max(values) < n_out:
+        return np.array(values, dtype=np.int64)
+    kind = (
+        f"integer labels outside 0..{n_out - 1}" if values is not None
+        else "labels that are not integers"
+    )
     raise ValueError(
-        f"{what} has {n_out} outputs but the labels name {len(classes)} classes that cannot be matched to "
-        "them: integer labels must lie in 0..K-1, other labels need exactly one output per class (in sorted "
-        "label order)"
+        f"the {what} has {n_out} outputs and the labels name {len(names)} classes ({_preview(names)}): "
+        f"with {kind} they cannot be matched to the outputs unambiguously. Pass classes=[the class of "
+        "output 0, of output 1, ...]; integer labels in 0..K_out-1 index the outputs directly"
     )

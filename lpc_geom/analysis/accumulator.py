@@ -30,9 +30,14 @@ import torch
 
 from lpc_geom.analysis._validation import (
     EncodedLabels,
+    check_bimodality_threshold,
     check_classifier,
+    check_int,
     check_latents,
     check_min_class_size,
+    check_output_classes,
+    check_seed,
+    class_order,
     labels_to_array,
 )
 from lpc_geom.analysis.collapse import ClassStatistics, class_abs_max
@@ -64,7 +69,7 @@ class CollapseAccumulator:
     def __init__(self, *, manifold=None, bimodality_threshold: float = BIMODALITY_THRESHOLD) -> None:
         self._geom = geometry_from_manifold(manifold)
         self._manifold = manifold
-        self._threshold = bimodality_threshold
+        self._threshold = check_bimodality_threshold(bimodality_threshold)
         self._labels: list = []
         self._slot: dict = {}
         self._integer: bool | None = None
@@ -175,15 +180,16 @@ class CollapseAccumulator:
     # -- results -------------------------------------------------------------------------------------
     @property
     def classes(self) -> np.ndarray:
-        """Labels seen so far, sorted."""
-        return np.sort(np.asarray(self._labels))
+        """Labels seen so far, in the analyzers' order (:func:`~lpc_geom.analysis._validation.class_order`)."""
+        labels = labels_to_array(self._labels, len(self._labels))[0]
+        return labels[class_order(labels)]
 
     def statistics(self, *, min_class_size: int = 2) -> ClassStatistics:
         """The accumulated :class:`~lpc_geom.analysis.collapse.ClassStatistics` (classes in sorted order)."""
         if self.n == 0:
             raise ValueError("no batches were added")
-        labels = np.asarray(self._labels)
-        order = np.argsort(labels, kind="stable")
+        labels = labels_to_array(self._labels, len(self._labels))[0]
+        order = class_order(labels)
         classes = labels[order]
         if len(classes) < 2:
             raise ValueError(
@@ -223,15 +229,22 @@ class CollapseAccumulator:
         )
 
     def report(
-        self, *, classifier=None, min_class_size: int = 2, gw_restarts: int = 10, seed: int = 0, groups=None
+        self,
+        *,
+        classifier=None,
+        classes=None,
+        min_class_size: int = 2,
+        gw_restarts: int = 10,
+        seed: int = 0,
+        groups=None,
     ) -> CollapseReport:
         """A :class:`~lpc_geom.analysis.report.CollapseReport` of the moment-based and class-centre figures.
 
         ``classifier`` ((W, b), W, nn.Linear-like, or a module head with a (K, d) ``.weight``) adds ``nc3``;
-        ``min_class_size``, ``gw_restarts``, ``seed`` and ``groups`` as in ``analyze``.
+        ``classes``, ``min_class_size``, ``gw_restarts``, ``seed`` and ``groups`` as in ``analyze``.
         """
-        if gw_restarts < 0:
-            raise ValueError(f"gw_restarts must be >= 0; got {gw_restarts}")
+        gw_restarts, seed = check_int(gw_restarts, "gw_restarts", minimum=0), check_seed(seed)
+        out_classes = None if classes is None else check_output_classes(classes)
         s = self.statistics(min_class_size=min_class_size)
         enc = EncodedLabels(np.zeros(0, dtype=np.int64), s.classes, bool(self._integer))
         clf = check_classifier(classifier, s.d, self._device) if classifier is not None else None
@@ -241,6 +254,7 @@ class CollapseAccumulator:
             classifier=clf,
             manifold=self._manifold,
             options={"bimodality_threshold": self._threshold, "gw_restarts": gw_restarts, "seed": seed},
+            output_classes=out_classes,
         )
         return build_report(ctx, groups, streaming=True)
 

@@ -36,6 +36,7 @@ from lpc_geom.analysis._validation import (
     check_latents,
     check_logits,
     check_min_class_size,
+    check_output_classes,
     encode_labels,
 )
 from lpc_geom.analysis.geometry import (
@@ -444,7 +445,7 @@ def _nc4_from(D: torch.Tensor, net_pred: torch.Tensor, out_index: torch.Tensor) 
     return float((ncc != net_pred).double().mean())
 
 
-def network_predictions(s: ClassStatistics, encoded: EncodedLabels, classifier=None, logits=None):
+def network_predictions(s: ClassStatistics, encoded: EncodedLabels, classifier=None, logits=None, classes=None):
     """Network argmax (in output-index space) and the output index of each class, from logits or (W, b)."""
     if logits is not None:
         L = check_logits(logits, s.n, s.latents.device)
@@ -452,11 +453,12 @@ def network_predictions(s: ClassStatistics, encoded: EncodedLabels, classifier=N
         L = check_head(classifier, s.latents).logits(s.latents)
     else:
         raise TypeError("nc4 needs logits or a classifier")
-    out_index = torch.from_numpy(align_to_classes(L.shape[1], encoded, "logits/classifier")).to(L.device)
+    out_classes = None if classes is None else check_output_classes(classes)
+    out_index = torch.from_numpy(align_to_classes(L.shape[1], encoded, "logits/classifier", out_classes)).to(L.device)
     return L.argmax(dim=1), out_index
 
 
-def nc4(latents, labels, *, manifold=None, classifier=None, logits=None) -> float:
+def nc4(latents, labels, *, manifold=None, classifier=None, logits=None, classes=None) -> float:
     r"""NC4: fraction of samples whose nearest-class-centre prediction differs from the network's argmax.
 
     .. math:: \mathrm{NC4} = \frac1N \sum_i [\arg\min_c d(z_i, \mu_c) \ne \arg\max_k f_k(z_i)]
@@ -464,12 +466,12 @@ def nc4(latents, labels, *, manifold=None, classifier=None, logits=None) -> floa
     with :math:`f` the given ``logits``, or the outputs of ``classifier`` at the latents: :math:`Wz + b` for
     ``(W, b)`` or an ``nn.Linear`` (bias included), the module's own forward pass for any other module
     (e.g. a manifold head's classifier; see :func:`~lpc_geom.analysis._validation.check_head`). Range
-    :math:`[0, 1]`. Integer labels in ``0..K_out-1`` index the outputs; other labels need one output per
-    class in sorted order.
+    :math:`[0, 1]`. Integer labels in ``0..K_out-1`` index the outputs; other labels need ``classes``, the
+    class of each output (see :func:`~lpc_geom.analysis._validation.align_to_classes`).
     """
     geom, z, eps, enc, codes = prepare_inputs(latents, labels, manifold)
     s = statistics_from_arrays(geom, z, eps, enc, codes)
-    pred, out_index = network_predictions(s, enc, classifier, logits)
+    pred, out_index = network_predictions(s, enc, classifier, logits, classes)
     return _nc4_from(centre_distances(s), pred, out_index)
 
 
@@ -484,7 +486,7 @@ def nc3_from_weights(s: ClassStatistics, W: torch.Tensor) -> float:
     return float(((W / wn - M / mn) ** 2).sum())
 
 
-def nc3(latents, labels=None, *, classifier, manifold=None) -> float:
+def nc3(latents, labels=None, *, classifier, manifold=None, classes=None) -> float:
     r"""NC3 (self-duality, Papyan et al.): :math:`\| W/\|W\|_F - M/\|M\|_F \|_F^2`.
 
     :math:`W` (K x d) the classifier rows of the classes present, :math:`M` the centred class means
@@ -492,10 +494,11 @@ def nc3(latents, labels=None, *, classifier, manifold=None) -> float:
     proportional to the centred means. ``classifier`` is ``(W, b)``, ``W``, an nn.Linear-like module, or a
     module head whose ``.weight`` holds its class rows (e.g. ``HyperbolicMLR``'s normals, tangent vectors at
     the origin, compared with the chart means); integer labels in ``0..K_w-1`` index its rows, other labels
-    need one row per class in sorted order.
+    need ``classes``, the class of each row (see :func:`~lpc_geom.analysis._validation.align_to_classes`).
     """
     s = as_statistics(latents, labels, manifold)
     encoded = EncodedLabels(np.zeros(0, np.int64), s.classes, s.classes.dtype.kind in "iub")
     W, _ = check_classifier(classifier, s.d, s.means.device)
-    rows = torch.from_numpy(align_to_classes(W.shape[0], encoded, "classifier")).to(W.device)
+    out_classes = None if classes is None else check_output_classes(classes)
+    rows = torch.from_numpy(align_to_classes(W.shape[0], encoded, "classifier", out_classes)).to(W.device)
     return nc3_from_weights(s, W[rows])

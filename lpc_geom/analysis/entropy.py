@@ -32,8 +32,11 @@ Conventions:
   :math:`V_m \rho^m`; the relative error is :math:`O(|K| \rho^2)` for curvature :math:`K` (geodesic balls
   are smaller on the sphere, larger in hyperbolic space), negligible when the k-NN radii are small
   against the curvature radius, and the estimate is then the entropy with respect to the Riemannian
-  volume. Euclidean latents use ``scipy.spatial.cKDTree`` for ``d <= 16`` and the same exact-refined brute
-  force above.
+  volume. Euclidean latents use ``scipy.spatial.cKDTree`` for ``d <= 16`` and the same brute force above.
+  Both give the exact k-th distances (up to the rounding of the distance itself): the brute force bounds
+  the rounding of its Gram-identity distances and measures exactly every candidate those bounds cannot
+  rule out, so tight classes far from the global mean (collapsed latents) are not mis-ranked
+  (:func:`~lpc_geom.analysis.geometry.kth_neighbour_distance`).
 """
 
 from __future__ import annotations
@@ -45,10 +48,10 @@ import numpy as np
 import torch
 from scipy.special import digamma, gammaln
 
-from lpc_geom.analysis._validation import UndefinedMetricError, check_latents
+from lpc_geom.analysis._validation import UndefinedMetricError, check_int, check_latents, check_real, check_seed
 from lpc_geom.analysis.geometry import Geometry, geometry_from_manifold, kth_neighbour_distance
 
-__all__ = ["EntropyEstimate", "kl_entropy", "log_unit_ball_volume"]
+__all__ = ["EntropyEstimate", "check_entropy_options", "kl_entropy", "log_unit_ball_volume"]
 
 
 class EntropyEstimate(NamedTuple):
@@ -95,13 +98,8 @@ def entropy_from_arrays(
     seed: int = 0,
     floor: float | None = None,
 ) -> EntropyEstimate:
-    """:func:`kl_entropy` on validated float64 latents (points already checked to lie on the manifold)."""
-    if not (isinstance(k, (int, np.integer)) and k >= 1):
-        raise ValueError(f"k must be a positive integer; got {k!r}")
-    if not (isinstance(max_samples, (int, np.integer)) and max_samples >= 2):
-        raise ValueError(f"max_entropy_samples must be an integer >= 2; got {max_samples!r}")
-    if floor is not None and not (math.isfinite(floor) and floor > 0):
-        raise ValueError(f"entropy_floor must be a positive finite distance; got {floor!r}")
+    """:func:`kl_entropy` on validated float64 latents and options (points already checked to lie on the
+    manifold; the options by :func:`check_entropy_options`)."""
     n = z.shape[0]
     if n > max_samples:
         idx = np.sort(np.random.default_rng(seed).choice(n, size=int(max_samples), replace=False))
@@ -158,6 +156,22 @@ def kl_entropy(
         :math:`\log V_m / m + \log(\mathrm{floor}) + (\psi(n) - \psi(k))/m`).
     """
     geom = geometry_from_manifold(manifold)
+    k, max_samples, seed, floor = check_entropy_options(
+        k, max_samples, seed, floor, max_samples_name="max_samples", floor_name="floor"
+    )
     z, eps = check_latents(latents)
     z = geom.check_points(z, eps)
     return entropy_from_arrays(geom, z, eps, k=k, max_samples=max_samples, seed=seed, floor=floor)
+
+
+def check_entropy_options(
+    k, max_samples, seed, floor, *, max_samples_name: str = "max_entropy_samples", floor_name: str = "entropy_floor"
+) -> tuple[int, int, int, float | None]:
+    """The entropy options checked (:mod:`~lpc_geom.analysis._validation`): ``k >= 1`` and
+    ``max_samples >= 2`` integers, ``seed >= 0``, ``floor`` a positive finite distance or ``None``."""
+    return (
+        check_int(k, "k", minimum=1),
+        check_int(max_samples, max_samples_name, minimum=2),
+        check_seed(seed),
+        check_real(floor, floor_name, low=0.0, low_open=True, allow_none=True),
+    )

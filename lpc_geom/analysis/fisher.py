@@ -80,6 +80,7 @@ masked fraction of 1.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -88,7 +89,19 @@ import numpy as np
 import torch
 from torch.func import jacfwd, jacrev, vmap
 
-from lpc_geom.analysis._validation import UndefinedMetricError
+from lpc_geom.analysis._validation import (
+    SmallSubsetWarning,
+    UndefinedMetricError,
+    check_array,
+    check_bool,
+    check_curvature,
+    check_int,
+    check_latents,
+    check_real,
+    check_seed,
+    encode_labels,
+    small_subset_note,
+)
 from lpc_geom.analysis.transport import check_points_on_manifold
 
 __all__ = [
@@ -162,46 +175,34 @@ class FisherPointwise:
 # input handling
 
 
-def _as_tensor(x, name: str, ndim: int | None) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must be a real numeric array, got dtype {t.dtype}")
-    t = t.to(device="cpu", dtype=_DTYPE)
-    if ndim is not None and t.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return t
+def _latents(latents) -> torch.Tensor:
+    """Validated float64 CPU latents (N >= 1, any d >= 1): :func:`~lpc_geom.analysis._validation.check_latents`."""
+    return check_latents(latents, min_dim=1, min_samples=1)[0].cpu()
 
 
 def _check_linear(latents, W, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    z = _as_tensor(latents, "latents", 2)
-    Wt = _as_tensor(W, "W", 2)
+    z = _latents(latents)
+    Wt = check_array(W, "W", 2)
     K, d = Wt.shape
     if K < 2:
         raise ValueError(f"W must have at least 2 rows (classes), got shape {tuple(Wt.shape)}")
     if z.shape[1] != d:
         raise ValueError(f"latents have dimension {z.shape[1]} but W has {d} columns")
-    if z.shape[0] == 0:
-        raise ValueError("latents is empty")
     if b is None:
         bt = torch.zeros(K, dtype=_DTYPE)
     else:
-        bt = _as_tensor(b, "b", 1)
+        bt = check_array(b, "b", 1)
         if bt.shape[0] != K:
             raise ValueError(f"b has {bt.shape[0]} entries but W has {K} rows")
     return z, Wt, bt
 
 
 def _check_min_prob(min_prob: float) -> float:
-    if not 0.0 <= min_prob < 1.0:
-        raise ValueError(f"min_prob must be in [0, 1), got {min_prob}")
-    return float(min_prob)
+    return check_real(min_prob, "min_prob", low=0.0, high=1.0, high_open=True)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
-    if size < 1:
-        raise ValueError(f"chunk_size must be positive, got {size}")
+    size = check_int(size, "chunk_size", minimum=1)
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
 
@@ -361,6 +362,7 @@ def fisher_pointwise(
         ``ValueError`` subclass.
     """
     min_prob = _check_min_prob(min_prob)
+    curvature = check_bool(curvature, "curvature")
     z, Wt, bt = _check_linear(latents, W, b)
     basis = _range_basis(Wt)
     r = basis.shape[1]
@@ -420,7 +422,7 @@ def _check_planes(planes, N: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError("planes must be a pair (u, v) of arrays of shape (d,) or (N, d)")
     out = []
     for name, x in zip(("u", "v"), planes, strict=True):
-        t = _as_tensor(x, name, None)
+        t = check_array(x, name)
         if t.ndim == 1:
             t = t.expand(N, -1)
         if t.ndim != 2 or t.shape != (N, d):
@@ -535,8 +537,8 @@ def sectional_curvature(
                 f"{int(bad.sum())} plane(s) do not span a 2-plane in the range of the Fisher metric "
                 f"(rank {r}): their projections onto the row space of the centred W are linearly dependent"
             )
-    elif n_planes < 1:
-        raise ValueError(f"n_planes must be positive, got {n_planes}")
+    else:
+        n_planes, seed = check_int(n_planes, "n_planes", minimum=1), check_seed(seed)
     Wr = Wt @ basis
     n_out = 1 if planes is not None else n_planes
     out = torch.full((N, n_out), float("nan"), dtype=_DTYPE)
@@ -572,6 +574,7 @@ def _latent_chart(manifold) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """Map composed before the head: None for open subsets of R^d, normalisation for the sphere."""
     if manifold is None or isinstance(manifold, geoopt.Euclidean):
         return None
+    check_curvature(manifold)
     if isinstance(manifold, geoopt.Stereographic) and float(manifold.k) < 0:
         return None
     if isinstance(manifold, geoopt.Sphere) and manifold.projector is None:
@@ -582,9 +585,7 @@ def _latent_chart(manifold) -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 
 def _check_autograd_input(latents, logits_fn, manifold) -> tuple[torch.Tensor, int]:
-    z = _as_tensor(latents, "latents", 2)
-    if z.shape[0] == 0:
-        raise ValueError("latents is empty")
+    z = _latents(latents)
     _latent_chart(manifold)
     check_points_on_manifold(z, manifold, "latents")
     if not callable(logits_fn):
@@ -742,6 +743,7 @@ def fisher_pointwise_autograd(
         non-finite logits or derivatives (for instance at a latent outside the Poincaré ball).
     """
     min_prob = _check_min_prob(min_prob)
+    curvature = check_bool(curvature, "curvature")
     z, K = _check_autograd_input(latents, logits_fn, manifold)
     N, d = z.shape
     probs = torch.empty(N, K, dtype=_DTYPE)
@@ -837,9 +839,8 @@ def sectional_curvature_autograd(
     N, d = z.shape
     if planes is not None:
         u_all, v_all = _check_planes(planes, N, d)
-    elif n_planes < 1:
-        raise ValueError(f"n_planes must be positive, got {n_planes}")
     else:
+        n_planes, seed = check_int(n_planes, "n_planes", minimum=1), check_seed(seed)
         frame_a, frame_b = _gaussian_pairs((N, n_planes, min(K, d)), seed)
     n_out = 1 if planes is not None else n_planes
     out = torch.full((N, n_out), float("nan"), dtype=_DTYPE)
@@ -970,7 +971,9 @@ def fisher_summary(
         :math:`\bar p_c = \mathrm{mean}_{i: y_i = c}\,p(z_i)` (classes present in ``labels``); in
         :math:`[0, \pi]`, :math:`\pi` for perfectly separated confident classes.
 
-    The masked means are NaN when every point is masked (``fisher_masked_fraction == 1``).
+    The masked means are NaN when every point is masked (``fisher_masked_fraction == 1``), and come with a
+    :class:`~lpc_geom.analysis._validation.SmallSubsetWarning` when fewer than 10 % of the points are
+    unmasked (:data:`~lpc_geom.analysis._validation.SMALL_SUBSET_FRACTION`).
 
     Parameters
     ----------
@@ -978,8 +981,9 @@ def fisher_summary(
     W : array_like, shape (K, d), optional
         Linear classifier weights (exclusive with ``logits_fn``).
     b : array_like, shape (K,), optional
-    labels : array_like of int, shape (N,)
-        True labels; at least two distinct classes.
+    labels : array_like, shape (N,)
+        True labels (integers, integral floats, booleans or strings); at least two distinct classes,
+        checked by :func:`~lpc_geom.analysis._validation.encode_labels`.
     logits_fn : callable, optional
         (n, d) float64 tensor -> (n, K) logits of a manifold head (exclusive with ``W``).
     manifold : geoopt.Manifold, optional
@@ -1017,24 +1021,26 @@ def fisher_summary(
             min_prob=min_prob,
             chunk_size=chunk_size or _DEFAULT_AUTOGRAD_CHUNK,
         )
-    y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
-    if y.shape != (pw.probs.shape[0],):
-        raise ValueError(f"labels must have shape ({pw.probs.shape[0]},), got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-    classes, inverse = np.unique(y, return_inverse=True)
-    if classes.size < 2:
-        raise ValueError("labels must contain at least two classes for class-mean Fisher-Rao distances")
-    counts = np.bincount(inverse)
-    mean_p = np.zeros((classes.size, pw.probs.shape[1]))
-    np.add.at(mean_p, inverse, pw.probs)
+    enc = encode_labels(labels, pw.probs.shape[0])
+    counts = np.bincount(enc.codes, minlength=enc.n_classes)
+    mean_p = np.zeros((enc.n_classes, pw.probs.shape[1]))
+    np.add.at(mean_p, enc.codes, pw.probs)
     mean_p /= counts[:, None]
     mean_p /= mean_p.sum(axis=1, keepdims=True)  # removes rounding drift of the averaged rows
     fr = fisher_rao_distance(mean_p[:, None, :], mean_p[None, :, :])
-    pairs = fr[np.triu_indices(classes.size, k=1)]
+    pairs = fr[np.triu_indices(enc.n_classes, k=1)]
     valid = ~pw.masked
     n_valid = int(valid.sum())
     curv = pw.scalar_curvature[valid]
+    note = small_subset_note(
+        n_valid, valid.size, "points", f"the others have min_k p_k < min_prob = {min_prob:g} and are masked"
+    )
+    if note is not None:
+        warnings.warn(
+            f"fisher_logvol_mean, fisher_scalar_curvature, fisher_scalar_curvature_std: {note}",
+            SmallSubsetWarning,
+            stacklevel=2,
+        )
     return {
         "fisher_logvol_mean": float(pw.logvol[valid].mean()) if n_valid else float("nan"),
         "fisher_trace_mean": float(pw.trace.mean()),

@@ -55,6 +55,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lpc_geom.analysis._validation import check_manifold
+
 __all__ = [
     "Geometry",
     "class_centres",
@@ -195,34 +197,17 @@ class Geometry:
 def geometry_from_manifold(manifold) -> Geometry:
     """Identify a geoopt manifold (or ``None``) as a :class:`Geometry`.
 
+    The checks are :func:`~lpc_geom.analysis._validation.check_manifold`'s.
+
     Raises
     ------
     TypeError
         A manifold other than Euclidean, unconstrained Sphere, or a stereographic model.
     ValueError
-        A Sphere restricted to a subspace (``intersection``/``complement``), or a non-scalar curvature.
+        A Sphere restricted to a subspace (``intersection``/``complement``), a non-scalar curvature, or a
+        non-finite or wrong-sign curvature (e.g. ``PoincareBall(c=-1)``, which geoopt stores as ``k = nan``).
     """
-    if manifold is None:
-        return Geometry("euclidean")
-    import geoopt  # the caller built a geoopt manifold, so the import is already paid for
-
-    if isinstance(manifold, geoopt.Euclidean):
-        if manifold.ndim not in (0, 1):
-            raise ValueError(f"geoopt.Euclidean(ndim={manifold.ndim}) is not a manifold of latent vectors")
-        return Geometry("euclidean")
-    if isinstance(manifold, geoopt.Sphere):
-        if getattr(manifold, "projector", None) is not None:
-            raise ValueError("a geoopt.Sphere restricted to a subspace (intersection/complement) is not supported")
-        return Geometry("sphere")
-    if isinstance(manifold, geoopt.Stereographic):
-        k = manifold.k.detach()
-        if k.numel() != 1:
-            raise ValueError("a stereographic manifold with per-coordinate curvature is not supported")
-        return Geometry("stereographic", float(k.to(torch.float64)))
-    raise TypeError(
-        f"unsupported manifold {type(manifold).__name__}: use None (Euclidean), geoopt.Sphere, "
-        "geoopt.PoincareBall, geoopt.SphereProjection or geoopt.Stereographic"
-    )
+    return Geometry(*check_manifold(manifold))
 
 
 # -- class statistics -------------------------------------------------------------------------------
@@ -294,18 +279,39 @@ def distances_to_centres(
 
 
 # Euclidean k-NN uses scipy's cKDTree up to this dimension (exact differences, fast); beyond it, and on
-# manifolds, chunked brute force with an exact re-computation of the candidate neighbours.
+# manifolds, chunked brute force with rounding bounds and exact re-measurement (kth_neighbour_distance).
 _KDTREE_MAX_DIM = 16
+# A k-th neighbour distance is taken from the Gram identity when its rounding bounds are this close
+# (relative); otherwise the candidates the bounds cannot rule out are measured exactly.
+_GRAM_RTOL = 1e-10
+# Levels of re-centring on a group's own candidates before falling back to direct differences.
+_MAX_RECENTRE_DEPTH = 4
 
 
 def kth_neighbour_distance(geom: Geometry, z: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
-    """Distance from each row of ``z`` to its ``k``-th nearest other row (geodesic, normalised units).
+    r"""Distance from each row of ``z`` to its ``k``-th nearest other row (geodesic, normalised units).
 
     Requires ``k < len(z)``. Exact duplicates give exactly 0. Memory is ``chunk x len(z)``.
 
-    Brute force: Gram-identity distances on mean-shifted points, ``topk``; rows whose k-th squared distance
-    is within a factor 1e6 of the identity's rounding error (near-duplicates) are re-measured from direct
-    differences of their ``2k`` best candidates.
+    Brute force (``d > 16`` or a manifold). Squared distances come from the Gram identity on points shifted
+    by a centre :math:`c`, :math:`\|x - y\|^2 = \|x_s\|^2 + \|y_s\|^2 - 2\langle x_s, y_s\rangle`, whose
+    rounding error is at most :math:`\gamma(\|x_s\|^2 + \|y_s\|^2)` with :math:`\gamma = (d + 4)\,\varepsilon`
+    (the standard bound for a d-term dot product and the two norms). Each pair thus gets bounds
+    :math:`[\ell_{ij}, h_{ij}]` on its true distance, and for each row
+
+    * :math:`U_i` = the k-th smallest :math:`h_{ij}` bounds the true k-th distance from above, and the
+      k-th smallest :math:`\ell_{ij}` bounds it from below; when the two agree to ``1e-10`` (relative) the
+      Gram value is used;
+    * otherwise every candidate with :math:`\ell_{ij} \le U_i` (a set that provably contains the k
+      nearest) is re-measured. When there are at most ``2k`` of them they are measured from direct
+      differences. When there are more -- rows whose neighbours are closer than the identity can resolve
+      at this shift, such as a tight class far from the global mean -- the rows sharing candidates are
+      grouped and the same computation is repeated on their candidates alone, shifted by their own
+      mean, which makes the rounding bound as small as the group's spread (direct differences after
+      four levels without progress).
+
+    The result is therefore the exact k-th distance up to float64 rounding of the distance itself, at
+    the cost of matrix products for almost all rows.
     """
     n, d = z.shape
     if geom.kind == "euclidean" and d <= _KDTREE_MAX_DIM:
@@ -315,35 +321,109 @@ def kth_neighbour_distance(geom: Geometry, z: torch.Tensor, k: int, chunk: int =
         # k + 1 because each point finds itself at distance 0.
         dist, _ = cKDTree(pts).query(pts, k=k + 1)
         return torch.from_numpy(np.ascontiguousarray(dist[:, k])).to(z.device)
-    m = min(n - 1, 2 * k)
-    z_sq = (z * z).sum(1)
-    zs = z - z.mean(0, keepdim=True)
-    zs_sq = (zs * zs).sum(1)
-    risk_scale = 1e6 * 8.0 * float(np.finfo(np.float64).eps)
-    zs_sq_max = float(zs_sq.max())
-    out = torch.empty(n, dtype=z.dtype, device=z.device)
-    chunk = max(1, min(chunk, 2**23 // n))
+    idx = torch.arange(n, device=z.device)
+    return _kth_among(geom, z, (z * z).sum(1), idx, idx, k, chunk, 0)
+
+
+def _kth_among(
+    geom: Geometry,
+    z: torch.Tensor,
+    z_sq: torch.Tensor,
+    rows: torch.Tensor,
+    pts: torch.Tensor,
+    k: int,
+    chunk: int,
+    depth: int,
+) -> torch.Tensor:
+    """k-th neighbour distances of the rows ``z[rows]`` among the points ``z[pts]`` (sorted indices that
+    contain every row's k nearest, and the row itself); see :func:`kth_neighbour_distance`.
+
+    Rows are ranked on :math:`q_{ij} = \\|z_i - z_j\\|^2 w_j`: the geodesic distance is an increasing function
+    of it for each row (``w = 1`` on flat spaces and the sphere; :math:`w_j = 1/(1 + k\\|z_j\\|^2)` on
+    stereographic models, where :math:`t_{ij}` is :math:`2|k| q_{ij}/(1 + k\\|z_i\\|^2)`).
+    """
+    p, d = pts.numel(), z.shape[1]
+    flat = geom.kind != "stereographic" or geom.k == 0.0
+    gamma = (d + 4) * float(np.finfo(np.float64).eps)
+    P = z[pts]
+    centre = P.mean(0, keepdim=True)
+    ps = P - centre
+    ps_sq = (ps * ps).sum(1)
+    w = None if flat else 1.0 / (1.0 + geom.k * z_sq[pts])
+    w_max = 1.0 if flat else float(w.max())
+    ps_sq_max = float(ps_sq.max())
+    ps_err = gamma * ps_sq if w is None else gamma * ps_sq * w
+    out = torch.empty(rows.numel(), dtype=z.dtype, device=z.device)
+    m = min(p - 1, 2 * k)
+    step = max(1, min(chunk, 2**23 // p))
     sub = max(1, 2**23 // (m * d))
-    # Flat and spherical distances are increasing functions of the squared chord: rank on it directly.
-    monotone = geom.kind != "stereographic" or geom.k == 0.0
-    for s in range(0, n, chunk):
-        e = min(n, s + chunk)
-        rows = torch.arange(e - s, device=z.device)
-        sq = torch.addmm(zs_sq[None, :], zs[s:e], zs.T, alpha=-2.0).add_(zs_sq[s:e, None]).clamp_min_(0.0)
-        if monotone:
-            sq[rows, rows + s] = float("inf")
-            vals, cand = torch.topk(sq, m, dim=1, largest=False)
-            sq_k = vals[:, k - 1]
-            out[s:e] = geom.dist_from_sqdist(sq_k, sq_k, sq_k)
-        else:
-            dist = geom.dist_from_sqdist(sq, z_sq[s:e, None], z_sq[None, :])
-            dist[rows, rows + s] = float("inf")
-            vals, cand = torch.topk(dist, m, dim=1, largest=False)
-            out[s:e] = vals[:, k - 1]
-            sq_k = sq.gather(1, cand[:, k - 1 : k]).squeeze(1)
-        risky = torch.nonzero(sq_k < risk_scale * (zs_sq[s:e] + zs_sq_max)).squeeze(1)
-        for r in range(0, risky.numel(), sub):
-            idx = risky[r : r + sub]
-            exact = geom.dist(z[s + idx][:, None, :], z[cand[idx]])
-            out[s + idx] = torch.sort(exact, dim=1).values[:, k - 1]
+
+    def to_dist(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        if flat:
+            return geom.dist_from_sqdist(q, q, q)
+        return geom.dist_from_sqdist(q, z_sq[r], torch.zeros_like(q))
+
+    for s in range(0, rows.numel(), step):
+        r = rows[s : s + step]
+        xs = z[r] - centre
+        xs_sq = (xs * xs).sum(1)
+        q = torch.addmm(ps_sq[None, :], xs, ps.T, alpha=-2.0).add_(xs_sq[:, None]).clamp_min_(0.0)
+        if w is not None:
+            q.mul_(w[None, :])
+        q[torch.arange(r.numel(), device=z.device), torch.searchsorted(pts, r)] = float("inf")  # self
+        vals, cand = torch.topk(q, m, dim=1, largest=False)
+        # rounding bounds of the candidates, and a lower bound for every point outside them
+        err = gamma * (xs_sq[:, None] + ps_sq[cand])
+        if w is not None:
+            err = err * w[cand]
+        upper = torch.kthvalue(vals + err, k, dim=1).values
+        lower = torch.kthvalue((vals - err).clamp_min(0.0), k, dim=1).values
+        outside = vals[:, -1] - gamma * (xs_sq + ps_sq_max) * w_max
+        contained = outside > upper if m < p - 1 else torch.ones_like(upper, dtype=torch.bool)
+        resolved = contained & (upper - lower <= _GRAM_RTOL * lower)
+        out[s : s + step] = to_dist(vals[:, k - 1], r)
+        few = torch.nonzero(contained & ~resolved).squeeze(1)
+        for a in range(0, few.numel(), sub):
+            i = few[a : a + sub]
+            exact = geom.dist(z[r[i]][:, None, :], z[pts[cand[i]]])
+            exact.masked_fill_(torch.isinf(vals[i]), float("inf"))  # the row itself, when m = p - 1
+            out[s + i] = torch.sort(exact, dim=1).values[:, k - 1]
+        wide = torch.nonzero(~contained).squeeze(1)
+        if wide.numel():
+            # lower bounds of every pair (the row's part of the bound taken at w_max: looser, still valid)
+            lo = q[wide].sub_(ps_err[None, :])
+            mask = lo <= (upper[wide] + gamma * xs_sq[wide] * w_max)[:, None]
+            del lo
+            out[s + wide] = _kth_wide(geom, z, z_sq, r[wide], pts, mask, k, chunk, depth)
+    return out
+
+
+def _kth_wide(
+    geom: Geometry,
+    z: torch.Tensor,
+    z_sq: torch.Tensor,
+    rows: torch.Tensor,
+    pts: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    chunk: int,
+    depth: int,
+) -> torch.Tensor:
+    """Rows whose candidate sets (``mask`` over ``pts``) hold more than 2k points: grouped by their first
+    candidate, then re-centred on each group's candidates (or measured from direct differences)."""
+    out = torch.empty(rows.numel(), dtype=z.dtype, device=z.device)
+    key = mask.to(torch.int8).argmax(dim=1)  # first candidate: rows of one tight cluster share it
+    for g in torch.unique(key):
+        members = torch.nonzero(key == g).squeeze(1)
+        union = torch.unique(torch.cat([pts[mask[members].any(0)], rows[members]]))
+        if depth < _MAX_RECENTRE_DEPTH and union.numel() < pts.numel():
+            out[members] = _kth_among(geom, z, z_sq, rows[members], union, k, chunk, depth + 1)
+            continue
+        # no progress from re-centring: direct differences against every candidate of the group
+        sub = max(1, 2**23 // (union.numel() * z.shape[1]))
+        for a in range(0, members.numel(), sub):
+            i = members[a : a + sub]
+            exact = geom.dist(z[rows[i]][:, None, :], z[union][None, :, :])
+            exact.masked_fill_(rows[i][:, None] == union[None, :], float("inf"))
+            out[i] = torch.kthvalue(exact, k, dim=1).values
     return out

@@ -32,7 +32,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from lpc_geom.analysis._validation import UndefinedMetricError
+from lpc_geom.analysis._validation import (
+    UndefinedMetricError,
+    check_bimodality_threshold,
+    check_int,
+    check_real,
+    check_seed,
+)
 from lpc_geom.analysis.collapse import ClassStatistics, as_statistics
 
 __all__ = [
@@ -71,8 +77,10 @@ def bimodality_fraction(latents, labels=None, *, manifold=None, threshold: float
     :math:`b_j = (g_j^2 + 1)/\kappa_j` with population skewness :math:`g_j = m_3/m_2^{3/2}` and kurtosis
     :math:`\kappa_j = m_4/m_2^2` of unit :math:`j` over all samples. Units constant to the input's
     resolution count as not bimodal. Range :math:`[0, 1]`; 1 for an exact hypercube, about 0 for
-    Gaussian latents (:math:`b = 1/3`).
+    Gaussian latents (:math:`b = 1/3`). ``threshold`` must lie in (0, 1)
+    (:func:`~lpc_geom.analysis._validation.check_bimodality_threshold`).
     """
+    threshold = check_bimodality_threshold(threshold, "threshold")
     s = as_statistics(latents, labels, manifold)
     b = bimodality_coefficients(s)
     return float((b > threshold).double().mean())
@@ -209,6 +217,9 @@ def gmm_figures(
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture
+
+    max_samples, seed = check_int(max_samples, "max_samples", minimum=2), check_seed(seed)
+    reg_covar = check_real(reg_covar, "reg_covar", low=0.0)
 
     x = latents.detach().cpu().numpy() if isinstance(latents, torch.Tensor) else np.asarray(latents, np.float64)
     x = np.asarray(x, dtype=np.float64)

@@ -16,13 +16,17 @@ registering a group::
 
 A figure that is undefined for the data (a :class:`~lpc_geom.analysis.UndefinedMetricError` raised
 inside ``out.attempt``) is stored as NaN and its reason in ``CollapseReport.undefined``; a figure that
-does not apply (no classifier, streaming mode, ...) is simply absent.
+does not apply (no classifier, streaming mode, ...) is simply absent. A figure computed from a small
+fraction of the points it summarises (``out.subset``; below
+:data:`~lpc_geom.analysis._validation.SMALL_SUBSET_FRACTION`) keeps its value, gets a note in
+``CollapseReport.notes`` and a :class:`~lpc_geom.analysis._validation.SmallSubsetWarning`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -33,10 +37,18 @@ import torch
 from lpc_geom.analysis._validation import (
     ClassifierHead,
     EncodedLabels,
+    SmallSubsetWarning,
     UndefinedMetricError,
     align_to_classes,
+    check_bimodality_threshold,
+    check_bool,
+    check_groups,
     check_head,
+    check_int,
     check_logits,
+    check_output_classes,
+    check_real,
+    small_subset_note,
 )
 from lpc_geom.analysis.collapse import (
     ClassStatistics,
@@ -55,7 +67,7 @@ from lpc_geom.analysis.collapse import (
     sigma_w_rel,
     statistics_from_arrays,
 )
-from lpc_geom.analysis.entropy import entropy_from_arrays
+from lpc_geom.analysis.entropy import check_entropy_options, entropy_from_arrays
 from lpc_geom.analysis.hypercube import (
     BIMODALITY_THRESHOLD,
     bimodality_fraction,
@@ -95,10 +107,15 @@ class CollapseReport:
         Flat ``name -> float/int`` figures in group order (see :func:`analyze` for the keys).
     undefined : dict
         ``name -> reason`` for every figure that is NaN because it is undefined for these data.
+    notes : dict
+        ``name -> reason`` for figures that are defined but rest on a small fraction of the points they
+        summarise (below :data:`~lpc_geom.analysis._validation.SMALL_SUBSET_FRACTION`; ``analyze`` also
+        emits a :class:`~lpc_geom.analysis._validation.SmallSubsetWarning` for them).
     groups : dict
         ``group name -> keys`` it produced.
     classes : tuple
-        The class labels in the order used internally (sorted).
+        The class labels in the order used internally (sorted; decimal-integer strings in numeric order,
+        :func:`~lpc_geom.analysis._validation.class_order`).
 
     Figures are also readable as ``report["nc1"]`` or ``report.nc1``.
     """
@@ -111,14 +128,22 @@ class CollapseReport:
     undefined: dict[str, str] = field(default_factory=dict)
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     classes: tuple = ()
+    notes: dict[str, str] = field(default_factory=dict)
 
-    def add(self, group: str, values: Mapping[str, Number], undefined: Mapping[str, str] | None = None) -> None:
+    def add(
+        self,
+        group: str,
+        values: Mapping[str, Number],
+        undefined: Mapping[str, str] | None = None,
+        notes: Mapping[str, str] | None = None,
+    ) -> None:
         """Add (or extend) a group of figures. Keys must be new: figures are never silently overwritten."""
         clash = (set(values) & set(self.metrics)) | ({"N", "K", "d"} & set(values))
         if clash:
             raise ValueError(f"report already has figures {sorted(clash)}")
         self.metrics.update(values)
         self.undefined.update(undefined or {})
+        self.notes.update(notes or {})
         self.groups[group] = tuple(self.groups.get(group, ())) + tuple(values)
 
     def to_dict(self) -> dict[str, Number]:
@@ -137,7 +162,7 @@ class CollapseReport:
         return key in ("N", "K", "d") or key in self.metrics
 
     def __getattr__(self, name: str) -> Number:
-        if name.startswith("_") or name in ("metrics", "undefined", "groups"):
+        if name.startswith("_") or name in ("metrics", "undefined", "groups", "notes"):
             raise AttributeError(name)
         try:
             return self.metrics[name]
@@ -159,6 +184,8 @@ class CollapseReport:
             lines.append(f"  {group}: {body}")
         for k, why in self.undefined.items():
             lines.append(f"  undefined {k}: {why}")
+        for k, why in self.notes.items():
+            lines.append(f"  note {k}: {why}")
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -172,9 +199,10 @@ class CollapseReport:
         for group, keys in self.groups.items():
             out.append(f"| *{group}* | |")
             out.extend(f"| `{k}` | {self._fmt(self.metrics[k])} |" for k in keys)
-        if self.undefined:
+        if self.undefined or self.notes:
             out.append("")
             out.extend(f"- `{k}` undefined: {why}" for k, why in self.undefined.items())
+            out.extend(f"- `{k}` note: {why}" for k, why in self.notes.items())
         return "\n".join(out) + "\n"
 
 
@@ -202,6 +230,9 @@ class AnalysisContext:
         ``analyze``'s keyword options.
     cache : dict
         Shared intermediate results (see :meth:`cached`).
+    output_classes : EncodedLabels or None
+        The class of each classifier output (``classes=`` of :func:`analyze`), or ``None``: see
+        :func:`~lpc_geom.analysis._validation.align_to_classes`.
     """
 
     stats: ClassStatistics
@@ -212,6 +243,7 @@ class AnalysisContext:
     manifold: Any = None
     options: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
+    output_classes: EncodedLabels | None = None
 
     @property
     def in_memory(self) -> bool:
@@ -239,15 +271,26 @@ class AnalysisContext:
 
     def output_index(self, n_out: int) -> torch.Tensor:
         """Index of each class's row in W / column in the logits."""
-        return torch.from_numpy(align_to_classes(n_out, self.encoded, "logits/classifier")).to(self.stats.means.device)
+        index = align_to_classes(n_out, self.encoded, "logits/classifier", self.output_classes)
+        return torch.from_numpy(index).to(self.stats.means.device)
 
 
 class MetricCollector:
-    """Receives a group's figures: ``put`` a value, or ``attempt`` a computation that may be undefined."""
+    """Receives a group's figures: ``put`` a value, or ``attempt`` a computation that may be undefined;
+    ``subset`` flags figures computed from a small fraction of the points."""
 
     def __init__(self) -> None:
         self.values: dict[str, Number] = {}
         self.undefined: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
+
+    def subset(self, keys: str | Iterable[str], used: int, total: int, what: str, why: str) -> None:
+        """Note ``keys`` as resting on ``used`` of ``total`` points when that is a small fraction
+        (:func:`~lpc_geom.analysis._validation.small_subset_note`); the report warns about them."""
+        note = small_subset_note(used, total, what, why)
+        if note is not None:
+            for key in (keys,) if isinstance(keys, str) else keys:
+                self.notes[key] = note
 
     def put(self, key: str, value: Number) -> None:
         self.values[key] = value if isinstance(value, int) else float(value)
@@ -345,6 +388,10 @@ def _separation_group(ctx: AnalysisContext, out: MetricCollector) -> None:
     out.put(keys[0], res.mean)
     out.put(keys[1], res.median)
     out.put(keys[2], res.excluded)
+    out.subset(
+        keys[:2], ctx.stats.n - res.excluded, ctx.stats.n, "samples",
+        "the others sit exactly on their class centre (zero own-class distance, R = x/0) and are excluded",
+    )
 
 
 def _entropy_group(ctx: AnalysisContext, out: MetricCollector) -> None:
@@ -528,6 +575,13 @@ def _fisher_group(ctx: AnalysisContext, out: MetricCollector) -> None:
         else:
             out.undefine("fisher_scalar_curvature", masked_reason)
             out.undefine("fisher_scalar_curvature_std", masked_reason)
+        out.subset(
+            ("fisher_logvol_mean", "fisher_scalar_curvature", "fisher_scalar_curvature_std"),
+            n_valid,
+            valid.size,
+            "points analysed",
+            f"the others have min_k p_k < fisher_min_prob = {min_prob:g} and are masked (fisher_masked_fraction)",
+        )
         out.put("fisher_masked_fraction", float(1.0 - n_valid / valid.size))
         out.put("fisher_rank", int(pw.range_rank))
     out.put("fisher_samples", int(z.shape[0]))
@@ -578,13 +632,10 @@ def build_report(
     ctx: AnalysisContext, groups: Iterable[str] | None = None, *, streaming: bool = False
 ) -> CollapseReport:
     """Run the selected metric groups on a context and collect a :class:`CollapseReport`."""
-    if groups is None:
+    names = check_groups(groups, _GROUPS)
+    if names is None:
         selected = [g for g in _GROUPS.values() if g.default]
     else:
-        names = list(groups)
-        unknown = [n for n in names if n not in _GROUPS]
-        if unknown:
-            raise ValueError(f"unknown metric group(s) {unknown}; registered: {list(_GROUPS)}")
         selected = [g for g in _GROUPS.values() if g.name in names]
     if streaming:
         selected = [g for g in selected if g.streaming]
@@ -594,7 +645,13 @@ def build_report(
         out = MetricCollector()
         group.compute(ctx, out)
         if out.values:
-            report.add(group.name, out.values, out.undefined)
+            notes = {k: v for k, v in out.notes.items() if k in out.values and k not in out.undefined}
+            report.add(group.name, out.values, out.undefined, notes)
+    by_reason: dict[str, list[str]] = {}
+    for key, why in report.notes.items():
+        by_reason.setdefault(why, []).append(key)
+    for why, keys in by_reason.items():
+        warnings.warn(f"{', '.join(keys)}: {why}", SmallSubsetWarning, stacklevel=3)
     return report
 
 
@@ -606,6 +663,7 @@ def analyze(
     manifold=None,
     classifier=None,
     logits=None,
+    classes=None,
     k: int = 20,
     max_entropy_samples: int = 5000,
     entropy_floor: float | None = None,
@@ -630,7 +688,9 @@ def analyze(
         Penultimate latents; float16/bfloat16/float32/float64 (or integer), any torch device. Computed in
         float64 on the input's device (CPU for numpy and MPS).
     labels : array-like, shape (N,)
-        True labels: integers, integral floats, booleans or strings; mapped to ``0..K-1`` in sorted order.
+        True labels: integers, integral floats, booleans or strings; mapped to ``0..K-1`` in sorted order
+        (numeric order for strings that are all decimal integers, "2" before "10"; integers up to
+        2**64 - 1 are kept exactly).
     manifold : geoopt manifold or None
         ``None`` (Euclidean), ``geoopt.Sphere``, ``geoopt.PoincareBall(c)``, ``SphereProjection`` or
         ``Stereographic``: distances, centres and norms then use that geometry (see
@@ -653,6 +713,13 @@ def analyze(
           its classifier's cosines by ``head.radius``, so pass a module that includes that scale.
     logits : array (N, K_out), optional
         Network outputs; enable ``nc4`` (used instead of the classifier for it).
+    classes : sequence, optional
+        The class of each classifier output (row of W, column of ``logits``), in output order, e.g.
+        ``classes=["cat", "dog", "eel"]``. Needed whenever the labels cannot index the outputs
+        themselves: integer labels (or decimal-integer strings) in ``0..K_out-1`` do; string labels, or
+        integers outside that range, with a classifier or logits and no ``classes`` raise ``ValueError``
+        (sorted order would be a guess). Every label class must be named; outputs without samples are
+        allowed.
     k : int
         Neighbour order of the entropy estimate (default 20).
     max_entropy_samples : int
@@ -668,9 +735,11 @@ def analyze(
     gmm_max_samples : int
         Rows used by each GMM fit (seeded subsample).
     bimodality_threshold : float
-        Threshold on the bimodality coefficient (default 5/9).
+        Threshold on the bimodality coefficient, in (0, 1) (default 5/9; the coefficient lies in (0, 1],
+        so thresholds outside that interval make the figure a constant, see
+        :func:`~lpc_geom.analysis._validation.check_bimodality_threshold`).
     min_class_size : int
-        Classes with fewer samples raise ``ValueError`` (default 2; see below).
+        Classes with fewer samples raise ``ValueError`` (default 2, at least 1; see below).
     max_fisher_samples : int, optional
         The pointwise Fisher figures (all ``fisher_*`` keys except the Fisher-Rao distances) are computed
         on a seeded subsample of at most this many latents, drawn like the entropy's
@@ -689,8 +758,9 @@ def analyze(
     gw_restarts : int
         Random starts of the Gromov-Wasserstein solver for ``gw_hypercube`` (besides its structured
         starts; :func:`~lpc_geom.analysis.transport.gw_distance`).
-    groups : iterable of str, optional
-        Metric groups to compute (default: all registered default groups, see :func:`metric_groups`).
+    groups : str or iterable of str, optional
+        Metric groups to compute: one name (``groups="collapse"``) or several (default: all registered
+        default groups, see :func:`metric_groups`).
 
     Returns
     -------
@@ -739,7 +809,11 @@ def analyze(
         the data are NaN with the reason in ``report.undefined`` (e.g. ``norm_cv`` on the sphere, the
         cosines when two class means coincide with their mean, ``separation_ratio`` when every class is a
         single point, ``entropy`` when N <= k, the GW figures when all class centres coincide). Duplicated
-        or fully collapsed latents give finite figures otherwise.
+        or fully collapsed latents give finite figures otherwise. Figures that rest on fewer than 10 %
+        (:data:`~lpc_geom.analysis._validation.SMALL_SUBSET_FRACTION`) of the points they summarise --
+        the Fisher log-volume and curvature when most points are masked, the separation ratio when most
+        samples sit on their class centre -- keep their value, with the reason in ``report.notes`` and a
+        :class:`~lpc_geom.analysis._validation.SmallSubsetWarning`.
 
     Raises
     ------
@@ -753,43 +827,54 @@ def analyze(
         ball; a class with fewer than ``min_class_size`` samples. With one sample the class mean *is* the
         sample: its separation ratio is 0/0 and its within-class scatter is 0 by construction; pass
         ``min_class_size=1`` to accept that (the sample is then counted in ``separation_ratio_excluded``).
-        Out-of-range options (``max_fisher_samples < 1``, ``fisher_min_prob`` outside [0, 1),
-        ``gw_restarts < 0``, ``gmm_max_samples < 2``).
+        Out-of-range options: ``k``, ``min_class_size``, ``max_fisher_samples`` below 1,
+        ``max_entropy_samples`` or ``gmm_max_samples`` below 2, ``gw_restarts`` or ``seed`` below 0,
+        ``bimodality_threshold`` outside (0, 1), ``fisher_min_prob`` outside [0, 1), ``entropy_floor`` not
+        positive, NaN/Inf in any of them; an empty or unknown ``groups`` (the accepted names are listed).
+
+    Every option is checked before any work, by the validators of :mod:`lpc_geom.analysis._validation`:
+    a ``TypeError`` for the wrong kind of value (a string or number where a bool is expected, a bool or
+    float where a count is expected: ``gmm="no"``, ``min_class_size=2.5``), a ``ValueError`` for a value
+    out of range; the message names the option, the value and what is accepted.
     """
-    geom, z, eps, enc, codes = prepare_inputs(latents, labels, manifold, min_class_size)
-    head = clf = None
-    if classifier is not None:
-        head = check_head(classifier, z)
-        align_to_classes(head.n_out, enc, "classifier")
-        if head.weight is not None:
-            clf = (head.weight, head.bias)
-    L = None
-    if logits is not None:
-        L = check_logits(logits, z.shape[0], z.device)
-        align_to_classes(L.shape[1], enc, "logits")
-    if gmm_max_samples < 2:
-        raise ValueError(f"gmm_max_samples must be >= 2; got {gmm_max_samples}")
-    if max_fisher_samples is not None and max_fisher_samples < 1:
-        raise ValueError(f"max_fisher_samples must be >= 1 (or None for the default); got {max_fisher_samples}")
-    if not 0.0 <= fisher_min_prob < 1.0:
-        raise ValueError(f"fisher_min_prob must be in [0, 1); got {fisher_min_prob}")
-    if gw_restarts < 0:
-        raise ValueError(f"gw_restarts must be >= 0; got {gw_restarts}")
-    stats = statistics_from_arrays(geom, z, eps, enc, codes)
+    k, max_entropy_samples, seed, entropy_floor = check_entropy_options(k, max_entropy_samples, seed, entropy_floor)
     options = {
         "k": k,
         "max_entropy_samples": max_entropy_samples,
         "entropy_floor": entropy_floor,
         "seed": seed,
-        "gmm": gmm,
-        "gmm_max_samples": gmm_max_samples,
-        "bimodality_threshold": bimodality_threshold,
-        "max_fisher_samples": max_fisher_samples,
-        "fisher_curvature": fisher_curvature,
-        "fisher_min_prob": fisher_min_prob,
-        "gw_restarts": gw_restarts,
+        "gmm": check_bool(gmm, "gmm"),
+        "gmm_max_samples": check_int(gmm_max_samples, "gmm_max_samples", minimum=2),
+        "bimodality_threshold": check_bimodality_threshold(bimodality_threshold),
+        "max_fisher_samples": check_int(max_fisher_samples, "max_fisher_samples", minimum=1, allow_none=True),
+        "fisher_curvature": check_bool(fisher_curvature, "fisher_curvature", allow_none=True),
+        "fisher_min_prob": check_real(fisher_min_prob, "fisher_min_prob", low=0.0, high=1.0, high_open=True),
+        "gw_restarts": check_int(gw_restarts, "gw_restarts", minimum=0),
     }
+    selected = check_groups(groups, _GROUPS)
+    out_classes = None if classes is None else check_output_classes(classes)
+    geom, z, eps, enc, codes = prepare_inputs(latents, labels, manifold, min_class_size)
+    head = clf = None
+    if classifier is not None:
+        head = check_head(classifier, z)
+        align_to_classes(head.n_out, enc, "classifier", out_classes)
+        if head.weight is not None:
+            clf = (head.weight, head.bias)
+    L = None
+    if logits is not None:
+        L = check_logits(logits, z.shape[0], z.device)
+        align_to_classes(L.shape[1], enc, "logits", out_classes)
+    if out_classes is not None and head is None and L is None:
+        raise ValueError("classes names the classes of a classifier's outputs: pass it with classifier= or logits=")
+    stats = statistics_from_arrays(geom, z, eps, enc, codes)
     ctx = AnalysisContext(
-        stats=stats, encoded=enc, classifier=clf, head=head, logits=L, manifold=manifold, options=options
+        stats=stats,
+        encoded=enc,
+        classifier=clf,
+        head=head,
+        logits=L,
+        manifold=manifold,
+        options=options,
+        output_classes=out_classes,
     )
-    return build_report(ctx, groups)
+    return build_report(ctx, selected)

@@ -59,7 +59,15 @@ import ot
 import torch
 from scipy.spatial.distance import cdist
 
-from lpc_geom.analysis._validation import UndefinedMetricError
+from lpc_geom.analysis._validation import (
+    UndefinedMetricError,
+    check_bool,
+    check_curvature,
+    check_int,
+    check_latents,
+    check_seed,
+    encode_labels,
+)
 from lpc_geom.analysis.geometry import class_centres as geometry_class_centres
 from lpc_geom.analysis.geometry import class_means, geometry_from_manifold
 
@@ -82,16 +90,11 @@ DEFAULT_RESTARTS = 10
 
 
 def _as_points(x, name: str) -> torch.Tensor:
-    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
-        raise TypeError(f"{name} must be a real numeric array, got dtype {t.dtype}")
-    t = t.to(device="cpu", dtype=_DTYPE)
-    if t.ndim != 2:
-        raise ValueError(f"{name} must have shape (n, d), got {tuple(t.shape)}")
+    """A configuration of at least 2 points as a float64 CPU tensor (arrays checked by
+    :func:`~lpc_geom.analysis._validation.check_latents`)."""
+    t = check_latents(x, name=name, min_dim=1, min_samples=1)[0].cpu()
     if t.shape[0] < 2:
         raise ValueError(f"{name} must contain at least 2 points, got {t.shape[0]}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
     return t
 
 
@@ -102,7 +105,9 @@ def _is_hyperbolic_ball(manifold) -> bool:
 def check_points_on_manifold(x, manifold, name: str = "points") -> None:
     """Raise ``ValueError`` unless every row of ``x`` lies on ``manifold``.
 
-    ``None`` and ``geoopt.Euclidean`` accept any finite point. For a Poincaré ball
+    ``None`` and ``geoopt.Euclidean`` accept any finite point. A curvature parameter that is non-finite or
+    of the wrong sign (``PoincareBall(c=-1)``) is refused first
+    (:func:`~lpc_geom.analysis._validation.check_curvature`). For a Poincaré ball
     (``geoopt.PoincareBall`` or ``geoopt.Stereographic`` with :math:`k < 0`) the norm must be strictly below
     the radius :math:`1/\\sqrt{-k}`; other manifolds use geoopt's ``check_point_on_manifold`` with its default
     tolerances (unit norm within 1e-5 on ``geoopt.Sphere``).
@@ -118,6 +123,7 @@ def check_points_on_manifold(x, manifold, name: str = "points") -> None:
         return
     if not isinstance(manifold, geoopt.Manifold):
         raise TypeError(f"manifold must be a geoopt manifold or None, got {type(manifold).__name__}")
+    check_curvature(manifold)
     t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=_DTYPE)
     if _is_hyperbolic_ball(manifold):
         radius = 1.0 / math.sqrt(-float(manifold.k))
@@ -258,8 +264,7 @@ def gw_distance(
     UndefinedMetricError
         A configuration of zero extent (all points coincide); a ``ValueError`` subclass.
     """
-    if restarts < 0:
-        raise ValueError(f"restarts must be non-negative, got {restarts}")
+    restarts, seed = check_int(restarts, "restarts", minimum=0), check_seed(seed)
     Ca = _normalised(distance_matrix(a, manifold_a), "configuration a")
     Cb = _normalised(distance_matrix(b, manifold_b), "configuration b")
     n, m = Ca.shape[0], Cb.shape[0]
@@ -363,13 +368,15 @@ def class_centres(latents, labels, manifold=None) -> tuple[np.ndarray, np.ndarra
     ----------
     latents : array_like, shape (N, d)
         On ``manifold``.
-    labels : array_like of int, shape (N,)
+    labels : array_like, shape (N,)
+        Integers, integral floats, booleans or strings
+        (:func:`~lpc_geom.analysis._validation.encode_labels`).
     manifold : geoopt.Manifold, optional
 
     Returns
     -------
     classes : ndarray, shape (C,)
-        Sorted distinct labels.
+        Distinct labels in the analyzers' order (sorted; integer strings in numeric order).
     centres : ndarray, shape (C, d)
 
     Raises
@@ -382,13 +389,9 @@ def class_centres(latents, labels, manifold=None) -> tuple[np.ndarray, np.ndarra
     geom = geometry_from_manifold(manifold)
     z = _as_points(latents, "latents")
     check_points_on_manifold(z, manifold, "latents")
-    y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
-    if y.shape != (z.shape[0],):
-        raise ValueError(f"labels must have shape ({z.shape[0]},), got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-    classes, codes = np.unique(y, return_inverse=True)
-    means, _ = class_means(geom.to_chart(z), torch.as_tensor(codes), len(classes))
+    enc = encode_labels(labels, z.shape[0], min_classes=1)
+    classes = enc.classes
+    means, _ = class_means(geom.to_chart(z), torch.from_numpy(enc.codes), enc.n_classes)
     centres = geometry_class_centres(geom, means)
     undefined = torch.isnan(centres).any(dim=1)
     if bool(undefined.any()):
@@ -503,7 +506,7 @@ def gw_hypercube(
         All class means share one sign code (the reference is a single vertex), or all class means coincide.
     """
     mu = _as_points(class_means, "class_means")
-    codes = hypercube_codes(mu, centre=centre_codes)
+    codes = hypercube_codes(mu, centre=check_bool(centre_codes, "centre_codes"))
     if (codes == codes[0]).all():
         raise UndefinedMetricError(
             "all class means share one sign code: the hypercube reference configuration is a single vertex"
