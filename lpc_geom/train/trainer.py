@@ -52,6 +52,7 @@ from lpc_geom.train.run_dir import (
     ROBUSTNESS_FILES,
     SUMMARY,
     RunWriter,
+    run_files,
     stamp,
 )
 from lpc_geom.train.schedules import build_gamma_schedule, lr_factor
@@ -292,6 +293,8 @@ class Trainer:
         """
         name = LAST_GOOD if from_last_good else CHECKPOINT
         path = self.out_dir / name
+        if not run_files(self.out_dir):
+            raise FileNotFoundError(f"cannot resume {self.out_dir}: it holds no run; start one without --resume")
         if not path.is_file():
             what = "no divergence left one" if from_last_good else "it stopped before its first checkpoint"
             raise FileNotFoundError(f"cannot resume {self.out_dir}: no {name} there ({what}); "
@@ -344,8 +347,11 @@ class Trainer:
         path = self.out_dir / LAST_GOOD
         if self.dist.is_main and self._last_good is not None:
             save_checkpoint(self._last_good, path)
-        good = self._last_good["epoch"] if self._last_good is not None else self.start_epoch - 1
-        state = f"end of epoch {good}" if good >= 0 else "the initial state"
+        good = self._last_good or {"epoch": self.start_epoch - 1, "partial": None}
+        if good["partial"] is not None:  # no epoch finished since a resumption inside an epoch
+            state = f"epoch {good['partial']['epoch']}, step {good['partial']['step']}, where this training resumed"
+        else:
+            state = f"end of epoch {good['epoch']}" if good["epoch"] >= 0 else "the initial state"
         raise NonFiniteLossError(
             f"non-finite {what} at epoch {epoch}, step {step} of {steps} (optimizer={self.config.optimizer}, "
             f"gamma={gamma:.4g}, lr={lr:.4g}{'; ' + detail if detail else ''}). Last good state ({state}): "
@@ -397,7 +403,8 @@ class Trainer:
         if self._partial is not None and self._partial["epoch"] == epoch:  # resumed inside this epoch
             first, seconds = self._partial["step"], self._partial["seconds"]
             generator.set_state(self._partial["generator"])
-            sums = self._partial["sums"].clone()
+            if self.dist.is_main:  # the saved sums are over all ranks: one rank carries them on
+                sums = self._partial["sums"].clone()
         self._partial = None
         start = time.perf_counter() - seconds
         self.ddp_model.train()
@@ -438,7 +445,7 @@ class Trainer:
                         sums[3 + i] += float(parts[key]) * n
             if step + 1 < len(batches) and self._stop_requested():
                 partial = {"epoch": epoch, "step": step + 1, "generator": generator.get_state(),
-                           "sums": sums.clone(), "seconds": time.perf_counter() - start}
+                           "sums": all_reduce_sum(sums.clone(), self.dist), "seconds": time.perf_counter() - start}
                 self._stop(epoch, self._save(epoch - 1, partial=partial))
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             self._diverged("parameters", epoch, len(batches) - 1, len(batches), gamma, lr,
