@@ -127,6 +127,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as exc:
         print(f"lpc-geom train: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the training's own handlers were installed: nothing to resume yet
+        print("lpc-geom train: interrupted before training started", file=sys.stderr)
+        return 130
     final = result.final
     print(f"run directory: {result.out_dir}")
     print(json.dumps({k: final[k] for k in ("epoch", "train_acc", "test_acc", "gamma") if k in final}))

@@ -203,7 +203,7 @@ def test_manifest_modes_and_stale_temporaries(tmp_path):
     assert json.loads((run / "run.json").read_text())["resumed_from"] == {"file": "checkpoint.pt", "epochs_done": 2}
 
 
-def test_the_lock_names_its_holder_and_readers_wait_for_no_one(tmp_path):
+def test_the_lock_names_its_holder_and_analyses_share_it(tmp_path):
     run = tmp_path / "run"
     with RunLock(run):
         holder = subprocess.run([sys.executable, "-c", "import sys; from lpc_geom.train.run_dir import RunLock; "
@@ -214,7 +214,10 @@ def test_the_lock_names_its_holder_and_readers_wait_for_no_one(tmp_path):
     with RunLock(run, shared=True), RunLock(run, shared=True), \
             pytest.raises(RunInUseError, match="being read by another process"):  # analyses share it
         RunLock(run).acquire()
-    assert set(RUN_FILES).isdisjoint({"run.lock"})
+    with RunLock(run):  # released by every holder above: free again, and the holder record is cleared
+        pass
+    assert (run / "run.lock").read_text() == ""
+    assert "run.lock" not in RUN_FILES  # --overwrite never deletes a lock another process may be waiting on
 
 
 # ----------------------------------------------------------------------------------------------- signals
@@ -238,20 +241,24 @@ def _wait_for_epochs(proc, out, n):
 @pytest.mark.slow
 def test_sigterm_and_sigint_stop_cleanly_and_resume_to_the_uninterrupted_result(tmp_path):
     epochs = 5
+    signals = {signal.SIGTERM: 143, signal.SIGINT: 130}
     reference = _start(tmp_path / "reference", epochs)
-    stopped = {}
-    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
-        out = tmp_path / signal.Signals(signum).name
-        proc = _start(out, epochs)
-        _wait_for_epochs(proc, out, 1)
+    procs = {signum: _start(tmp_path / signal.Signals(signum).name, epochs) for signum in signals}
+    for signum, proc in procs.items():
+        _wait_for_epochs(proc, tmp_path / signal.Signals(signum).name, 1)
         proc.send_signal(signal.SIGSTOP)  # paused (still holding its lock) wherever it is in epoch 1 or 2
-        if signum == signal.SIGTERM:  # a second training into the same directory meanwhile: refused
-            second = cli("train", *FLAGS, "--epochs", str(epochs), "--out", out, "--overwrite")
-            assert second.returncode == 2 and f"being written by another training (pid {proc.pid} on" in second.stderr
+    # a second training into a directory being trained meanwhile: refused, naming the holder
+    second = cli("train", *FLAGS, "--epochs", str(epochs), "--out", tmp_path / "SIGTERM", "--overwrite")
+    assert second.returncode == 2, second.stderr
+    assert f"being written by another training (pid {procs[signal.SIGTERM].pid} on" in second.stderr
+    for signum, proc in procs.items():
         proc.send_signal(signum)
         proc.send_signal(signal.SIGCONT)
+    commands = {}
+    for signum, proc in procs.items():
+        out = tmp_path / signal.Signals(signum).name
         _, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == code, stderr
+        assert proc.returncode == signals[signum], stderr
         assert "Traceback" not in stderr
         line = stderr.strip().splitlines()[-1]
         epoch = int(line.split("stopped at epoch ")[1].split(";")[0])
@@ -263,11 +270,13 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume_to_the_uninterrupted_result(
         assert load_checkpoint(out / "checkpoint.pt")["epoch"] >= epoch - 1  # written at the stop, not every 100
         with pytest.raises(RunDirError, match="its manifest says 'stopped'"):
             check_finished(out)  # analyses refuse it
-        stopped[signum] = (out, command)
+        commands[out] = command
+    resumed = {out: subprocess.Popen(command, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True) for out, command in commands.items()}
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
-    for out, command in stopped.values():
-        resumed = subprocess.run(command, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert resumed.returncode == 0, resumed.stderr
+    for out, proc in resumed.items():
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
         assert json.loads((out / "run.json").read_text())["status"] == "finished"
         assert history_without_timing(out) == history_without_timing(tmp_path / "reference")
         for key in ("train_latents", "test_latents", "test_logits"):
