@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         for round_index in range(args.rounds):
             order = list(times) if round_index % 2 == 0 else list(times)[::-1]  # neither always runs second
             for row in order:
-                result = train(base.replace(row=row, seed=round_index, out_dir=str(Path(tmp) / row)), dataset=data)
+                result = train(base.replace(row=row, seed=round_index, out_dir=str(Path(tmp) / row)), dataset=data,
+                               overwrite=True)  # each round replaces the last round's run
                 # the first epoch of a run warms caches up: keep the rest
                 times[row].extend(r["epoch_seconds"] for r in result.history[1:])
     medians = {row: float(np.median(values)) for row, values in times.items()}

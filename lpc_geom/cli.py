@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import errno
 import json
+import shlex
+import shutil
 import sys
 import traceback
 from collections.abc import Sequence
@@ -124,7 +126,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any TrainConfig key, value parsed as JSON (e.g. --set gamma_options='{\"every\": 2}')")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last checkpoint")
+                        help="continue the run in --out from its last checkpoint (same config; --epochs may grow)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the run that --out holds (all its files) and train anew; without --resume "
+                             "or --overwrite a directory holding a run is refused")
+    parser.add_argument("--from-last-good", action="store_true",
+                        help="with --resume: continue from checkpoint_last_good.pt, left by a divergence "
+                             "(--lr may be smaller)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -170,13 +178,37 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise exc.located(labels=labels) from None
 
 
+def _command_line() -> list[str] | None:
+    """The command line of this process when it runs ``lpc-geom train`` (None when called from Python)."""
+    if sys.argv[1:2] != ["train"]:
+        return None
+    if Path(sys.argv[0]).name == "__main__.py":  # python -m lpc_geom: the interpreter's own arguments
+        return list(sys.orig_argv)
+    program = Path(sys.argv[0])
+    return [program.name if shutil.which(program.name) == str(program) else str(program), *sys.argv[1:]]
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lpc_geom.train import train
+    from lpc_geom.train import NonFiniteLossError, TrainingStopped, train
 
     config = config_from_args(args)
     args.output_dir = config.out_dir  # names the directory in an error that does not (a full disk)
     check_writable_directory(config.out_dir, label="--out" if args.out is not None else "out_dir")
-    result = train(config, resume=args.resume)
+    command = _command_line()
+    try:
+        result = train(config, resume=args.resume, overwrite=args.overwrite, from_last_good=args.from_last_good,
+                       command=command)
+    except TrainingStopped as stop:
+        again = [a for a in command or [] if a not in ("--resume", "--overwrite", "--from-last-good")]
+        how = shlex.join(again) if command else "the same lpc-geom train command with"
+        print(f"stopped at epoch {stop.epoch}; resume with: {how} --resume", file=sys.stderr)
+        return 128 + stop.signum
+    except NonFiniteLossError as exc:
+        print(f"lpc-geom train: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before the training's own handlers were installed: nothing to resume yet
+        print("lpc-geom train: interrupted before training started", file=sys.stderr)
+        return 130
     final = result.final
     print(f"run directory: {result.out_dir}")
     print(json.dumps({k: final[k] for k in ("epoch", "train_acc", "test_acc", "gamma") if k in final}))
@@ -193,11 +225,12 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 def _cmd_robustness(args: argparse.Namespace) -> int:
     from lpc_geom.experiments.runs import analyze_run, robustness_run, run_table
+    from lpc_geom.train.run_dir import REPORT_FILES, is_fresh
 
     robustness_run(Path(args.run_dir), samples=args.samples, seed=args.seed, split=args.split,
                    candidates=args.candidates, max_iter=args.max_iter, refine_steps=args.refine_steps,
                    lipschitz=not args.no_lipschitz)
-    if not (Path(args.run_dir) / f"report_{args.split}.json").is_file():
+    if not is_fresh(Path(args.run_dir) / REPORT_FILES[args.split]):  # missing, or of other latents
         analyze_run(Path(args.run_dir), split=args.split)
     print(run_table(Path(args.run_dir)))
     return 0

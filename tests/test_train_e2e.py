@@ -99,7 +99,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert torch.load(checkpoint, weights_only=False)["epoch"] < epochs - 1
+    assert torch.load(checkpoint, weights_only=True)["epoch"] < epochs - 1
     resumed = subprocess.run(cli(*common, "--out", str(killed), "--resume"), env=env, cwd=REPO,
                              capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -129,15 +129,21 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 def test_non_finite_loss_names_epoch_gamma_lr_and_keeps_last_good(tmp_path):
     cfg = tiny_config(tmp_path, epochs=6, gamma_schedule="exponential",
-                      gamma_options={"start": 1.0, "factor": 1e30, "gamma_max": 1e300}, lr=1e-3)
+                      gamma_options={"start": 1.0, "factor": 1e30, "gamma_max": 1e300}, lr=1e-3, checkpoint_every=1)
     # gamma x1e30 per epoch first empties the latent space (the warning), then overflows the loss
-    with pytest.raises(NonFiniteLossError, match=r"epoch \d+ \(gamma=.*lr=0\.001") as info, \
+    expected = r"loss at epoch 2, step 0 of \d+ \(optimizer=auto, gamma=.*lr=0\.001"
+    with pytest.raises(NonFiniteLossError, match=expected) as info, \
             pytest.warns(CollapseToOriginWarning, match="collapsed onto the origin"):
         train(cfg)
-    assert "Last good state" in str(info.value)
     last_good = tmp_path / "run" / "checkpoint_last_good.pt"
-    state = torch.load(last_good, weights_only=False)
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert f"Last good state (end of epoch 1): {last_good}" in str(info.value) and info.value.last_good == last_good
+    state = torch.load(last_good, weights_only=True)
+    # the state at the end of epoch 1: what the periodic checkpoint of that epoch holds, not mid-epoch-2 weights
+    periodic = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == periodic["epoch"] == 1 and state["partial"] is None
+    for key, value in periodic["model"].items():
+        assert torch.equal(state["model"][key], value), key
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
 
 
 def test_collapse_onto_origin_is_warned(tmp_path):

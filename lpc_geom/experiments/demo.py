@@ -48,7 +48,7 @@ def run_demo(out: Path, *, epochs: int | None = None, seed: int = 0, progress: b
     rows, histories, latents = [], {}, {}
     for name in DEMO_ROWS:
         run_dir = out / name
-        result = train(base.replace(row=name, out_dir=str(run_dir)))
+        result = train(base.replace(row=name, out_dir=str(run_dir)), overwrite=True)  # a rerun replaces the demo's runs
         report = analyze_run(run_dir, split="train").to_dict()
         row = {"row": name, "test_acc": result.final["test_acc"], "train_acc": result.final["train_acc_eval"]}
         row.update({key: report.get(key) for _, key in TABLE_COLUMNS})

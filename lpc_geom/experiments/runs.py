@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,9 +11,10 @@ import torch
 
 from lpc_geom.config import TrainConfig, load_config
 from lpc_geom.paths import check_writable_directory
-from lpc_geom.train.checkpoint import load_checkpoint, write_json
+from lpc_geom.train import run_dir
+from lpc_geom.train.checkpoint import RunFileError, load_arrays, load_checkpoint, read_json, write_json
+from lpc_geom.train.run_dir import CHECKPOINT, CONFIG, HISTORY, LATENTS, REPORT_FILES, ROBUSTNESS_FILES, RunLock
 
-REQUIRED_FILES = ("config.json", "history.json", "latents.npz", "checkpoint.pt")
 #: The arrays the trainer writes to ``latents.npz`` (``classifier_weight``/``classifier_bias`` when it has them).
 LATENT_ARRAYS = tuple(f"{split}_{kind}" for split in ("train", "test")
                       for kind in ("latents", "labels", "predictions", "logits"))
@@ -41,49 +40,48 @@ class Run:
         from lpc_geom.train.trainer import model_from_config
 
         model = model_from_config(self.config, dataset if dataset is not None else self.dataset())
-        state = load_checkpoint(self.path / "checkpoint.pt")["model"]
+        file = self.path / CHECKPOINT
+        state = load_checkpoint(file).get("model")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise RunFileError(f"{file}: not loaded: it holds no model state dict (key 'model')")
         model.to(dtype=next(iter(v for v in state.values() if v.is_floating_point())).dtype)
         model.load_state_dict(state)
         return model.eval()
 
 
 def load_run(path: str | Path) -> Run:
-    """Load a run directory written by :func:`lpc_geom.train.train`.
+    """Load a finished run directory written by :func:`lpc_geom.train.train`, executing no code from it.
 
     Raises
     ------
     FileNotFoundError
-        Naming the missing files.
-    ValueError
-        Naming the file: a ``config.json`` that is not a valid configuration (unknown key, null, wrong
-        type), a ``history.json`` that is not JSON, a ``latents.npz`` that is not a readable archive, lacks
-        one of :data:`LATENT_ARRAYS` or holds a member that is not a NumPy array.
+        A file of a finished run is missing (they are named).
+    RunDirError
+        The run's manifest says it did not finish (it is training, was stopped or failed).
+    RunFileError
+        A file is corrupt, holds anything but plain data (it is named; it was not loaded), or is not what a run
+        writes: a ``config.json`` that is not a valid configuration, a ``latents.npz`` lacking one of
+        :data:`LATENT_ARRAYS` or holding a member that is not a NumPy array.
     """
     path = Path(path)
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    missing = [name for name in run_dir.TRAINED_FILES if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{path} is not a finished lpc_geom run: missing {', '.join(missing)} "
-                                f"(expected {', '.join(REQUIRED_FILES)})")
-    config = load_config(path / "config.json")
-    try:
-        history = json.loads((path / "history.json").read_bytes())
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{path / 'history.json'}: not valid JSON ({exc})") from None
-    return Run(path, config, history, _load_latents(path / "latents.npz"))
+                                f"(expected {', '.join(run_dir.TRAINED_FILES)})")
+    run_dir.check_finished(path)
+    config = load_config(path / CONFIG)
+    history = read_json(path / HISTORY)
+    return Run(path, config, history, _load_latents(path / LATENTS))
 
 
 def _load_latents(file: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(file, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
-        raise ValueError(f"{file}: not a readable .npz archive ({exc})") from None
+    arrays = load_arrays(file)
     not_arrays = sorted(key for key, value in arrays.items() if not isinstance(value, np.ndarray))
     if not_arrays:
-        raise ValueError(f"{file}: member(s) {not_arrays} are not NumPy arrays (.npy)")
+        raise RunFileError(f"{file}: not loaded: member(s) {not_arrays} are not NumPy arrays (.npy)")
     missing = [key for key in LATENT_ARRAYS if key not in arrays]
     if missing:
-        raise ValueError(f"{file}: missing array(s) {missing}; a finished run holds {list(LATENT_ARRAYS)}")
+        raise RunFileError(f"{file}: missing array(s) {missing}; a finished run holds {list(LATENT_ARRAYS)}")
     return arrays
 
 
@@ -95,20 +93,21 @@ def analyze_run(path: str | Path, *, split: str = "test", write: bool = True, **
     """
     from lpc_geom.analysis import analyze
 
-    if split not in ("train", "test"):
+    if split not in REPORT_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    run = load_run(path)
-    if write:  # before any work: a report computed for a directory that cannot take it is lost
-        check_writable_directory(path, create=False)
-    model = run.model()
-    head = model.head
-    report = analyze(
-        run.arrays[f"{split}_latents"], run.arrays[f"{split}_labels"],
-        manifold=getattr(head, "manifold", None), classifier=analysis_classifier(head),
-        logits=run.arrays[f"{split}_logits"], **analyze_options,
-    )
-    if write:
-        write_json(report.to_dict(), run.path / f"report_{split}.json")
+    with RunLock(path, shared=True):
+        run = load_run(path)
+        if write:  # before any work: a report computed for a directory that cannot take it is lost
+            check_writable_directory(path, create=False)
+        model = run.model()
+        head = model.head
+        report = analyze(
+            run.arrays[f"{split}_latents"], run.arrays[f"{split}_labels"],
+            manifold=getattr(head, "manifold", None), classifier=analysis_classifier(head),
+            logits=run.arrays[f"{split}_logits"], **analyze_options,
+        )
+        if write:
+            write_json(run_dir.stamp(report.to_dict(), run.path, LATENTS), run.path / REPORT_FILES[split])
     return report
 
 
@@ -127,10 +126,6 @@ def analysis_classifier(head: torch.nn.Module) -> torch.nn.Module | None:
     return head.classifier
 
 
-#: Splits whose inputs a robustness measurement can attack, and the file each one's report goes to.
-ROBUSTNESS_FILES = {"test": "robustness.json", "train": "robustness_train.json"}
-
-
 def robustness_file(split: str) -> str:
     """The file name of a robustness report on ``split``; a ValueError names the accepted splits."""
     if split not in ROBUSTNESS_FILES:
@@ -138,57 +133,50 @@ def robustness_file(split: str) -> str:
     return ROBUSTNESS_FILES[split]
 
 
-def robustness_of(model: torch.nn.Module, data, *, samples: int = 1000, seed: int = 0, split: str = "test",
-                  **report_options) -> dict[str, float]:
-    """:func:`~lpc_geom.analysis.robustness.robustness_report` on a seeded subsample of one of ``data``'s splits.
-
-    ``samples`` inputs of ``split`` (``"test"``, as the LPC paper measures it, or ``"train"``: the inputs
-    whose latents the training collapsed) are drawn without replacement with ``seed`` (all of them when
-    there are fewer).
-    """
-    from lpc_geom.analysis.robustness import robustness_report
-
-    robustness_file(split)
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
-    index = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: min(samples, len(y))]
-    parameter = next(model.parameters())
-    inputs = x[index].to(device=parameter.device, dtype=parameter.dtype)
-    return robustness_report(model, inputs, y[index].to(parameter.device), **report_options)
-
-
 def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, split: str = "test",
                    write: bool = True, **report_options) -> dict[str, float]:
-    """DeepFool, Lipschitz bounds and certified radii of a finished run (see :func:`robustness_of`).
+    """DeepFool, Lipschitz bounds and certified radii of a finished run (see
+    :func:`~lpc_geom.analysis.robustness.robustness_of`).
 
     Writes ``robustness.json`` (test inputs) or ``robustness_train.json`` (training inputs) next to the
     run when ``write``.
     """
-    from lpc_geom.analysis.robustness import write_robustness_json
+    from lpc_geom.analysis.robustness import robustness_of, write_robustness_json
 
     file = robustness_file(split)  # before loading the run: a bad split fails at once
-    run = load_run(path)
-    if write:  # before any work: a report computed for a directory that cannot take it is lost
-        check_writable_directory(path, create=False)
-    data = run.dataset()
-    report = robustness_of(run.model(data), data, samples=samples, seed=seed, split=split, **report_options)
-    if write:
-        write_robustness_json(report, run.path / file)
+    with RunLock(path, shared=True):
+        run = load_run(path)
+        if write:  # before any work: a report computed for a directory that cannot take it is lost
+            check_writable_directory(path, create=False)
+        data = run.dataset()
+        report = robustness_of(run.model(data), data, samples=samples, seed=seed, split=split, **report_options)
+        if write:
+            write_robustness_json(report, run.path / file, source=run_dir.stamp({}, run.path, CHECKPOINT)["source"])
     return report
 
 
 def run_table(path: str | Path) -> str:
-    """One markdown table per run joining its summary, analyzer reports and robustness record."""
+    """One markdown table per run joining its summary, analyzer reports and robustness record.
+
+    Cached reports computed from other latents or weights than the run's present ones (a run trained
+    again into the same directory) are left out and named below the table.
+    """
     path = Path(path)
-    sources = [("summary", path / "summary.json"), ("test", path / "report_test.json"),
-               ("train", path / "report_train.json"), ("robustness", path / ROBUSTNESS_FILES["test"]),
+    sources = [("summary", path / run_dir.SUMMARY), ("test", path / REPORT_FILES["test"]),
+               ("train", path / REPORT_FILES["train"]), ("robustness", path / ROBUSTNESS_FILES["test"]),
                ("robustness (train)", path / ROBUSTNESS_FILES["train"])]
     lines = [f"**{path}**", "", "| source | figure | value |", "|---|---|---|"]
+    stale, hashes = [], {}
     for source, file in sources:
         if not file.is_file():
             continue
-        for key, value in json.loads(file.read_text()).items():
+        if source != "summary" and not run_dir.is_fresh(file, _hashes=hashes):
+            stale.append(file.name)
+            continue
+        for key, value in read_json(file).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 lines.append(f"| {source} | `{key}` | {value:.6g} |")
+    if stale:
+        lines += ["", f"Not shown, computed from other latents or weights than this run's: {', '.join(stale)} "
+                      f"(recompute with lpc-geom analyze / lpc-geom robustness)."]
     return "\n".join(lines)

@@ -26,8 +26,7 @@ from tqdm.auto import tqdm
 from lpc_geom.config import TrainConfig
 from lpc_geom.experiments.executors import LocalExecutor, SweepExecutor
 from lpc_geom.train.checkpoint import write_json
-
-RECORD = "record.json"
+from lpc_geom.train.run_dir import RECORD, REUSABLE_CHANGES, TRAINED_FILES
 
 
 @dataclass
@@ -95,12 +94,6 @@ def _run_job(job: Job, postprocess: Callable[[Job], dict[str, Any]] | None) -> d
         record["error"] = f"{type(exc).__name__}: {exc}"
         record["traceback"] = traceback.format_exc()
     return record
-
-
-#: Config keys that may differ between a finished run and the job that would reuse it.
-REUSABLE_CHANGES = ("progress", "device", "checkpoint_every")
-#: Files of a run directory whose training finished (written by :func:`lpc_geom.train.train`).
-TRAINED_FILES = ("config.json", "history.json", "summary.json", "latents.npz", "checkpoint.pt")
 
 
 def config_differences(job: Job) -> list[str] | None:

@@ -4,7 +4,7 @@ The trainer (and with it every model and dataset) is imported on first use, so t
 (``schedules``, ``checkpoint``) import without it.
 """
 
-__all__ = ["CollapseToOriginWarning", "NonFiniteLossError", "RunResult", "Trainer", "train"]
+__all__ = ["CollapseToOriginWarning", "NonFiniteLossError", "RunResult", "Trainer", "TrainingStopped", "train"]
 
 
 def __getattr__(name):

@@ -4,6 +4,13 @@ The trainer is deterministic on CPU: every epoch draws its permutation (and its 
 generator seeded by ``(seed, epoch)``, so a run resumed from the checkpoint of epoch ``e`` takes exactly
 the steps an uninterrupted run takes. Under ``torchrun`` it trains with DistributedDataParallel (see
 :mod:`lpc_geom.train.distributed`).
+
+While it trains, SIGINT and SIGTERM stop it at the next step boundary: it writes a checkpoint of that
+step (the generator state and the epoch's partial sums included, so a resumption takes the remaining
+steps exactly), marks the run ``stopped`` and raises :class:`TrainingStopped`. A non-finite loss,
+parameter or latent raises :class:`NonFiniteLossError` after writing ``checkpoint_last_good.pt``, the
+state at the end of the last finite epoch. The run directory's rules (lock, manifest, refusal to write
+over another run) are those of :mod:`lpc_geom.train.run_dir`.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,18 +40,95 @@ from lpc_geom.optim import build_optimizer, has_manifold_parameters
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json, write_text
 from lpc_geom.train.distributed import all_reduce_sum, cleanup, init_distributed, shard_batch
 from lpc_geom.train.metrics import epoch_collapse_figures
+from lpc_geom.train.run_dir import (
+    CHECKPOINT,
+    CONFIG,
+    HISTORY,
+    HISTORY_CSV,
+    LAST_GOOD,
+    LAST_GOOD_CHANGES,
+    LATENTS,
+    RESUMABLE_CHANGES,
+    ROBUSTNESS_FILES,
+    SUMMARY,
+    RunWriter,
+    run_files,
+    stamp,
+)
 from lpc_geom.train.schedules import build_gamma_schedule, lr_factor
 
-CHECKPOINT = "checkpoint.pt"
-LAST_GOOD = "checkpoint_last_good.pt"
-#: Keys that may differ between a run and its resumption.
-RESUMABLE_CHANGES = ("epochs", "progress", "checkpoint_every", "device", "out_dir")  # out_dir: a moved run
+#: Signals that stop a training at the next step boundary (with a checkpoint) instead of killing it.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: Training samples whose latents the per-epoch history follows (``train_sigma_w_rel`` etc.).
 TRAIN_PROBE_SAMPLES = 2000
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch, gamma, learning rate and checkpoint."""
+    """The loss, a parameter or a latent became NaN or infinite.
+
+    The message (one line) names the epoch, the step, gamma, the learning rate and the path of
+    ``checkpoint_last_good.pt``, which holds the state at the end of the last finite epoch (or the state
+    the training started from, when no epoch finished); ``last_good`` is that path.
+    """
+
+    def __init__(self, message: str, last_good: Path | None = None):
+        super().__init__(message)
+        self.last_good = last_good
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A training stopped by a signal (SIGINT, SIGTERM) at a step boundary, after writing a checkpoint.
+
+    A subclass of KeyboardInterrupt, so that ``except Exception`` around a training does not swallow a
+    Ctrl-C. Attributes: ``signum``, ``epoch`` (the epoch in progress), ``checkpoint`` (the file written, or
+    None when a second signal stopped it at once: then the last periodic checkpoint stays) and ``out_dir``.
+    ``train(config, resume=True)`` continues it.
+    """
+
+    def __init__(self, signum: int, epoch: int | None = None, checkpoint: Path | None = None,
+                 out_dir: Path | None = None):
+        super().__init__(signum)
+        self.signum, self.epoch, self.checkpoint, self.out_dir = signum, epoch, checkpoint, out_dir
+
+    def __str__(self) -> str:
+        where = (f"checkpoint written to {self.checkpoint}" if self.checkpoint is not None
+                 else "stopped at once by a second signal, the last checkpoint stays")
+        return (f"{signal.Signals(self.signum).name}: training in {self.out_dir} stopped at epoch {self.epoch}; "
+                f"{where}; resume it with resume=True")
+
+
+class _StopSignals:
+    """Handlers for :data:`STOP_SIGNALS` for the duration of a training; the previous ones come back after.
+
+    The first signal is recorded (the trainer stops at the next step boundary); a second one raises
+    :class:`TrainingStopped` at once. Installed only in the main thread (where Python runs handlers).
+    """
+
+    def __init__(self, signals):
+        self.signals = tuple(signals)
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            return
+        self.restore()
+        raise TrainingStopped(signum)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
 
 class CollapseToOriginWarning(UserWarning):
@@ -174,9 +260,18 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self._warned_origin = False
+        self._partial: dict[str, Any] | None = None  # a resumed mid-epoch state (see state_dict)
+        self._last_good: dict[str, Any] | None = None  # CPU copy of the state at the end of the last finite epoch
+        self._signals = _StopSignals(())
 
     # ----------------------------------------------------------------------------------- state
-    def state_dict(self, epoch: int) -> dict[str, Any]:
+    def state_dict(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Everything a resumption needs after epoch ``epoch`` (-1: before the first).
+
+        ``partial`` describes a stop inside epoch ``epoch + 1``: ``{"epoch", "step"`` (batches done),
+        ``"generator"`` (the epoch generator's state), ``"sums"`` (the epoch's running sums),
+        ``"seconds"}``. Only tensors, numbers, strings, lists and dicts: it loads with ``weights_only``.
+        """
         return {
             "epoch": epoch,
             "config": self.config.to_dict(),
@@ -186,32 +281,83 @@ class Trainer:
             "gamma_schedule": self.gamma.state_dict(),
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
+            "partial": partial,
         }
 
-    def resume(self) -> None:
-        """Load ``checkpoint.pt`` from the run directory and continue after its epoch."""
-        state = load_checkpoint(self.out_dir / CHECKPOINT, map_location=self.device)
+    def resume(self, from_last_good: bool = False) -> None:
+        """Load ``checkpoint.pt`` (or ``checkpoint_last_good.pt``) from the run directory and continue from it.
+
+        The config may differ from the checkpoint's only in :data:`~lpc_geom.train.run_dir.RESUMABLE_CHANGES`
+        (from the last good state also in the learning rate), and ``epochs`` may not be fewer than the
+        epochs the checkpoint has done.
+        """
+        name = LAST_GOOD if from_last_good else CHECKPOINT
+        path = self.out_dir / name
+        if not run_files(self.out_dir):
+            raise FileNotFoundError(f"cannot resume {self.out_dir}: it holds no run; start one without --resume")
+        if not path.is_file():
+            what = "no divergence left one" if from_last_good else "it stopped before its first checkpoint"
+            raise FileNotFoundError(f"cannot resume {self.out_dir}: no {name} there ({what}); "
+                                    f"start again with --overwrite, or without --resume into another --out")
+        state = load_checkpoint(path, map_location=self.device)
+        missing = [k for k in ("epoch", "config", "model", "optimizer", "gamma_schedule", "history", "torch_rng")
+                   if k not in state]
+        if missing:
+            raise ValueError(f"{path}: not an lpc_geom training checkpoint (missing {', '.join(missing)}); not loaded")
         saved, current = state["config"], self.config.to_dict()
-        differing = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+        allowed = LAST_GOOD_CHANGES if from_last_good else RESUMABLE_CHANGES
+        differing = sorted(k for k in current if k not in allowed and saved.get(k) != current[k])
         if differing:
             raise ValueError(
                 f"cannot resume {self.out_dir}: the config differs from the checkpoint's in {differing}; "
-                f"only {list(RESUMABLE_CHANGES)} may change on resume"
+                f"only {list(allowed)} may change on resume"
             )
+        partial = state.get("partial")
+        # epochs the checkpoint has done; a stop inside an epoch needs that epoch to be trained to its end
+        done = state["epoch"] + 1 if partial is None else partial["epoch"] + 1
+        if self.config.epochs < done:
+            raise ValueError(
+                f"cannot resume {self.out_dir}: {path.name} has trained {state['epoch'] + 1} epochs"
+                f"{'' if partial is None else ' and part of the next'}; epochs={self.config.epochs} is fewer "
+                f"(pass --epochs {done} or more)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.preconditioner is not None:
             self.preconditioner.load_state_dict(state["preconditioner"])
         self.gamma.load_state_dict(state["gamma_schedule"])
         self.history = list(state["history"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self._partial = partial
         self.start_epoch = state["epoch"] + 1
 
-    def _save(self, epoch: int, name: str = CHECKPOINT) -> Path:
+    def _save(self, epoch: int, name: str = CHECKPOINT, partial: dict[str, Any] | None = None) -> Path:
         path = self.out_dir / name
         if self.dist.is_main:
-            save_checkpoint(self.state_dict(epoch), path)
+            save_checkpoint(self.state_dict(epoch, partial), path)
         return path
+
+    def _keep_last_good(self, epoch: int) -> None:
+        """Copy the state after epoch ``epoch`` (all finite) to CPU memory: the divergence fallback."""
+        if self.dist.is_main:
+            self._last_good = _cpu_copy(self.state_dict(epoch, self._partial))
+
+    def _diverged(self, what: str, epoch: int, step: int, steps: int, gamma: float, lr: float,
+                  detail: str = "") -> None:
+        """Write ``checkpoint_last_good.pt`` and raise :class:`NonFiniteLossError`."""
+        path = self.out_dir / LAST_GOOD
+        if self.dist.is_main and self._last_good is not None:
+            save_checkpoint(self._last_good, path)
+        good = self._last_good or {"epoch": self.start_epoch - 1, "partial": None}
+        if good["partial"] is not None:  # no epoch finished since a resumption inside an epoch
+            state = f"epoch {good['partial']['epoch']}, step {good['partial']['step']}, where this training resumed"
+        else:
+            state = f"end of epoch {good['epoch']}" if good["epoch"] >= 0 else "the initial state"
+        raise NonFiniteLossError(
+            f"non-finite {what} at epoch {epoch}, step {step} of {steps} (optimizer={self.config.optimizer}, "
+            f"gamma={gamma:.4g}, lr={lr:.4g}{'; ' + detail if detail else ''}). Last good state ({state}): "
+            f"{path}; continue from it with a smaller learning rate (lpc-geom train ... --resume "
+            f"--from-last-good --lr {self.config.lr / 10:.3g}), or start again with gamma growing more slowly "
+            f"(e.g. --gamma-schedule threshold).", last_good=path)
 
     # ----------------------------------------------------------------------------------- training
     def _set_learning_rates(self, epoch: int) -> float:
@@ -235,16 +381,16 @@ class Trainer:
         late = self.config.kfac_damping_late
         return self.config.kfac_damping if late is None or epoch < self.config.lr_halve_from else late
 
-    def _non_finite(self, epoch: int, gamma: float, lr: float, parts: dict[str, torch.Tensor]) -> None:
-        params_ok = all(torch.isfinite(p).all() for p in self.model.parameters())
-        # Finite parameters are those of the last finite step (mid-epoch): keep them as the last good state.
-        where = self._save(epoch - 1, LAST_GOOD) if params_ok else self.out_dir / CHECKPOINT
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
-        raise NonFiniteLossError(
-            f"non-finite loss at epoch {epoch} (gamma={gamma:.4g}, lr={lr:.4g}; terms: {terms}). "
-            f"Last good state: {where}. Lower the learning rate or grow gamma more slowly "
-            f"(e.g. --gamma-schedule threshold)."
-        )
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived (on any rank: the ranks stop at the same step)."""
+        flag = self._signals.received is not None
+        if self.dist.enabled:
+            flag = float(all_reduce_sum(torch.tensor([float(flag)], dtype=torch.float64), self.dist)[0]) > 0
+        return flag
+
+    def _stop(self, epoch: int, checkpoint: Path | None) -> None:
+        signum = self._signals.received if self._signals.received is not None else signal.SIGTERM
+        raise TrainingStopped(signum, epoch, checkpoint, self.out_dir)
 
     def _train_epoch(self, epoch: int, gamma: float, lr: float) -> dict[str, float]:
         cfg, data = self.config, self.data
@@ -252,9 +398,19 @@ class Trainer:
         permutation = torch.randperm(len(data.y_train), generator=generator)
         min_batch = 2 * self.dist.world_size  # batch norm and SupCon need two samples per rank
         sums = torch.zeros(3 + 3, dtype=torch.float64)  # loss, correct, count, ce, compression, supcon
+        batches = permutation.split(cfg.batch_size)
+        first, seconds = 0, 0.0
+        if self._partial is not None and self._partial["epoch"] == epoch:  # resumed inside this epoch
+            first, seconds = self._partial["step"], self._partial["seconds"]
+            generator.set_state(self._partial["generator"])
+            if self.dist.is_main:  # the saved sums are over all ranks: one rank carries them on
+                sums = self._partial["sums"].clone()
+        self._partial = None
+        start = time.perf_counter() - seconds
         self.ddp_model.train()
         preconditioner = self.preconditioner if epoch >= cfg.kfac_start_epoch else None
-        for batch in permutation.split(cfg.batch_size):
+        for step in range(first, len(batches)):
+            batch = batches[step]
             if len(batch) < min_batch:
                 continue
             local = shard_batch(batch, self.dist)
@@ -270,7 +426,8 @@ class Trainer:
                 preconditioner.update_statistics(out.logits if margin is None else margin[1] * out.logits, yb)
             loss, parts = self.objective(out, yb, gamma=gamma, epoch=epoch)
             if not torch.isfinite(loss):
-                self._non_finite(epoch, gamma, lr, parts)
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+                self._diverged("loss", epoch, step, len(batches), gamma, lr, f"terms: {terms}")
             # Weight so that DDP's gradient average equals the mean over the global batch.
             weight = len(local) * self.dist.world_size / len(batch)
             (loss * weight).backward()
@@ -286,6 +443,13 @@ class Trainer:
                 for i, key in enumerate(("ce", "compression", "supcon")):
                     if key in parts:
                         sums[3 + i] += float(parts[key]) * n
+            if step + 1 < len(batches) and self._stop_requested():
+                partial = {"epoch": epoch, "step": step + 1, "generator": generator.get_state(),
+                           "sums": all_reduce_sum(sums.clone(), self.dist), "seconds": time.perf_counter() - start}
+                self._stop(epoch, self._save(epoch - 1, partial=partial))
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self._diverged("parameters", epoch, len(batches) - 1, len(batches), gamma, lr,
+                           "after the epoch's last step")
         sums = all_reduce_sum(sums, self.dist)
         count = max(float(sums[2]), 1.0)
         return {
@@ -294,16 +458,23 @@ class Trainer:
             "ce": float(sums[3]) / count,
             "compression": float(sums[4]) / count,
             "supcon": float(sums[5]) / count,
+            "epoch_seconds": time.perf_counter() - start,
         }
 
-    def _evaluate(self) -> dict[str, float]:
+    def _evaluate(self, epoch: int, gamma: float, lr: float) -> dict[str, float]:
         """Test accuracy and collapse figures of the test latents and of a fixed training subsample."""
         manifold = getattr(self.model.head, "manifold", None)
         logits, latents = predict(self.model, self.data.x_test, self.device, self.dtype)
+        _, train_latents = predict(self.model, self.data.x_train[self.train_probe], self.device, self.dtype)
+        for split, values in (("test", latents), ("test logits", logits), ("training", train_latents)):
+            bad = int((~torch.isfinite(values)).sum())
+            if bad:
+                steps = math.ceil(len(self.data.y_train) / self.config.batch_size)
+                self._diverged(f"{split} latents" if "logits" not in split else split, epoch, steps - 1, steps,
+                               gamma, lr, f"{bad} of {values.numel()} entries, after the epoch's last step")
         y = self.data.y_test
         figures = {"test_acc": float((logits.argmax(1) == y).float().mean())}
         figures.update(epoch_collapse_figures(latents, y, manifold=manifold))
-        _, train_latents = predict(self.model, self.data.x_train[self.train_probe], self.device, self.dtype)
         train_figures = epoch_collapse_figures(train_latents, self.data.y_train[self.train_probe], manifold=manifold)
         figures.update({f"train_{key}": value for key, value in train_figures.items()})
         return figures
@@ -326,43 +497,102 @@ class Trainer:
                 CollapseToOriginWarning, stacklevel=3,
             )
 
-    def fit(self, *, resume: bool = False) -> RunResult:
-        """Train for ``config.epochs`` epochs (continuing from the checkpoint when ``resume``)."""
+    def fit(self, *, resume: bool = False, overwrite: bool = False, from_last_good: bool = False,
+            stop_signals=STOP_SIGNALS, command: list[str] | None = None) -> RunResult:
+        """Train for ``config.epochs`` epochs (continuing from the checkpoint when ``resume``).
+
+        Parameters
+        ----------
+        resume : bool, default False
+            Continue the run in ``out_dir`` from ``checkpoint.pt`` (same config but for
+            :data:`~lpc_geom.train.run_dir.RESUMABLE_CHANGES`; ``epochs`` at least the checkpoint's).
+        overwrite : bool, default False
+            Delete the run that ``out_dir`` holds (every one of its files) and train anew. Without
+            ``resume`` or ``overwrite`` a directory holding a run is refused
+            (:class:`~lpc_geom.train.run_dir.RunExistsError`).
+        from_last_good : bool, default False
+            With ``resume``: continue from ``checkpoint_last_good.pt`` (left by a divergence), where the
+            learning rate may also differ.
+        stop_signals : sequence of signal numbers, default (SIGINT, SIGTERM)
+            Signals that stop the training at the next step boundary with a checkpoint and raise
+            :class:`TrainingStopped` (handled in the main thread only; the previous handlers come back
+            afterwards). ``()``: leave signal handling alone.
+        command : list of str, optional
+            The command line that started the training, recorded in the manifest ``run.json``.
+
+        Raises
+        ------
+        TrainingStopped
+            A stop signal arrived; the checkpoint is written and the manifest says ``stopped``.
+        NonFiniteLossError
+            The training diverged; ``checkpoint_last_good.pt`` is written, the manifest says ``failed``.
+        RunInUseError, RunExistsError
+            Another training writes ``out_dir``, or it holds another run.
+        """
         cfg = self.config
-        if resume:
-            self.resume()
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_json(cfg.to_dict(), self.out_dir / "config.json")
-        bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs,
-                   desc=f"{cfg.row} {cfg.geometry}", disable=not (cfg.progress and self.dist.is_main),
-                   dynamic_ncols=True)
+        if from_last_good and not resume:
+            raise ValueError("from_last_good continues a run: pass resume=True (--resume --from-last-good)")
+        writer = RunWriter(self.out_dir, cfg.to_dict(), command=command) if self.dist.is_main else None
+        if writer is not None:
+            writer.open(resume=resume, overwrite=overwrite)
+        bar, started = None, False  # started: the manifest says running (a refused resumption leaves it alone)
         deterministic = torch.are_deterministic_algorithms_enabled()
-        if self.device.type == "cpu":  # restored afterwards: a library call must not change global state
-            torch.use_deterministic_algorithms(True)
         try:
-            for epoch in bar:
-                start = time.perf_counter()
-                gamma = self.gamma(epoch)
-                lr = self._set_learning_rates(epoch)
-                row: dict[str, Any] = {"epoch": epoch, "gamma": gamma, "lr": lr}
-                row.update(self._train_epoch(epoch, gamma, lr))
-                self.gamma.observe(epoch, row["train_acc"])
-                row["epoch_seconds"] = time.perf_counter() - start
-                row.update(self._evaluate())
-                self._check_origin_collapse(row)
-                self.history.append(row)
-                bar.set_postfix(loss=f"{row['train_loss']:.3g}", acc=f"{row['test_acc']:.3f}",
-                                gamma=f"{gamma:.3g}")
-                last = epoch == cfg.epochs - 1
-                if (epoch + 1) % cfg.checkpoint_every == 0 or last:
-                    self._save(epoch)
-                if self.dist.is_main:
-                    write_history(self.history, self.out_dir)
-            final = self._finish()
+            with _StopSignals(stop_signals) as self._signals:
+                if resume:
+                    self.resume(from_last_good)
+                if writer is not None:
+                    write_json(cfg.to_dict(), self.out_dir / CONFIG)
+                    writer.update(epochs_done=self.start_epoch,
+                                  resumed_from=({"file": LAST_GOOD if from_last_good else CHECKPOINT,
+                                                 "epochs_done": self.start_epoch} if resume else None))
+                    started = True
+                bar = tqdm(range(self.start_epoch, cfg.epochs), initial=self.start_epoch, total=cfg.epochs,
+                           desc=f"{cfg.row} {cfg.geometry}", disable=not (cfg.progress and self.dist.is_main),
+                           dynamic_ncols=True)
+                if self.device.type == "cpu":  # restored afterwards: a library call must not change global state
+                    torch.use_deterministic_algorithms(True)
+                self._keep_last_good(self.start_epoch - 1)
+                for epoch in bar:
+                    gamma = self.gamma(epoch)
+                    lr = self._set_learning_rates(epoch)
+                    row: dict[str, Any] = {"epoch": epoch, "gamma": gamma, "lr": lr}
+                    row.update(self._train_epoch(epoch, gamma, lr))
+                    self.gamma.observe(epoch, row["train_acc"])
+                    row.update(self._evaluate(epoch, gamma, lr))
+                    self._check_origin_collapse(row)
+                    self.history.append(row)
+                    self._keep_last_good(epoch)
+                    bar.set_postfix(loss=f"{row['train_loss']:.3g}", acc=f"{row['test_acc']:.3f}",
+                                    gamma=f"{gamma:.3g}")
+                    last = epoch == cfg.epochs - 1
+                    saved = (epoch + 1) % cfg.checkpoint_every == 0 or last
+                    if saved:
+                        self._save(epoch)
+                    if self.dist.is_main:
+                        write_history(self.history, self.out_dir)
+                        writer.update(epochs_done=epoch + 1)
+                    if not last and self._stop_requested():
+                        self._stop(epoch + 1, self._save(epoch) if not saved else self.out_dir / CHECKPOINT)
+                final = self._finish()
+            if writer is not None:
+                writer.update(status="finished", epochs_done=cfg.epochs)
+        except TrainingStopped as exc:
+            if exc.epoch is None:  # a second signal: stopped at once, inside some step
+                exc.epoch, exc.out_dir = len(self.history), self.out_dir
+            if writer is not None and started:
+                writer.update(status="stopped", stopped_by=signal.Signals(exc.signum).name)
+            raise
+        except BaseException as exc:
+            if writer is not None and started:
+                writer.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
         finally:
             torch.use_deterministic_algorithms(deterministic)
-            bar.close()
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.close()
             cleanup(self.dist)
         return RunResult(self.out_dir, self.history, final, self.model)
 
@@ -388,21 +618,21 @@ class Trainer:
                     arrays["classifier_bias"] = bias.detach().cpu().numpy()
             buffer = io.BytesIO()
             np.savez_compressed(buffer, **arrays)
-            write_bytes(buffer.getvalue(), self.out_dir / "latents.npz")
+            write_bytes(buffer.getvalue(), self.out_dir / LATENTS)
             if self.config.final_robustness_samples > 0:
-                from lpc_geom.analysis.robustness import write_robustness_json
-                from lpc_geom.experiments.runs import robustness_of
+                from lpc_geom.analysis.robustness import robustness_of, write_robustness_json
 
                 report = robustness_of(self.model, self.data, samples=self.config.final_robustness_samples)
-                write_robustness_json(report, self.out_dir / "robustness.json")
+                write_robustness_json(report, self.out_dir / ROBUSTNESS_FILES["test"],
+                                      source=stamp({}, self.out_dir, CHECKPOINT)["source"])
                 final.update({f"robust_{key}": value for key, value in report.items()})
-            write_json(final, self.out_dir / "summary.json")
+            write_json(final, self.out_dir / SUMMARY)
         return final
 
 
 def write_history(history: list[dict[str, Any]], out_dir: Path) -> None:
     """``history.json`` and ``history.csv`` (one row per epoch), both written atomically."""
-    write_json(history, out_dir / "history.json")
+    write_json(history, out_dir / HISTORY)
     keys: list[str] = []
     for row in history:
         keys.extend(k for k in row if k not in keys)
@@ -412,9 +642,21 @@ def write_history(history: list[dict[str, Any]], out_dir: Path) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) and math.isfinite(v) else v)
                          for k, v in row.items()})
-    write_text(buffer.getvalue(), out_dir / "history.csv")
+    write_text(buffer.getvalue(), out_dir / HISTORY_CSV)
 
 
-def train(config: TrainConfig, *, resume: bool = False, dataset: Dataset | None = None) -> RunResult:
-    """Train one run described by ``config``; see :class:`Trainer`."""
-    return Trainer(config, dataset=dataset).fit(resume=resume)
+def train(config: TrainConfig, *, resume: bool = False, dataset: Dataset | None = None, **fit_options) -> RunResult:
+    """Train one run described by ``config``; see :class:`Trainer` and :meth:`Trainer.fit` (``overwrite``,
+    ``from_last_good``, ``stop_signals``, ``command``)."""
+    return Trainer(config, dataset=dataset).fit(resume=resume, **fit_options)
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy of a state (nested dicts / lists of tensors and plain values) with tensors on CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _cpu_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(value) for value in obj)
+    return obj

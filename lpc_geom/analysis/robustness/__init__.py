@@ -31,7 +31,12 @@ from lpc_geom.analysis.robustness.lipschitz import (
     residual_rule,
     unbounded_rule,
 )
-from lpc_geom.analysis.robustness.report import read_robustness_json, robustness_report, write_robustness_json
+from lpc_geom.analysis.robustness.report import (
+    read_robustness_json,
+    robustness_of,
+    robustness_report,
+    write_robustness_json,
+)
 
 __all__ = [
     "LIPSCHITZ_RULES",
@@ -55,6 +60,7 @@ __all__ = [
     "read_robustness_json",
     "register_lipschitz_rule",
     "residual_rule",
+    "robustness_of",
     "robustness_report",
     "unbounded_rule",
     "write_robustness_json",

@@ -1,6 +1,7 @@
 """One flat ``name -> float`` robustness record per model (DeepFool, Lipschitz bounds, certified radii).
 
-:func:`robustness_report` is what a command line or a training loop calls on a test set;
+:func:`robustness_report` is what a command line or a training loop calls on a test set (:func:`robustness_of`
+on a seeded subsample of a dataset split);
 :func:`write_robustness_json` / :func:`read_robustness_json` store it next to the other reports of a run
 so that the records of many runs join into one table.
 """
@@ -25,7 +26,7 @@ from lpc_geom.analysis.robustness.lipschitz import (
     lipschitz_upper_bound,
 )
 
-__all__ = ["read_robustness_json", "robustness_report", "write_robustness_json"]
+__all__ = ["read_robustness_json", "robustness_of", "robustness_report", "write_robustness_json"]
 
 
 def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -125,8 +126,28 @@ def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
     return report
 
 
-def write_robustness_json(report: Mapping[str, float], path: str | Path) -> Path:
-    """Write a report as a flat JSON object (sorted keys; ``inf``/NaN written as ``null``).
+def robustness_of(model: nn.Module, data, *, samples: int = 1000, seed: int = 0, split: str = "test",
+                  **report_options) -> dict[str, float]:
+    """:func:`robustness_report` on a seeded subsample of one of ``data``'s splits.
+
+    ``samples`` inputs of ``split`` (``"test"``, as the LPC paper measures it, or ``"train"``: the inputs
+    whose latents the training collapsed) are drawn without replacement with ``seed`` (all of them when
+    there are fewer). ``data`` is a :class:`~lpc_geom.data.Dataset`.
+    """
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be one of 'test', 'train', got {split!r}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+    index = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[: min(samples, len(y))]
+    parameter = next(model.parameters())
+    inputs = x[index].to(device=parameter.device, dtype=parameter.dtype)
+    return robustness_report(model, inputs, y[index].to(parameter.device), **report_options)
+
+
+def write_robustness_json(report: Mapping[str, float], path: str | Path, *,
+                          source: Mapping[str, str] | None = None) -> Path:
+    """Write a report as a flat JSON object (sorted keys; ``inf``/NaN written as ``null``), atomically.
 
     Strict JSON has no infinities or NaN; ``null`` keeps the file readable by any JSON reader, and
     :func:`read_robustness_json` turns it back into NaN.
@@ -136,20 +157,26 @@ def write_robustness_json(report: Mapping[str, float], path: str | Path) -> Path
     report : mapping of str -> float
     path : str or Path
         Parent directories are created.
+    source : mapping of str -> str, optional
+        What the report was computed from (a run's ``{"file": "checkpoint.pt", "sha256": ...}``), stored
+        under ``"source"`` so that a cached report can be recognised as stale.
 
     Returns
     -------
     Path
     """
+    from lpc_geom.train.checkpoint import write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clean = {str(k): (float(v) if math.isfinite(float(v)) else None) for k, v in report.items()}
-    path.write_text(json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    clean: dict[str, object] = {str(k): (float(v) if math.isfinite(float(v)) else None) for k, v in report.items()}
+    if source is not None:
+        clean["source"] = dict(source)
+    write_text(json.dumps(clean, indent=2, sort_keys=True, allow_nan=False) + "\n", path)
     return path
 
 
 def read_robustness_json(path: str | Path) -> dict[str, float]:
-    """Read a report written by :func:`write_robustness_json` (``null`` becomes NaN).
+    """Read a report written by :func:`write_robustness_json` (``null`` becomes NaN; ``source`` is left out).
 
     Returns
     -------
@@ -158,4 +185,4 @@ def read_robustness_json(path: str | Path) -> dict[str, float]:
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of numbers")
-    return {str(k): (math.nan if v is None else float(v)) for k, v in data.items()}
+    return {str(k): (math.nan if v is None else float(v)) for k, v in data.items() if k != "source"}
