@@ -31,7 +31,8 @@ TRAIN_FLAGS = {
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="TOML/YAML/JSON config file (keys: TrainConfig fields)")
+    parser.add_argument("config", nargs="?", help="TOML/YAML/JSON config file (keys: TrainConfig fields), or the "
+                                                  "name of a packaged config (see `lpc-geom configs`)")
     group = parser.add_argument_group("overrides (take precedence over the config file)")
     group.add_argument("--dataset", help="mnist1d, digits, blobs, cifar10, cifar100 or npz")
     group.add_argument("--data-root", help="CIFAR directory (cifar10/cifar100) or .npz file (npz)")
@@ -131,6 +132,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from lpc_geom.configs import list_configs
+
+    configs = list_configs()
+    width = max(len(name) for name in configs)
+    for name, path in configs.items():
+        first = path.read_text().splitlines()[:1]
+        print(f"{name:<{width}}  {first[0].lstrip('# ') if first and first[0].startswith('#') else ''}")
+    print(f"(files in {next(iter(configs.values())).parent}; `lpc-geom train NAME` trains with one)")
+    return 0
+
+
+def _version() -> str:
+    """The installed distribution's version (the package's own when it runs uninstalled, from a checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lpc_geom")
+    except PackageNotFoundError:
+        import lpc_geom
+
+        return lpc_geom.__version__
+
+
 def _cmd_rows(args: argparse.Namespace) -> int:
     width = max(len(name) for name in ROWS)
     for name, row in ROWS.items():
@@ -144,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Latent point collapse (LPC) and the geometry of classifier latents.",
         epilog="Run 'lpc-geom COMMAND --help' for the options of each command.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train_parser = commands.add_parser(
@@ -195,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rows = commands.add_parser("rows", help="list the ablation rows", description="List the ablation rows.")
     rows.set_defaults(func=_cmd_rows)
+
+    configs = commands.add_parser("configs", help="list the packaged training configs",
+                                  description="List the configs shipped with lpc_geom; `lpc-geom train NAME` "
+                                              "reads one from any directory.")
+    configs.set_defaults(func=_cmd_configs)
     return parser
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lpc_geom.ablation import ROWS, get_row
+from lpc_geom.configs import resolve_config
 
 GEOMETRIES = ("euclidean", "sphere", "poincare", "stiefel")
 OPTIMIZERS = ("auto", "adamw", "sgd", "riemannian-adam", "riemannian-sgd", "kfac-sgd", "kfac-adam", "kfac-riemannian")
@@ -133,7 +134,7 @@ def check_keys(mapping: dict[str, Any], *, source: str) -> None:
 
 def load_config(path: str | Path) -> TrainConfig:
     """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON (``.json``) file into a TrainConfig."""
-    path = Path(path)
+    path = resolve_config(path)  # a file, or the name of a packaged config
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     text = path.read_text()
