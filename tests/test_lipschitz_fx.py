@@ -23,6 +23,7 @@ from lpc_geom.analysis.robustness import (
     register_lipschitz_rule,
     robustness_report,
 )
+from lpc_geom.analysis.robustness.spectral import conv_layer_norm
 from lpc_geom.models.base import HeadOutput
 from lpc_geom.models.heads import EuclideanHead
 
@@ -170,11 +171,7 @@ def test_functional_cnn_gets_a_finite_sound_bound():
     bound = lipschitz_upper_bound(model, (1, 8, 8))
     by_name = {layer.name: layer.bound for layer in bound.layers}
     assert {"conv1", "bn1", "conv2", "fc"} <= set(by_name)
-    # The graph's composition, by hand: relu 1, max pool (non-overlapping) 1, dropout 1.
-    w3 = lipschitz_upper_bound(nn.Conv2d(8, 8, 3, padding=1, bias=False), (8, 4, 4))  # for its shape only
-    assert w3.value > 0
-    from lpc_geom.analysis.robustness.spectral import conv_layer_norm
-
+    # The graph's composition, by hand: relu 1, max pool (non-overlapping) 1, dropout 1, SiLU 1.09984.
     l3 = conv_layer_norm(model.weight3, (8, 4, 4), (8, 4, 4), stride=(1, 1), padding=(1, 1), dilation=(1, 1))
     l1 = by_name["conv1"] * by_name["bn1"]
     expected = l1 * (1 + by_name["conv2"]) * (1.09984 * l3 + 0.5) * by_name["fc"]
@@ -186,6 +183,21 @@ def test_functional_cnn_gets_a_finite_sound_bound():
     with torch.no_grad():
         ratio = (model(x) - model(y)).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
     assert float(ratio.max()) <= bound.value
+
+
+def test_a_classifier_with_a_functional_backbone_is_bounded():
+    from lpc_geom.models.base import Classifier
+    from lpc_geom.models.heads import build_head
+
+    torch.manual_seed(0)
+    backbone = FunctionalCNN(classes=16)
+    model = Classifier(backbone, build_head("LPC", 16, 10)).eval()
+    bound = lipschitz_upper_bound(model, (1, 8, 8))
+    by_name = {layer.name: layer.bound for layer in bound.layers}
+    assert bound.value == pytest.approx(by_name["backbone"] * by_name["head"], rel=1e-12)
+    assert by_name["backbone"] == pytest.approx(lipschitz_upper_bound(backbone, (1, 8, 8)).value, rel=1e-12)
+    lower = lipschitz_lower_bound(model, torch.randn(64, 1, 8, 8), candidates=None).value
+    assert 0 < lower <= bound.value < math.inf
 
 
 def test_robustness_report_of_a_functional_model_is_finite():
@@ -413,6 +425,24 @@ def test_unsound_or_unsupported_graphs_are_refused(fn, match):
     model.calls = iter(range(1, 100)).__next__
     with pytest.raises(LipschitzRuleError, match=match):
         lipschitz_upper_bound(model, (4,))
+
+
+class WithFlags(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x, return_latents: bool = False, scale: float = 2.0):
+        h = scale * F.relu(self.lin(x))
+        return (h, x) if return_latents else h
+
+
+def test_further_forward_parameters_keep_their_defaults_and_casts_must_stay_floating():
+    model = WithFlags()
+    assert lipschitz_upper_bound(model, (4,)).value == pytest.approx(2 * _sigma(model.lin.weight), rel=1e-12)
+    with pytest.raises(LipschitzRuleError, match="rounds the values"):
+        lipschitz_upper_bound(Lambda(lambda m, x: x.to(torch.int64).to(torch.float32)), (4,))
+    assert lipschitz_upper_bound(Lambda(lambda m, x: x.double() * 2), (4,)).value == 2.0
 
 
 def test_non_expansive_in_place_ops_are_accepted():

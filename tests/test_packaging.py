@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lpc_geom.cli import main
 from lpc_geom.config import load_config
 from lpc_geom.configs import list_configs, resolve_config
 
@@ -23,7 +24,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """``python -m lpc_geom ARGS`` from ``cwd`` (outside the checkout), importing this checkout."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "lpc_geom", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=120)
 
 
 def _pyproject() -> dict:
@@ -53,27 +54,30 @@ def test_packaged_configs_are_listed_and_resolved_by_name(tmp_path, monkeypatch)
         load_config(tmp_path / "sub" / "mnist1d_lpc.toml")  # a path is a path, not a name
 
 
-def test_cli_configs_version_and_train_by_name_from_another_directory(tmp_path):
-    listing = _cli(["configs"], tmp_path)
+def test_cli_configs_and_version_from_another_directory(tmp_path, capsys):
+    listing = _cli(["configs"], tmp_path)  # a real process started outside the checkout
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert [line.split()[0] for line in lines[:-1]] == list(list_configs())
     assert lines[0].split(maxsplit=1)[1].startswith("LPC on MNIST-1D")
-    shown = _cli(["--version"], tmp_path)
-    assert shown.returncode == 0 and shown.stdout.strip() == f"lpc-geom {version('lpc_geom')}"
-    run = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"lpc-geom {version('lpc_geom')}"
+
+
+def test_train_by_name_from_another_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
     # The packaged config by name, on a tiny data set (flags override the file's data and sizes).
-    trained = _cli(["train", "mnist1d_lpc", "--dataset", "blobs", "--set",
-                    'dataset_options={"num_classes": 3, "dim": 8, "num_samples": 150}', "--set",
-                    'backbone_options={"hidden": [8]}', "--latent-dim", "4", "--epochs", "1", "--out", str(run),
-                    "--no-progress"], tmp_path)
-    assert trained.returncode == 0, trained.stderr
-    config = json.loads((run / "config.json").read_text())
+    assert main(["train", "mnist1d_lpc", "--dataset", "blobs", "--set",
+                 'dataset_options={"num_classes": 3, "dim": 8, "num_samples": 150}', "--set",
+                 'backbone_options={"hidden": [8]}', "--latent-dim", "4", "--epochs", "1", "--out", "run",
+                 "--no-progress"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
     packaged = load_config("mnist1d_lpc")
     assert config["epochs"] == 1 and config["lr_halve_from"] == packaged.lr_halve_from == 120
     assert config["weight_decay"] == packaged.weight_decay and config["gamma_options"] == packaged.gamma_options
-    missing = _cli(["train", "mnist2d"], tmp_path)
-    assert missing.returncode == 2 and "packaged configs: mnist1d_lpc" in missing.stderr
+    assert main(["train", "mnist2d"]) == 2
+    assert "packaged configs: mnist1d_lpc" in capsys.readouterr().err
 
 
 def test_py_typed_ships_in_the_package():

@@ -53,6 +53,7 @@ that registers a rule.
 from __future__ import annotations
 
 import builtins
+import inspect
 import math
 import operator
 import os
@@ -187,6 +188,19 @@ def register_function_rule(target: Callable | str, rule: FunctionRule | None = N
 
     Plain Python functions registered here are kept as single nodes when tracing (they are passed to the
     tracer's ``autowrap_functions``), so a rule can cover a whole helper function.
+
+    Parameters
+    ----------
+    target : callable or str
+        The function (``torch.erf``, ``operator.add``, a function of your own) or the method name.
+    rule : callable, optional
+        ``rule(call: FunctionCall) -> bound``; omitted, a decorator is returned.
+    replace : bool, default False
+        Allow replacing an existing rule.
+
+    Returns
+    -------
+    The rule (or a decorator registering one).
     """
 
     def register(fn: FunctionRule) -> FunctionRule:
@@ -375,8 +389,11 @@ def traced_bound(module: nn.Module, input_shape: tuple[int, ...], walker: Any) -
     name = f"{walker.name(module)!r} ({type(module).__module__}.{type(module).__name__})"
     rules = walker.function_rules
     autowrap = tuple(t for t in rules if isinstance(t, types.FunctionType))
+    # The bound describes module(x): further parameters keep their defaults (so `if flag:` traces).
+    parameters = list(inspect.signature(module.forward).parameters.values())[1:]
+    concrete = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
     try:
-        graph = _Tracer(walker.has_rule, autowrap).trace(module)
+        graph = _Tracer(walker.has_rule, autowrap).trace(module, concrete_args=concrete or None)
     except Exception as err:
         raise LipschitzRuleError(
             f"{name} has no module rule and torch.fx cannot trace it ({type(err).__name__}: {err}); register a "
@@ -770,6 +787,8 @@ def _same_rule(call: FunctionCall) -> float:
     x, bound = call.args[0], call.bound(0)
     if not isinstance(bound, float):
         raise call.fail("the cast tensor has no known bound")
+    if isinstance(call.output, torch.Tensor) and not call.output.is_floating_point():
+        raise call.fail(f"a cast to {call.output.dtype} rounds the values (not Lipschitz)")
     if isinstance(call.output, torch.Tensor) and call.output.shape != x.shape:
         raise call.fail("a cast must keep the shape")
     return bound
