@@ -80,7 +80,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", help="TOML/YAML/JSON config file (keys: TrainConfig fields)")
+    parser.add_argument("config", nargs="?", help="TOML/YAML/JSON config file (keys: TrainConfig fields), or the "
+                                                  "name of a packaged config (see `lpc-geom configs`)")
     group = parser.add_argument_group("overrides (take precedence over the config file; defaults: TrainConfig's)")
     group.add_argument("--dataset", type=str.lower, choices=_Registry("dataset"), metavar="NAME",
                        help="dataset: %(choices)s" + _default("dataset"))
@@ -244,6 +245,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from lpc_geom.configs import list_configs
+
+    configs = list_configs()
+    width = max(len(name) for name in configs)
+    for name, path in configs.items():
+        first = path.read_text().splitlines()[:1]
+        print(f"{name:<{width}}  {first[0].lstrip('# ') if first and first[0].startswith('#') else ''}")
+    print(f"(files in {next(iter(configs.values())).parent}; `lpc-geom train NAME` trains with one)")
+    return 0
+
+
+def _version() -> str:
+    """The installed distribution's version (the package's own when it runs uninstalled, from a checkout)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lpc_geom")
+    except PackageNotFoundError:
+        import lpc_geom
+
+        return lpc_geom.__version__
+
+
 def _cmd_rows(args: argparse.Namespace) -> int:
     width = max(len(name) for name in ROWS)
     for name, row in ROWS.items():
@@ -261,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="on an error, show the Python traceback")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, **options) -> argparse.ArgumentParser:
@@ -315,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rows = command("rows", help="list the ablation rows", description="List the ablation rows.")
     rows.set_defaults(func=_cmd_rows)
+
+    configs = commands.add_parser("configs", help="list the packaged training configs",
+                                  description="List the configs shipped with lpc_geom; `lpc-geom train NAME` "
+                                              "reads one from any directory.")
+    configs.set_defaults(func=_cmd_configs)
     return parser
 
 

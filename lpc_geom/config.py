@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from lpc_geom.ablation import ROWS, get_row
+from lpc_geom.configs import resolve_config
 
 #: Optimisers that precondition a base optimiser with K-FAC (the trainer maps each onto its base).
 KFAC_OPTIMIZERS = ("kfac-sgd", "kfac-adam", "kfac-riemannian")
@@ -540,7 +541,7 @@ def load_config(path: str | Path) -> TrainConfig:
     Parameters
     ----------
     path : str or Path
-        The file; its suffix selects the parser.
+        The file (its suffix selects the parser), or the name of a packaged config (``mnist1d_lpc``).
 
     Returns
     -------
@@ -554,7 +555,7 @@ def load_config(path: str | Path) -> TrainConfig:
         Naming the file: a syntax error (with its line and column), text that is not UTF-8, content that
         is not a mapping, an unknown key, or (:class:`ConfigError`) an invalid value.
     """
-    path = Path(path)
+    path = resolve_config(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file does not exist" if not path.exists()
                                 else f"{path}: is not a file")

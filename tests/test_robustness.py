@@ -538,8 +538,17 @@ def test_errors_for_unsupported_or_unbounded_modules():
         def forward(self, x):
             return 2 * self.lin(x)
 
-    with pytest.raises(LipschitzRuleError, match="Custom"):
-        lipschitz_upper_bound(nn.Sequential(nn.Linear(3, 3), Custom()), (3,))
+    class Square(nn.Module):
+        def forward(self, x):
+            return x * x
+
+    # Without a module rule the forward is traced: 2 * lin(x) has the closed form 2 ||W||.
+    torch.manual_seed(0)
+    custom = Custom()
+    sigma = float(torch.linalg.svdvals(custom.lin.weight.detach().double())[0])
+    assert lipschitz_upper_bound(custom, (3,)).value == pytest.approx(2 * sigma, rel=1e-12)
+    with pytest.raises(LipschitzRuleError, match="Square"):
+        lipschitz_upper_bound(nn.Sequential(nn.Linear(3, 3), Square()), (3,))
     # A declared structure that does not reproduce the forward is refused, not trusted.
     with pytest.raises(LipschitzRuleError, match="does not reproduce"):
         lipschitz_upper_bound(Custom(), (3,), rules={Custom: chain_rule("lin")})
@@ -614,7 +623,8 @@ def test_robustness_report_without_a_rule_or_labels():
             self.lin = nn.Linear(DIM, 3)
 
         def forward(self, x):
-            return self.lin(x).tanh() * 3
+            h = self.lin(x)
+            return h * h.tanh()  # a product of input-dependent values: no rule bounds it
 
     x = torch.randn(12, DIM)
     with pytest.warns(UserWarning, match="not computed"):

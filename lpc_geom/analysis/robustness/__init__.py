@@ -1,8 +1,9 @@
 """Robustness of classifiers: batched DeepFool, Lipschitz bounds, certified radii.
 
 * :func:`deepfool` -- minimal L2 perturbations, as the LPC paper measured them (batched).
-* :func:`lipschitz_upper_bound` -- certified bound on the Lipschitz constant of the logits (per-layer
-  rules, extensible with :func:`register_lipschitz_rule`); :func:`lipschitz_lower_bound` -- empirical.
+* :func:`lipschitz_upper_bound` -- certified bound on the Lipschitz constant of the logits of any model
+  (module rules, and torch.fx graphs bounded node by node; extensible with :func:`register_lipschitz_rule`);
+  :func:`lipschitz_lower_bound` -- empirical.
 * :func:`certified_radius` / :func:`certified_accuracy` -- radii :math:`m / (\\sqrt 2 L)`.
 * :func:`robustness_report` / :func:`write_robustness_json` -- one flat record per model.
 """
@@ -15,7 +16,10 @@ from lpc_geom.analysis.robustness.certify import (
 )
 from lpc_geom.analysis.robustness.deepfool import DeepFoolResult, deepfool
 from lpc_geom.analysis.robustness.lipschitz import (
+    FUNCTION_RULES,
     LIPSCHITZ_RULES,
+    FunctionCall,
+    FunctionRule,
     LayerBound,
     LipschitzBound,
     LipschitzEstimate,
@@ -25,6 +29,7 @@ from lpc_geom.analysis.robustness.lipschitz import (
     UnboundedLipschitzError,
     chain_rule,
     constant_rule,
+    elementwise_rule,
     lipschitz_lower_bound,
     lipschitz_upper_bound,
     register_lipschitz_rule,
@@ -39,8 +44,11 @@ from lpc_geom.analysis.robustness.report import (
 )
 
 __all__ = [
+    "FUNCTION_RULES",
     "LIPSCHITZ_RULES",
     "DeepFoolResult",
+    "FunctionCall",
+    "FunctionRule",
     "LayerBound",
     "LipschitzBound",
     "LipschitzEstimate",
@@ -53,6 +61,7 @@ __all__ = [
     "chain_rule",
     "constant_rule",
     "deepfool",
+    "elementwise_rule",
     "lipschitz_lower_bound",
     "lipschitz_upper_bound",
     "logit_margins",

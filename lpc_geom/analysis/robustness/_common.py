@@ -1,4 +1,4 @@
-"""Helpers shared by the robustness measures: reading logits, evaluation mode, placement."""
+"""Helpers shared by the robustness measures: reading logits, evaluation mode, placement, Lipschitz errors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+
+class LipschitzRuleError(TypeError):
+    """No Lipschitz rule covers a module or a traced node (or a rule does not match what it covers)."""
+
+
+class UnboundedLipschitzError(ValueError):
+    """The module has no finite global Lipschitz constant (e.g. a normalisation)."""
 
 
 def logits_of(output: object) -> torch.Tensor:
@@ -34,6 +42,23 @@ def logits_of(output: object) -> torch.Tensor:
     if logits.dim() != 2:
         raise TypeError(f"logits must have shape (N, K), got {tuple(logits.shape)}")
     return logits
+
+
+def primary_output(output: object) -> torch.Tensor:
+    """The tensor a Lipschitz bound of a module describes: the logits, the first entry of a tuple, or the tensor.
+
+    Parameters
+    ----------
+    output : Tensor, object with ``logits``, or tuple
+        What a module returned.
+
+    Returns
+    -------
+    Tensor
+    """
+    if isinstance(output, tuple) and not hasattr(output, "logits"):
+        output = output[0]
+    return output if isinstance(output, torch.Tensor) else logits_of(output)
 
 
 @contextmanager

@@ -17,7 +17,8 @@ Conv1d/2d/3d (zero padding)        norm of the circular convolution containing i
 BatchNorm (eval, running stats)    :math:`\max_c |\gamma_c| / \sqrt{\operatorname{var}_c + \epsilon}`
 ReLU, Tanh, Softplus, ...          1; LeakyReLU :math:`\max(1, |a|)`; SiLU 1.09984 (the maximum of
                                    :math:`\sigma(x)(1 + x(1 - \sigma(x)))`, at :math:`x \approx 2.40`);
-                                   GELU 1.129; Mish 1.0885; Sigmoid 1/4; ...
+                                   GELU 1.129; Mish 1.0885; Sigmoid 1/4; ... (the same constants as
+                                   their functional forms, ``ACTIVATION_CONSTANTS``)
 Avg poolings / max poolings        Schur test / :math:`\sqrt{\text{window multiplicity}}`
 Identity, Flatten, Dropout (eval)  1
 Sequential, lpc_geom backbones,    products / residual sums of their parts
@@ -25,10 +26,17 @@ heads and Classifier
 CosineClassifier, LayerNorm, ...   no finite global bound: :class:`UnboundedLipschitzError`
 =================================  ==========================================================
 
-A module without a rule raises :class:`LipschitzRuleError` rather than guessing. New types are added
-with :func:`register_lipschitz_rule`, most simply through :func:`chain_rule` (``forward`` applies some
-attributes in order) or :func:`residual_rule`; those two check the declared structure against the
-module's real ``forward`` on a random input before trusting it.
+Any model. A module without a rule of its own (a model written in functional style, with ``F.relu``,
+``torch.flatten`` or a residual add inside ``forward``) is traced with :mod:`torch.fx` and bounded node
+by node, the submodules that have rules staying single nodes: compositions multiply, sums add,
+concatenations combine in quadrature, and every function, method and activation has its rule (see
+:mod:`lpc_geom.analysis.robustness._fx_lipschitz` for the table and the soundness checks). The module
+rules remain what bounds a model that cannot be traced (data-dependent control flow). A node or
+module without a rule raises :class:`LipschitzRuleError` naming it (and its code line) rather than
+guessing. Rules are added with :func:`register_lipschitz_rule`: for module types (most simply
+through :func:`chain_rule` or :func:`residual_rule`, which check the declared structure against the
+module's real ``forward`` on a random input before trusting it) and for functions and tensor methods
+(:class:`FunctionCall` rules, e.g. :func:`elementwise_rule`).
 
 Lower bound. Wherever :math:`f` is differentiable, :math:`\lVert J_f(x)\rVert_2 \le \operatorname{Lip}(f)`,
 so :func:`lipschitz_lower_bound` reports :math:`\max_x \sigma_{\max}(J_C(x))` over a data set, with
@@ -47,27 +55,44 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from lpc_geom.analysis.robustness._common import (
+    LipschitzRuleError,
+    UnboundedLipschitzError,
     as_model_input,
     evaluation_mode,
     logits_of,
     model_placement,
+    primary_output,
+)
+from lpc_geom.analysis.robustness._fx_lipschitz import (
+    ACTIVATION_CONSTANTS,
+    FUNCTION_RULES,
+    NORMALISATION_REASON,
+    FunctionCall,
+    FunctionRule,
+    elementwise_rule,
+    register_function_rule,
+    traced_bound,
 )
 from lpc_geom.analysis.robustness.spectral import (
     adaptive_window_multiplicity,
-    conv_fft_cost,
-    conv_matrix_norm,
-    conv_operator_norm,
+    batch_norm_norm,
+    conv_layer_norm,
     matrix_spectral_norm,
+    max_pool_norm_bound,
     nonnegative_operator_norm_bound,
     window_multiplicity,
 )
 from lpc_geom.models.backbones import MLP, BasicBlock, Bottleneck, CNN1d, ResNet
 from lpc_geom.models.base import Classifier
+from lpc_geom.models.geometry.sphere import SphereHead
 from lpc_geom.models.geometry.stiefel import StiefelHead, StiefelLinear
 from lpc_geom.models.heads import CosineClassifier, EuclideanHead
 
 __all__ = [
+    "FUNCTION_RULES",
     "LIPSCHITZ_RULES",
+    "FunctionCall",
+    "FunctionRule",
     "LayerBound",
     "LipschitzBound",
     "LipschitzEstimate",
@@ -77,20 +102,13 @@ __all__ = [
     "UnboundedLipschitzError",
     "chain_rule",
     "constant_rule",
+    "elementwise_rule",
     "lipschitz_lower_bound",
     "lipschitz_upper_bound",
     "register_lipschitz_rule",
     "residual_rule",
     "unbounded_rule",
 ]
-
-
-class LipschitzRuleError(TypeError):
-    """A module type has no Lipschitz rule (or a rule that does not match the module)."""
-
-
-class UnboundedLipschitzError(ValueError):
-    """The module has no finite global Lipschitz constant (e.g. a normalisation)."""
 
 
 @dataclass(frozen=True)
@@ -170,19 +188,27 @@ LipschitzRule = Callable[[nn.Module, tuple[int, ...], "LipschitzWalker"], float]
 LIPSCHITZ_RULES: dict[type[nn.Module], LipschitzRule] = {}
 
 
-def register_lipschitz_rule(module_type: type[nn.Module], rule: LipschitzRule | None = None, *,
-                            replace: bool = False):
-    """Register the Lipschitz rule of a module type (usable as a decorator).
+def register_lipschitz_rule(target: type[nn.Module] | Callable | str, rule: LipschitzRule | FunctionRule | None = None,
+                            *, replace: bool = False):
+    """Register the Lipschitz rule of a module type, a function or a tensor method (usable as a decorator).
 
-    A rule is called as ``rule(module, input_shape, walker)`` and returns an upper bound on the L2
-    Lipschitz constant of ``module`` on inputs of shape ``(N, *input_shape)`` (in eval mode). It gets
-    the constants of submodules from ``walker.bound(sub, shape)`` and intermediate shapes from
-    ``walker.output_shape(sub, shape)``. Rules match the *exact* type: a subclass may override
-    ``forward`` and needs its own rule.
+    *Module rules* (``target`` a module class) are called as ``rule(module, input_shape, walker)`` and
+    return an upper bound on the L2 Lipschitz constant of ``module`` on inputs of shape
+    ``(N, *input_shape)`` (in eval mode). They get the constants of submodules from
+    ``walker.bound(sub, shape)`` and intermediate shapes from ``walker.output_shape(sub, shape)``. They
+    match the *exact* type: a subclass may override ``forward`` and needs its own rule. A module with a
+    rule stays one node when a model around it is traced.
+
+    *Function rules* (``target`` a function, e.g. ``torch.erf`` or a Python function of your own, or a
+    tensor method's name such as ``"erf"``) cover one node of a traced graph: they are called as
+    ``rule(call)`` with a :class:`FunctionCall` (the node's argument values, their bounds with respect
+    to the model input, its output) and return the bound of the output with respect to the model input,
+    e.g. ``elementwise_rule(c)`` for an element-wise :math:`c`-Lipschitz map. A Python function with a
+    rule is not traced into.
 
     Parameters
     ----------
-    module_type : type
+    target : module class, callable or str
     rule : callable, optional
         Omitted, a decorator is returned.
     replace : bool, default False
@@ -192,6 +218,9 @@ def register_lipschitz_rule(module_type: type[nn.Module], rule: LipschitzRule | 
     -------
     The rule (or a decorator registering one).
     """
+    if not (isinstance(target, type) and issubclass(target, nn.Module)):
+        return register_function_rule(target, rule, replace=replace)
+    module_type = target
 
     def register(fn: LipschitzRule) -> LipschitzRule:
         if not callable(fn):
@@ -213,32 +242,42 @@ class LipschitzWalker:
     root : nn.Module
         The model (used to name submodules).
     rules : mapping, optional
-        Rules that take precedence over :data:`LIPSCHITZ_RULES` for this walk.
+        Rules that take precedence over the registries for this walk: module classes to module rules,
+        functions or method names to function rules (see :func:`register_lipschitz_rule`).
     device, dtype : optional
         Where and in which dtype shape probes run (default: those of ``root``).
     """
 
-    def __init__(self, root: nn.Module, rules: Mapping[type[nn.Module], LipschitzRule] | None = None,
+    def __init__(self, root: nn.Module, rules: Mapping[type[nn.Module] | Callable | str, Callable] | None = None,
                  device: torch.device | None = None, dtype: torch.dtype | None = None):
         root_device, root_dtype = model_placement(root)
         self.device = root_device if device is None else device
         self.dtype = root_dtype if dtype is None else dtype
-        self.rules = dict(rules or {})
+        extra = dict(rules or {})
+        self.rules = {k: r for k, r in extra.items() if isinstance(k, type) and issubclass(k, nn.Module)}
+        self.function_rules: dict[Callable | str, FunctionRule] = {
+            **FUNCTION_RULES, **{k: r for k, r in extra.items() if k not in self.rules}}
         self.layers: list[LayerBound] = []
         self._names = {id(m): name for name, m in root.named_modules(remove_duplicate=False)}
 
-    def rule_for(self, module: nn.Module) -> LipschitzRule:
-        """The rule of ``module``'s exact type (parametrized modules use their original class's rule)."""
+    def _module_rule(self, module: nn.Module) -> LipschitzRule | None:
         cls = type(module)
         if parametrize.is_parametrized(module):
             cls = cls.__bases__[0]
-        rule = self.rules.get(cls) or LIPSCHITZ_RULES.get(cls)
-        if rule is None:
-            raise LipschitzRuleError(
-                f"no Lipschitz rule for module {self.name(module)!r} of type {cls.__module__}.{cls.__name__}; "
-                "register one with lpc_geom.analysis.robustness.register_lipschitz_rule (e.g. chain_rule or "
-                "residual_rule for a module whose forward composes its submodules)")
-        return rule
+        return self.rules.get(cls) or LIPSCHITZ_RULES.get(cls)
+
+    def has_rule(self, module: nn.Module) -> bool:
+        """Whether ``module``'s exact type (parametrized: its original class) has a module rule."""
+        return self._module_rule(module) is not None
+
+    def rule_for(self, module: nn.Module) -> LipschitzRule:
+        """The module rule of ``module``'s exact type, or else the bound of its torch.fx graph.
+
+        Parametrized modules use their original class's rule. A module without a rule is traced and
+        bounded node by node (see :mod:`._fx_lipschitz`); where it cannot be traced, or a node has no
+        rule, :class:`LipschitzRuleError` names the module or node and how to register a rule.
+        """
+        return self._module_rule(module) or traced_bound
 
     def name(self, module: nn.Module) -> str:
         """Qualified name of ``module`` in the root model."""
@@ -259,8 +298,7 @@ class LipschitzWalker:
         """Run ``module`` on one all-zero input of shape ``input_shape``; the output as a tensor."""
         x = torch.zeros((1, *input_shape), device=self.device, dtype=self.dtype)
         with torch.no_grad():
-            out = module(x)
-        return out[0] if isinstance(out, tuple) and not hasattr(out, "logits") else _tensor_of(out)
+            return primary_output(module(x))
 
     def output_shape(self, module: nn.Module, input_shape: Sequence[int]) -> tuple[int, ...]:
         """Shape of one output of ``module`` for one input of shape ``input_shape``."""
@@ -289,13 +327,14 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: int | Sequence[int], *,
     Parameters
     ----------
     model : nn.Module
-        Any module covered by the rules (``torch.nn`` layers, the lpc_geom backbones, Euclidean heads
-        with a linear classifier, :class:`~lpc_geom.models.base.Classifier`). Its train/eval flags are
-        restored afterwards.
+        Any model whose modules and traced nodes the rules cover (``torch.nn`` layers, functional
+        forwards, the lpc_geom backbones, Euclidean and Stiefel heads with a linear classifier,
+        :class:`~lpc_geom.models.base.Classifier`). Its train/eval flags are restored afterwards.
     input_shape : int or sequence of int
         Shape of one input (no batch axis); convolution bounds depend on it.
     rules : mapping, optional
-        Extra ``{type: rule}`` for this call, taking precedence over the registry.
+        Extra rules for this call, taking precedence over the registries: ``{module type: module rule}``
+        and ``{function or method name: function rule}`` (see :func:`register_lipschitz_rule`).
 
     Returns
     -------
@@ -304,8 +343,9 @@ def lipschitz_upper_bound(model: nn.Module, input_shape: int | Sequence[int], *,
     Raises
     ------
     LipschitzRuleError
-        A module type has no rule, or a :func:`chain_rule`/:func:`residual_rule` does not reproduce the
-        module's forward.
+        A module without a rule cannot be traced, a traced node has no rule (or would make the bound
+        unsound: a product of input-dependent values, mixing samples, random dropout, ...), or a
+        :func:`chain_rule`/:func:`residual_rule` or a trace does not reproduce the module's forward.
     UnboundedLipschitzError
         The model contains a module without a finite global constant: a cosine classifier (the
         normalisation :math:`z \mapsto z/\lVert z\rVert` has constant :math:`1/\lVert z\rVert`, unbounded
@@ -517,25 +557,9 @@ def _conv(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, input_shape: tuple[int, ...
     if len(input_shape) != d + 1:
         raise ValueError(f"{walker.name(module)!r} expects inputs of shape (C, *{d} spatial sizes), "
                          f"got {input_shape}")
-    kernel, dilation = module.kernel_size, module.dilation
-    if module.padding == "valid":
-        left = total_pad = (0,) * d
-    elif module.padding == "same":  # PyTorch pads total // 2 before and the rest after
-        total_pad = tuple(dil * (k - 1) for k, dil in zip(kernel, dilation, strict=True))
-        left = tuple(p // 2 for p in total_pad)
-    else:
-        left, total_pad = tuple(module.padding), tuple(2 * p for p in module.padding)
-    c_out, c_in_g = module.weight.shape[:2]
-    fft_cost = conv_fft_cost(c_out, c_in_g, module.groups, kernel, input_shape[1:], module.stride, total_pad)
-    out_shape = walker.output_shape(module, input_shape)
-    n_in, n_out = math.prod(input_shape), math.prod(out_shape)
-    dense_cost = float(min(n_in, n_out)) ** 3 + float(n_in) * n_out * math.prod(kernel)
-    if dense_cost < fft_cost:
-        # Small feature maps (the last stages of a ResNet): the exact norm of the layer is cheaper.
-        return conv_matrix_norm(module.weight, input_shape[1:], stride=module.stride, padding_left=left,
-                                output_size=out_shape[1:], dilation=dilation, groups=module.groups)
-    return conv_operator_norm(module.weight, input_shape[1:], stride=module.stride, padding=total_pad,
-                              dilation=dilation, groups=module.groups)
+    return conv_layer_norm(module.weight, input_shape, walker.output_shape(module, input_shape),
+                           stride=module.stride, padding=module.padding, dilation=module.dilation,
+                           groups=module.groups)
 
 
 def _batch_norm(module: nn.modules.batchnorm._BatchNorm, input_shape: tuple[int, ...],
@@ -544,10 +568,7 @@ def _batch_norm(module: nn.modules.batchnorm._BatchNorm, input_shape: tuple[int,
         raise UnboundedLipschitzError(
             f"{walker.name(module)!r}: batch norm without running statistics normalises with the batch's "
             "own statistics even in eval mode, so a sample's output is not a fixed function of it")
-    scale = (module.running_var.detach().double() + module.eps).rsqrt()
-    if module.weight is not None:
-        scale = scale * module.weight.detach().double().abs()
-    return float(scale.max()) if scale.numel() else 0.0
+    return batch_norm_norm(module.running_var, module.weight, module.eps)
 
 
 def _avg_pool(module: nn.Module, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
@@ -572,10 +593,8 @@ def _max_pool(d: int) -> LipschitzRule:
         kernel = _tuple(module.kernel_size, d)
         stride = _tuple(module.stride if module.stride is not None else module.kernel_size, d)
         padding, dilation = _tuple(module.padding, d), _tuple(module.dilation, d)
-        m = math.prod(window_multiplicity(*args) for args in zip(size, out, kernel, stride, padding, dilation,
-                                                                 strict=True))
-        # |max_w x - max_w y| <= max_w |x - y|; summing squares over windows counts each input m times.
-        return math.sqrt(m)
+        return max_pool_norm_bound([window_multiplicity(*args) for args in zip(size, out, kernel, stride, padding,
+                                                                               dilation, strict=True)])
 
     return rule
 
@@ -583,7 +602,7 @@ def _max_pool(d: int) -> LipschitzRule:
 def _adaptive_max_pool(d: int) -> LipschitzRule:
     def rule(module: nn.Module, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
         size, out = _spatial(module, input_shape, walker, d)
-        return math.sqrt(math.prod(adaptive_window_multiplicity(n, o) for n, o in zip(size, out, strict=True)))
+        return max_pool_norm_bound([adaptive_window_multiplicity(n, o) for n, o in zip(size, out, strict=True)])
 
     return rule
 
@@ -598,6 +617,12 @@ def _elu(module: nn.ELU, input_shape: tuple[int, ...], walker: LipschitzWalker) 
 
 def _prelu(module: nn.PReLU, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
     return max(1.0, float(module.weight.detach().abs().max()))
+
+
+def _celu(module: nn.CELU, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
+    if module.alpha <= 0:
+        raise UnboundedLipschitzError(f"{walker.name(module)!r}: CELU with alpha <= 0 grows exponentially")
+    return 1.0
 
 
 def _rrelu(module: nn.RReLU, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
@@ -617,19 +642,16 @@ def _cnn1d(module: CNN1d, input_shape: tuple[int, ...], walker: LipschitzWalker)
 def _register_defaults() -> None:
     one = constant_rule(1.0)
     for cls in (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
-                nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.ReLU, nn.ReLU6, nn.Tanh,
-                nn.Hardtanh, nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Softshrink,
-                nn.CELU):
+                nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout):
         register_lipschitz_rule(cls, one)
-    # Suprema of |phi'(x)|, rounded up (SiLU: 1.0998393..., GELU: 1.1289041 (erf) / 1.1289931 (tanh
-    # approximation), Mish: 1.0884982...).
-    register_lipschitz_rule(nn.SiLU, constant_rule(1.09984))
-    register_lipschitz_rule(nn.GELU, constant_rule(1.12900))
-    register_lipschitz_rule(nn.Mish, constant_rule(1.08850))
-    register_lipschitz_rule(nn.Sigmoid, constant_rule(0.25))
-    register_lipschitz_rule(nn.Hardsigmoid, constant_rule(1.0 / 6.0))
-    register_lipschitz_rule(nn.Hardswish, constant_rule(1.5))
-    register_lipschitz_rule(nn.SELU, constant_rule(1.0507009873554805 * 1.6732632423543772))
+    activations = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Tanh: "tanh", nn.Hardtanh: "hardtanh",
+                   nn.Softplus: "softplus", nn.Softsign: "softsign", nn.LogSigmoid: "logsigmoid",
+                   nn.Tanhshrink: "tanhshrink", nn.Softshrink: "softshrink", nn.SiLU: "silu", nn.GELU: "gelu",
+                   nn.Mish: "mish", nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid",
+                   nn.Hardswish: "hardswish", nn.SELU: "selu"}
+    for cls, name in activations.items():
+        register_lipschitz_rule(cls, constant_rule(ACTIVATION_CONSTANTS[name]))
+    register_lipschitz_rule(nn.CELU, _celu)
     register_lipschitz_rule(nn.LeakyReLU, _leaky_relu)
     register_lipschitz_rule(nn.ELU, _elu)
     register_lipschitz_rule(nn.PReLU, _prelu)
@@ -646,9 +668,7 @@ def _register_defaults() -> None:
         register_lipschitz_rule(cls, _max_pool(d))
     for d, cls in enumerate((nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d), start=1):
         register_lipschitz_rule(cls, _adaptive_max_pool(d))
-    normalisation = unbounded_rule(
-        "normalising by a statistic of the input itself (x -> x / s(x)) has a local Lipschitz constant "
-        "that grows without bound as s(x) -> 0, so no finite global bound exists")
+    normalisation = unbounded_rule(NORMALISATION_REASON)
     for cls in (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
         register_lipschitz_rule(cls, normalisation)
 
@@ -664,6 +684,9 @@ def _register_defaults() -> None:
         "cosine logits normalise the latents, and z -> z/||z|| has local Lipschitz constant 1/||z||, "
         "unbounded near z = 0 (the eps floor only caps it at about 1/eps), so there is no meaningful "
         "global bound and no certified radius for cosine (ArcFace/CosFace) heads"))
+    register_lipschitz_rule(SphereHead, unbounded_rule(
+        "the sphere head normalises the latents, u = v/||v||, whose local Lipschitz constant 1/||v|| is "
+        "unbounded near v = 0 (the eps floor only caps it at about 1/eps)"))
     register_lipschitz_rule(StiefelLinear, _stiefel_linear)
     register_lipschitz_rule(StiefelHead, chain_rule("projection", "classifier"))
     register_lipschitz_rule(MLP, chain_rule("net"))

@@ -68,7 +68,7 @@ def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
         shortest misclassified point on the segment to DeepFool's, a tighter upper bound on the minimal
         distance) and ``deepfool_median_refine_scale`` (their ratio to DeepFool's norms; well below 1
         when DeepFool's linear steps overshoot). With ``lipschitz``: ``lipschitz_upper`` (certified; ``inf`` for a
-        model with no finite bound, e.g. a cosine head; NaN when a module has no rule, with a
+        model with no finite bound, e.g. a cosine head; NaN when a module or traced node has no rule, with a
         warning), ``lipschitz_lower`` (empirical), ``lipschitz_looseness`` (upper / lower),
         ``margin_mean``, ``certified_radius_mean``, ``certified_radius_median``. With ``labels``:
         ``accuracy``, and per budget ``e``: ``deepfool_accuracy@e`` (correct and not fooled by DeepFool

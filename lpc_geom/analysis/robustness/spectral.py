@@ -30,10 +30,13 @@ import torch
 
 __all__ = [
     "adaptive_window_multiplicity",
+    "batch_norm_norm",
     "conv_fft_cost",
+    "conv_layer_norm",
     "conv_matrix_norm",
     "conv_operator_norm",
     "matrix_spectral_norm",
+    "max_pool_norm_bound",
     "nonnegative_operator_norm_bound",
     "window_multiplicity",
 ]
@@ -72,7 +75,8 @@ def conv_matrix_norm(weight: torch.Tensor, input_size: Sequence[int], *, stride:
 
     .. math:: A = \sum_{j} K[:, :, j] \otimes igotimes_d S^{(d)}_{j_d},
 
-    (block-diagonal over groups), and :math:`\lVert AVert_2` is the root of the largest eigenvalue of
+    (block-diagonal over groups), and :math:`\lVert A
+Vert_2` is the root of the largest eigenvalue of
     its smaller Gram matrix. Cost :math:`O(|	ext{taps}|\, D_{in} D_{out} + \min(D_{in}, D_{out})^3)`:
     exact and cheaper than :func:`conv_operator_norm` on 1x1 or 2x2 maps (the last ResNet stage).
 
@@ -189,6 +193,77 @@ def conv_operator_norm(weight: torch.Tensor, input_size: Sequence[int], *, strid
     return max(_largest_singular_value(mats[i:i + chunk]) for i in range(0, mats.shape[0], chunk))
 
 
+def conv_layer_norm(weight: torch.Tensor, input_shape: Sequence[int], output_shape: Sequence[int], *,
+                    stride: Sequence[int], padding: str | Sequence[int], dilation: Sequence[int],
+                    groups: int = 1) -> float:
+    r"""Upper bound on the L2 norm of one zero-padded convolution layer, by the cheaper exact method.
+
+    :func:`conv_matrix_norm` (exact for the layer itself) when its cost
+    :math:`\min(D_{in}, D_{out})^3 + D_{in} D_{out} |\text{taps}|` is below that of
+    :func:`conv_operator_norm` (exact for the circular operator containing the layer), else the latter.
+
+    Parameters
+    ----------
+    weight : Tensor, shape (C_out, C_in / groups, *kernel)
+    input_shape, output_shape : sequence of int
+        Shapes of one input and one output, channels first (no batch axis).
+    stride, dilation : sequence of int
+        Per spatial dimension.
+    padding : "same", "valid" or sequence of int
+        As :class:`torch.nn.Conv2d` takes it (per side, per spatial dimension).
+    groups : int, default 1
+
+    Returns
+    -------
+    float
+    """
+    d = weight.dim() - 2
+    if len(input_shape) != d + 1 or len(output_shape) != d + 1:
+        raise ValueError(f"a {d}-D convolution reads inputs of shape (C, *{d} spatial sizes), got "
+                         f"{tuple(input_shape)} -> {tuple(output_shape)}")
+    kernel = tuple(weight.shape[2:])
+    if padding == "valid":
+        left = total_pad = (0,) * d
+    elif padding == "same":  # PyTorch pads total // 2 before and the rest after
+        total_pad = tuple(dil * (k - 1) for k, dil in zip(kernel, dilation, strict=True))
+        left = tuple(p // 2 for p in total_pad)
+    else:
+        left, total_pad = tuple(padding), tuple(2 * p for p in padding)
+    c_out, c_in_g = weight.shape[:2]
+    fft_cost = conv_fft_cost(c_out, c_in_g, groups, kernel, input_shape[1:], stride, total_pad)
+    n_in, n_out = math.prod(input_shape), math.prod(output_shape)
+    dense_cost = float(min(n_in, n_out)) ** 3 + float(n_in) * n_out * math.prod(kernel)
+    if dense_cost < fft_cost:
+        # Small feature maps (the last stages of a ResNet): the exact norm of the layer is cheaper.
+        return conv_matrix_norm(weight, input_shape[1:], stride=stride, padding_left=left,
+                                output_size=output_shape[1:], dilation=dilation, groups=groups)
+    return conv_operator_norm(weight, input_shape[1:], stride=stride, padding=total_pad, dilation=dilation,
+                              groups=groups)
+
+
+def batch_norm_norm(running_var: torch.Tensor, weight: torch.Tensor | None, eps: float) -> float:
+    r"""Norm of eval-mode batch norm's linear part, :math:`\max_c |\gamma_c| / \sqrt{v_c + \epsilon}`.
+
+    With running variances :math:`v_c`, the layer is :math:`x \mapsto \gamma (x - \mu)/\sqrt{v + \epsilon} + \beta` per
+    channel, a diagonal map plus a constant.
+
+    Parameters
+    ----------
+    running_var : Tensor, shape (C,)
+    weight : Tensor, shape (C,), or None
+        :math:`\gamma` (None: 1).
+    eps : float
+
+    Returns
+    -------
+    float
+    """
+    scale = (running_var.detach().double() + eps).rsqrt()
+    if weight is not None:
+        scale = scale * weight.detach().double().abs()
+    return float(scale.max()) if scale.numel() else 0.0
+
+
 def _largest_singular_value(mats: torch.Tensor) -> float:
     """``max_b sigma_max(mats[b])`` via the largest eigenvalue of the smaller Gram matrix.
 
@@ -246,6 +321,25 @@ def window_multiplicity(size: int, out_size: int, kernel: int, stride: int, padd
             if 0 <= i < size:
                 counts[i] += 1
     return max(counts, default=0)
+
+
+def max_pool_norm_bound(multiplicities: Sequence[int]) -> float:
+    r"""Lipschitz bound of a max pooling whose windows hold each input at most :math:`m_d` times per axis.
+
+    :math:`|\max_w x - \max_w y| \le \max_w |x - y|`, and summing the squares over all windows counts
+    every input at most :math:`m = \prod_d m_d` times, so the bound is :math:`\sqrt m` (1 for
+    non-overlapping windows).
+
+    Parameters
+    ----------
+    multiplicities : sequence of int
+        :func:`window_multiplicity` or :func:`adaptive_window_multiplicity` of each pooled axis.
+
+    Returns
+    -------
+    float
+    """
+    return math.sqrt(math.prod(multiplicities))
 
 
 def adaptive_window_multiplicity(size: int, out_size: int) -> int:
