@@ -53,7 +53,7 @@ import numpy as np
 
 from lpc_geom.config import TrainConfig, load_config, parse_override
 from lpc_geom.experiments.executors import EXECUTORS, SweepExecutor, make_executor
-from lpc_geom.experiments.sweep import Job, aggregate, default_workers, run_jobs
+from lpc_geom.experiments.sweep import Job, aggregate, default_workers, exit_status, failure_lines, run_jobs
 from lpc_geom.experiments.tables import csv_text
 from lpc_geom.train.checkpoint import write_json, write_text
 
@@ -666,9 +666,6 @@ def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = N
     records = [by_name[job.name] for job in jobs]
     for line in warning_summary(records):
         log(f"warning in {line}")
-    for record in records:
-        if record["status"] != "ok":
-            log(f"FAILED {record['name']}: {record['error']} (traceback in {record['run_dir']}/record.json)")
     cells = cell_rows(records)
     loaded = _load_runs(records)
     gw = gw_matrices(loaded)
@@ -703,6 +700,9 @@ def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = N
         f"analysis.json; figures in {(out / 'figures').resolve()}"
         + (f" ({', '.join(p.name for p in figures)})" if figures else " (none)")
         + f"; one directory per run in {(out / 'runs').resolve()}. Took {seconds:.0f} s.")
+    failures = failure_lines(records)
+    if failures:  # last, where they are seen; the exit status says the same (cli)
+        log("\n" + "\n".join(failures) + "\nlaunch the same command again to retry them")
     return CompareResult(out, records, cells, table, gw, correlation, figures, seconds)
 
 
@@ -739,7 +739,11 @@ def build_parser() -> argparse.ArgumentParser:
                "      --backbone resnet18 --set epochs=200 --executor submitit --slurm-partition gpu "
                "--gpus-per-node 1\n"
                "Outputs (under --out): table.md, runs.csv/json, cells.csv/json, analysis.json, figures/*.png, "
-               "runs/<geometry>__<optimiser>__seed<k>/.",
+               "runs/<geometry>__<optimiser>__seed<k>/.\n"
+               "Exit status: 0 when every run finished, 1 when any failed (listed at the end; the same command "
+               "retries them), 130 on Ctrl-C. Half-trained runs resume from their checkpoints; a run whose "
+               "worker process died is retried once; with --executor submitit a run that reaches "
+               "--timeout-min is requeued and resumes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     grid = parser.add_argument_group("grid")
@@ -848,7 +852,7 @@ def executor_from_args(args: argparse.Namespace) -> SweepExecutor:
 
 
 def main(argv: Sequence[str] | None = None) -> CompareResult:
-    """Command-line entry point (``benchmarks/compare_manifolds.py``)."""
+    """Run the comparison a command line describes; returns its result (:func:`cli` adds the exit status)."""
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
     executor = executor_from_args(args)
@@ -856,5 +860,20 @@ def main(argv: Sequence[str] | None = None) -> CompareResult:
                        log=partial(print, flush=True))
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``benchmarks/compare_manifolds.py``); returns the exit status.
+
+    0 when every run finished, 1 when any failed (they are listed at the end), 130 on Ctrl-C (the workers
+    are stopped; the same command resumes).
+    """
+    try:
+        result = main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted; launch the same command again to go on (finished runs are reused, half-trained "
+              "ones resume from their checkpoints)", file=sys.stderr, flush=True)
+        return 130
+    return exit_status(result.records)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
+    sys.exit(cli(sys.argv[1:]))
