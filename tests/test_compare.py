@@ -68,7 +68,10 @@ def test_pipeline_tiny_grid_resumes_and_records_failures(tmp_path, capsys):
     assert "| stiefel | default (auto) | 0 (2 failed) |" in table
     assert "Euclidean LPC vs NoPen" in table
     printed = capsys.readouterr().out
-    assert result.table in printed and str(out.resolve()) in printed and "FAILED stiefel" in printed
+    assert result.table in printed and str(out.resolve()) in printed
+    ending = printed.rsplit("Took", 1)[1]  # the failures are listed last
+    assert "4 of 20 runs failed" in ending and "\n  stiefel__kfac__seed1: ValueError: " in ending
+    assert compare.exit_status(result.records) == 1
 
     # GW matrices over the finished geometries, diagonal = seed vs seed; figures
     gw = json.loads((out / "analysis.json").read_text())["gw"]

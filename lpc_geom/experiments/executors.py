@@ -9,8 +9,8 @@ calls go on, and the outcome lists the deaths before it. :func:`lpc_geom.experim
 one caller in this package; the same job function runs under every executor, so a sweep that works locally
 runs unchanged on a cluster.
 
-- :class:`LocalExecutor`: one fresh local process per call, ``workers`` at a time (each run with one
-  intra-op thread), or this very process when ``workers == 1``. The processes die with the sweep: a
+- :class:`LocalExecutor`: ``workers`` local worker processes, one call at a time each (each run with one
+  intra-op thread), or this very process when ``workers == 1``. The workers die with the sweep: a
   SIGKILLed sweep leaves no worker behind.
 - :class:`SubmititExecutor`: `submitit <https://github.com/facebookincubator/submitit>`_'s
   ``AutoExecutor``: Slurm when ``sbatch`` is available, otherwise local subprocesses; ``cluster="local"``
@@ -108,6 +108,8 @@ class SweepExecutor(abc.ABC, Generic[H]):
         (for jobs that own their CPUs: in-process runs and cluster jobs).
     max_in_flight : int or None
         Calls started and unfinished at a time; None: all at once.
+    forks_workers : bool
+        Whether the calls run in processes forked from this one.
     retries : int
         How many times a call whose process died is started again (default 1). A call that raised is
         not: it would raise again.
@@ -116,6 +118,11 @@ class SweepExecutor(abc.ABC, Generic[H]):
     threads_per_job: int | None = None
     max_in_flight: int | None = None
     retries: int = 1
+
+    @property
+    def forks_workers(self) -> bool:
+        """Whether the calls run in processes forked from this one (which inherit its imported modules)."""
+        return False
 
     def run(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[Outcome]:
         """Apply ``fn`` to every item; yield one :class:`Outcome` per item in completion order.
@@ -150,10 +157,11 @@ class SweepExecutor(abc.ABC, Generic[H]):
                         deaths[index].append(str(value))
                         queue.appendleft((index, item))  # first in line: the others already had their turn
                         continue
+                    if not queue:
+                        self._nothing_queued()
                     yield Outcome(index, value, tuple(deaths[index]))
         finally:
-            if running:
-                self._abandon(list(running))
+            self._abandon(list(running))
 
     @abc.abstractmethod
     def _start(self, fn: Callable[[T], R], items: list[T]) -> list[H]:
@@ -164,8 +172,11 @@ class SweepExecutor(abc.ABC, Generic[H]):
         """Wait until at least one running call finished; its ``(handle, value)`` pairs (value as in
         :class:`Outcome`, a :class:`WorkerDied` for a dead process)."""
 
+    def _nothing_queued(self) -> None:
+        """Every call left has started: resources waiting for more (idle workers) may go."""
+
     def _abandon(self, running: list[H]) -> None:
-        """Stop caring about unfinished calls (the iterator was closed before they finished).
+        """The iterator ends; ``running`` holds the calls that did not finish (it was closed early).
 
         By default they are left to finish: cluster jobs outlive the sweep that submitted them, and a
         re-launched sweep reuses what they finished.
@@ -231,20 +242,29 @@ def die_with_parent(parent_pid: int) -> None:
     _start_parent_watchdog(parent_pid, signal_first=not kernel)
 
 
-def _worker_main(conn: Connection, fn: Callable[[T], R], item: T, parent_pid: int) -> None:
-    """Body of a worker process: run ``fn(item)`` and send back ``(True, value)`` or ``(False, exception)``."""
+def _worker_main(conn: Connection, fn: Callable[[T], R], parent_pid: int) -> None:
+    """Body of a worker process: answer every item received with ``(fn(item),)``, or ``(exception,)``.
+
+    None or a closed pipe ends the worker.
+    """
     die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: let the sweep decide (it stops its workers with SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        message: tuple[bool, Any] = (True, fn(item))
-    except Exception as exc:
-        message = (False, exc)
-    try:
-        conn.send(message)
-    except Exception as exc:  # an unpicklable value or exception: say so instead of dying silently
-        conn.send((False, RuntimeError(f"the result of the call could not be sent back: {exc!r}")))
-    conn.close()
+    while True:
+        try:
+            item = conn.recv()
+        except EOFError:
+            return
+        if item is None:
+            return
+        try:
+            answer: tuple[Any] = (fn(item),)
+        except Exception as exc:
+            answer = (exc,)
+        try:
+            conn.send(answer)
+        except Exception as exc:  # an unpicklable value or exception: say so instead of dying silently
+            conn.send((RuntimeError(f"the result of the call could not be sent back: {exc!r}"),))
 
 
 class _Worker(NamedTuple):
@@ -252,21 +272,30 @@ class _Worker(NamedTuple):
     conn: Connection
 
 
-class LocalExecutor(SweepExecutor[_Worker]):
-    """Jobs in local processes, ``workers`` at a time (one intra-op thread each), or here if ``workers == 1``.
+class _Call(NamedTuple):
+    """A handle of :class:`LocalExecutor`: the worker running the call (one call at a time each)."""
+
+    number: int  # handles must be distinct even when a worker runs several calls
+    worker: _Worker
+
+
+class LocalExecutor(SweepExecutor[_Call]):
+    """Jobs in up to ``workers`` local worker processes (one intra-op thread each), or here if ``workers == 1``.
 
     Parameters
     ----------
     workers : int, default 1
-        Processes at a time. With 1, jobs run here one after the other and keep torch's thread setting
+        Worker processes. With 1, jobs run here one after the other and keep torch's thread setting
         (and nothing can die separately, so nothing is retried).
 
     Notes
     -----
-    Every call gets a fresh process (of :mod:`multiprocessing`'s default start method), so a dead process
-    costs only its own call, which is started again once, and no idle process holds a finished run's memory.
-    Workers die with the sweep (:func:`die_with_parent`); a sweep that stops (an exception, Ctrl-C) sends its
-    workers SIGTERM and kills those still alive after :data:`STOP_GRACE_SECONDS`.
+    Each worker process (of :mod:`multiprocessing`'s default start method) runs one call at a time and
+    then the next, so the libraries a job imports are imported once per worker, not per call. A worker
+    that dies costs only the call it ran: that call is started again once, in a new worker, and the
+    others go on. Workers leave as soon as nothing is queued for them, and die with the sweep
+    (:func:`die_with_parent`); a sweep that stops early (an exception, Ctrl-C) sends them SIGTERM and
+    kills those still alive :data:`STOP_GRACE_SECONDS` later.
     """
 
     def __init__(self, workers: int = 1):
@@ -275,10 +304,24 @@ class LocalExecutor(SweepExecutor[_Worker]):
         self.workers = workers
         self.max_in_flight = workers
         self.threads_per_job = 1 if workers > 1 else None
+        self._fn: Callable | None = None
+        self._idle: list[_Worker] = []
+        self._calls = 0
+
+    @property
+    def forks_workers(self) -> bool:
+        # the start method in force, or the default (listed first) without fixing it as get_start_method() would
+        method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+        return self.workers > 1 and method == "fork"
 
     def run(self, fn, items):
         if self.workers > 1:
-            yield from super().run(fn, items)
+            self._fn, self._idle = fn, []
+            try:
+                yield from super().run(fn, items)
+            finally:
+                self._nothing_queued()
+                self._fn = None
             return
         for index, item in enumerate(items):
             try:
@@ -287,57 +330,84 @@ class LocalExecutor(SweepExecutor[_Worker]):
                 value = exc
             yield Outcome(index, value)
 
-    def _start(self, fn, items):
+    def _new_worker(self) -> _Worker:
         context = multiprocessing.get_context()
-        workers = []
+        parent_end, child_end = context.Pipe()
+        process = context.Process(target=_worker_main, args=(child_end, self._fn, os.getpid()),
+                                  name="lpc-geom-sweep-worker")
+        process.start()
+        child_end.close()  # the worker holds the only other end: end of file when it dies
+        return _Worker(process, parent_end)
+
+    def _start(self, fn, items):
+        calls = []
         for item in items:
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_worker_main, args=(send, fn, item, os.getpid()),
-                                      name="lpc-geom-sweep-worker")
-            process.start()
-            send.close()  # the child holds the only sending end: EOF when it dies
-            workers.append(_Worker(process, receive))
-        return workers
+            while True:
+                worker = self._idle.pop() if self._idle else self._new_worker()
+                try:
+                    worker.conn.send(item)
+                    break
+                except OSError:  # died while idle: replace it
+                    _close(worker)
+            self._calls += 1
+            calls.append(_Call(self._calls, worker))
+        return calls
 
     def _collect(self, running):
         by_object = {}
-        for worker in running:
-            by_object[worker.conn] = by_object[worker.process.sentinel] = worker
+        for call in running:
+            by_object[call.worker.conn] = by_object[call.worker.process.sentinel] = call
         ready = {by_object[obj] for obj in wait_for(list(by_object))}
         finished = []
-        for worker in ready:
-            message = None
+        for call in ready:
+            answer = None
             with contextlib.suppress(EOFError, OSError):
-                if worker.conn.poll():
-                    message = worker.conn.recv()
-            # An answer or an end of file: the process has returned from the call, or died.
-            worker.process.join(STOP_GRACE_SECONDS)
-            if worker.process.is_alive():  # stuck on its way out (a non-daemon thread): its answer is in
-                worker.process.kill()
-                worker.process.join()
-            worker.conn.close()
-            if message is not None:
-                finished.append((worker, message[1]))
-            else:
-                finished.append((worker, WorkerDied(_death_reason(worker.process))))
+                if call.worker.conn.poll():
+                    answer = call.worker.conn.recv()
+            if answer is not None:
+                self._idle.append(call.worker)
+                finished.append((call, answer[0]))
+                continue
+            # end of file or an exited process, without an answer: the worker died
+            call.worker.process.join(STOP_GRACE_SECONDS)
+            if call.worker.process.is_alive():  # closed its pipe yet still running: end it
+                call.worker.process.kill()
+            _close(call.worker)
+            finished.append((call, WorkerDied(_death_reason(call.worker.process))))
         return finished
 
+    def _nothing_queued(self):
+        for worker in self._idle:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in self._idle:
+            worker.process.join(STOP_GRACE_SECONDS)
+            if worker.process.is_alive():
+                worker.process.kill()
+            _close(worker)
+        self._idle = []
+
     def _abandon(self, running):
-        for worker in running:
-            with contextlib.suppress(ProcessLookupError, OSError):
+        workers = [call.worker for call in running]
+        for worker in workers:
+            with contextlib.suppress(OSError):
                 worker.process.terminate()
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for worker in running:
+        for worker in workers:
             worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 worker.process.kill()
-                worker.process.join()
-            worker.conn.close()
+            _close(worker)
 
     def describe(self) -> str:
         if self.workers == 1:
             return "this process"
         return f"{self.workers} local worker processes"
+
+
+def _close(worker: _Worker) -> None:
+    worker.process.join()
+    worker.conn.close()
 
 
 def _death_reason(process: multiprocessing.process.BaseProcess) -> str:

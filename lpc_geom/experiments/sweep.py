@@ -267,9 +267,8 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = True,
             records[job.name] = done
         else:
             todo.append(job)
-    if todo:  # imported once here, so that forked workers find them loaded
-        import lpc_geom.experiments.runs
-        import lpc_geom.train.trainer  # noqa: F401
+    if todo and executor.forks_workers:
+        _preload_job_modules()
     bar = tqdm(total=len(jobs), initial=len(records), desc="sweep", disable=not progress, dynamic_ncols=True)
     quiet = [_quiet(job) for job in todo]
     task = SweepTask(postprocess, executor.threads_per_job)
@@ -313,6 +312,17 @@ def failure_lines(records: Iterable[dict[str, Any]]) -> list[str]:
 def exit_status(records: Iterable[dict[str, Any]]) -> int:
     """0 when every run finished, :data:`FAILED_EXIT_STATUS` when any failed."""
     return FAILED_EXIT_STATUS if any(r.get("status") != "ok" for r in records) else 0
+
+
+def _preload_job_modules() -> None:
+    """Import what every job imports, here, once: forked workers inherit the modules instead of spending
+    seconds of CPU each on importing them (trainer, models, analysers, and ``torch._dynamo``, which
+    ``torch.optim`` imports when the first optimiser is built)."""
+    import torch._dynamo  # noqa: F401
+
+    import lpc_geom.analysis.report
+    import lpc_geom.experiments.runs
+    import lpc_geom.train.trainer  # noqa: F401
 
 
 def _quiet(job: Job) -> Job:
