@@ -127,6 +127,7 @@ def _epochs_done(run_dir: Path) -> int:
 
 
 # ------------------------------------------------------------------------------------------ tests
+@pytest.mark.slow
 def test_sigkill_of_a_sweep_leaves_no_worker_and_its_relaunch_resumes_the_runs(tmp_path, sweeps):
     geometries = ["euclidean-LPC", "euclidean-NoPen"]
     sweep = sweeps(tmp_path / "cmp", geometries)
@@ -153,6 +154,7 @@ def test_sigkill_of_a_sweep_leaves_no_worker_and_its_relaunch_resumes_the_runs(t
         assert _same_start(history, before[run_dir], record["resumed_at_epoch"])
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_retried_and_resumes_while_the_others_finish(tmp_path, sweeps):
     geometries = ["euclidean-LPC", "euclidean-NoPen", "sphere"]  # two workers: one run waits in the queue
     sweep = sweeps(tmp_path / "cmp", geometries)
@@ -171,6 +173,7 @@ def test_a_killed_worker_is_retried_and_resumes_while_the_others_finish(tmp_path
     assert "runs failed" not in sweep.output()
 
 
+@pytest.mark.slow
 def test_a_run_whose_worker_dies_twice_fails_the_sweep_with_the_failure_listed(tmp_path, sweeps):
     geometries = ["euclidean-LPC", "euclidean-NoPen"]
     sweep = sweeps(tmp_path / "cmp", geometries)
@@ -193,6 +196,19 @@ def test_a_run_whose_worker_dies_twice_fails_the_sweep_with_the_failure_listed(t
     listing = sweep.output().rsplit("Took", 1)[1]  # the end of the output
     assert "1 of 2 runs failed" in listing
     assert f"{failed[0]['name']}: WorkerDied: worker process {retry} was killed by SIGKILL (after a retry)" in listing
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_and_its_workers_without_a_traceback(tmp_path, sweeps):
+    geometries = ["euclidean-LPC", "euclidean-NoPen"]
+    sweep = sweeps(tmp_path / "cmp", geometries)
+    _wait_for(lambda: all(_epochs_done(sweep.run_dir(g)) >= 1 for g in geometries), "both runs training")
+    workers = _children(sweep.process.pid)
+    os.killpg(sweep.process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    assert sweep.wait() == 130
+    assert all(_stat(pid) is None for pid in workers)  # stopped before the sweep exits
+    output = sweep.output()
+    assert "interrupted; launch the same command again" in output and "Traceback" not in output
 
 
 @pytest.mark.parametrize("mechanism", ["kernel", "watchdog"])
@@ -248,6 +264,7 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+@pytest.mark.slow
 def test_submitit_time_limit_requeues_the_job_and_it_resumes(tmp_path, sweeps):
     pytest.importorskip("submitit", reason="submitit (the optional extra 'cluster') is not installed")
     # submitit's local cluster: sweep -> job controller -> task process. Near its time limit a job gets

@@ -497,7 +497,7 @@ class SubmititExecutor(SweepExecutor):
         self.threads_per_job = 1 if (threads_per_job is None and self.cluster == "local") else threads_per_job
 
     def _start(self, fn, items):
-        if len(items) > 1:  # one job array where the cluster has them
+        if self.max_in_flight is None and len(items) > 1:  # all at once: one job array where the cluster has them
             with self._executor.batch():
                 jobs = [self._executor.submit(fn, item) for item in items]
             return jobs
@@ -509,15 +509,15 @@ class SubmititExecutor(SweepExecutor):
             if finished:
                 break
             time.sleep(self.poll_seconds)
-        import submitit
+        from submitit.core.utils import FailedJobError, UncompletedJobError
 
         outcomes = []
         for job in finished:
             try:
                 value = job.result()
-            except submitit.core.utils.FailedJobError as exc:  # the call raised: it would raise again
+            except FailedJobError as exc:  # the call raised: it would raise again
                 value = exc
-            except submitit.core.utils.UncompletedJobError as exc:  # no result: killed, or timed out for good
+            except UncompletedJobError as exc:  # no result: killed, or timed out for good
                 value = WorkerDied(f"job {job.job_id} ended without a result ({job.state}): {exc}")
             outcomes.append((job, value))
         return outcomes
