@@ -286,3 +286,16 @@ def test_submitit_time_limit_requeues_the_job_and_it_resumes(tmp_path, sweeps):
     assert _same_start(history, before, record["resumed_at_epoch"])
     logs = "".join(p.read_text() for p in (sweep.out / "submitit").rglob("*_log.*"))
     assert "Requeued job" in logs and "Calling checkpoint method" in logs
+
+
+def test_sweep_task_checkpoint_resubmits_the_same_call(tmp_path):
+    submitit = pytest.importorskip("submitit", reason="submitit (the optional extra 'cluster') is not installed")
+    from lpc_geom.config import TrainConfig
+    from lpc_geom.experiments.sweep import Job, SweepTask
+
+    task = SweepTask(threads=1)
+    job = Job("j", TrainConfig(out_dir=str(tmp_path / "j")))
+    delayed = task.checkpoint(job)
+    # submitit requeues with this call: the same task on the same job, which resumes from the run directory
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert delayed.function is task and delayed.args == (job,) and delayed.kwargs == {}
