@@ -8,7 +8,9 @@ least 50x NoPen's, sigma_W / sigma_T below 1e-4 and norm CV below 0.05 (train la
     python benchmarks/bench_ablation.py --rows LPC NoPen --seeds 0 --epochs 20   # a quick look
 
 Writes runs under --out, and ablation_runs.csv/json (one row per run), ablation.csv/json (mean and
-std per row) and ablation.md (the table) next to them. Finished runs are skipped on re-launch.
+std per row) and ablation.md (the table) next to them. Finished runs are skipped on re-launch, half-trained
+ones resume from their checkpoints. Exit status 0 when every run finished, 1 when any failed (listed at
+the end).
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ from lpc_geom.config import load_config
 from lpc_geom.experiments.demo import demo_config
 from lpc_geom.experiments.plots import save_figure
 from lpc_geom.experiments.runs import robustness_run
-from lpc_geom.experiments.sweep import Job, aggregate, default_workers, finished_record, run_jobs
+from lpc_geom.experiments.sweep import (
+    Job,
+    aggregate,
+    default_workers,
+    exit_status,
+    failure_lines,
+    finished_record,
+    run_jobs,
+)
 from lpc_geom.experiments.tables import csv_text
 from lpc_geom.train.checkpoint import write_json, write_text
 
@@ -150,9 +160,6 @@ def main(argv=None) -> int:
     postprocess = (functools.partial(robustness_figures, samples=args.robustness_samples)
                    if args.robustness_samples > 0 else None)
     records = run_jobs(jobs, workers=args.workers, progress=not args.no_progress, postprocess=postprocess)
-    for record in records:
-        if record["status"] != "ok":
-            print(f"FAILED {record['name']}: {record['error']}", file=sys.stderr)
     table = aggregate(records, by=["row"])
     by_row = {row["row"]: row for row in table}
     text = markdown(table)
@@ -174,7 +181,10 @@ def main(argv=None) -> int:
     write_json(table, out / "ablation.json")
     write_text(csv_text(table), out / "ablation.csv")
     print(f"\nwritten: {out / 'ablation.md'}, ablation.csv/json, ablation_runs.csv/json")
-    return 0
+    failures = failure_lines(records)
+    if failures:
+        print("\n" + "\n".join(failures) + "\nlaunch the same command again to retry them", file=sys.stderr)
+    return exit_status(records)
 
 
 if __name__ == "__main__":

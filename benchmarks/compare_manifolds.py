@@ -15,7 +15,9 @@ Trains the grid geometry {euclidean-LPC, euclidean-NoPen, sphere, poincare, stie
     OUT/runs/<geometry>__<optimiser>__seed<k>/   each run
 
 with OUT = results/compare_manifolds unless --out says otherwise. Launching the same command again reuses
-the finished runs (and retries failed ones). The logic lives in lpc_geom.experiments.compare.
+the finished runs, resumes half-trained ones from their checkpoints and retries failed ones. Exit status
+0 when every run finished, 1 when any failed (listed at the end). The logic lives in
+lpc_geom.experiments.compare.
 
     python benchmarks/compare_manifolds.py                     # the default grid (~6 min on 2 idle cores)
     python benchmarks/compare_manifolds.py --help              # every option
@@ -26,8 +28,7 @@ from __future__ import annotations
 
 import sys
 
-from lpc_geom.experiments.compare import main
+from lpc_geom.experiments.compare import cli
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    sys.exit(0)
+    sys.exit(cli(sys.argv[1:]))

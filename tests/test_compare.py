@@ -19,8 +19,8 @@ import pytest
 
 from lpc_geom.config import TrainConfig
 from lpc_geom.experiments import compare
-from lpc_geom.experiments.executors import LocalExecutor, SubmititExecutor, make_executor
-from lpc_geom.experiments.sweep import Job, run_jobs
+from lpc_geom.experiments.executors import LocalExecutor, SubmititExecutor, WorkerDied, make_executor
+from lpc_geom.experiments.sweep import Job, exit_status, failure_lines, run_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,10 @@ def test_pipeline_tiny_grid_resumes_and_records_failures(tmp_path, capsys):
     assert "| stiefel | default (auto) | 0 (2 failed) |" in table
     assert "Euclidean LPC vs NoPen" in table
     printed = capsys.readouterr().out
-    assert result.table in printed and str(out.resolve()) in printed and "FAILED stiefel" in printed
+    assert result.table in printed and str(out.resolve()) in printed
+    ending = printed.rsplit("Took", 1)[1]  # the failures are listed last
+    assert "4 of 20 runs failed" in ending and "\n  stiefel__kfac__seed1: ValueError: " in ending
+    assert compare.exit_status(result.records) == 1
 
     # GW matrices over the finished geometries, diagonal = seed vs seed; figures
     gw = json.loads((out / "analysis.json").read_text())["gw"]
@@ -165,11 +168,14 @@ def _crash_on_negative(x: int) -> int:
     return 2 * x
 
 
-def test_local_executor_reports_a_dead_worker():
-    outcomes = dict(LocalExecutor(2).run(_crash_on_negative, [1, -1]))
-    assert set(outcomes) == {0, 1}
-    assert isinstance(outcomes[1], BaseException) and "BrokenProcessPool" in type(outcomes[1]).__name__
-    inline = dict(LocalExecutor(1).run(abs, [-2, "x"]))
+def test_local_executor_retries_a_dead_worker_once_and_goes_on():
+    outcomes = {o.index: o for o in LocalExecutor(2).run(_crash_on_negative, [1, -1, 3])}
+    assert set(outcomes) == {0, 1, 2}
+    assert (outcomes[0].value, outcomes[2].value, outcomes[0].deaths) == (2, 6, ())
+    dead = outcomes[1]
+    assert isinstance(dead.value, WorkerDied) and "exited with status 3" in str(dead.value)
+    assert len(dead.deaths) == 1 and "exited with status 3" in dead.deaths[0]  # retried once, died again
+    inline = {o.index: o.value for o in LocalExecutor(1).run(abs, [-2, "x"])}
     assert inline[0] == 2 and isinstance(inline[1], TypeError)
     with pytest.raises(ValueError, match="workers"):
         LocalExecutor(0)
@@ -193,9 +199,13 @@ def _die_for(job: Job, *, name: str) -> dict:
 def test_run_jobs_records_a_dead_worker_and_goes_on(tmp_path):
     jobs = [_tiny_job(tmp_path, "a"), _tiny_job(tmp_path, "b")]
     records = run_jobs(jobs, workers=2, progress=False, postprocess=partial(_die_for, name="b"))
-    assert records[1]["status"] == "failed" and "BrokenProcessPool" in records[1]["error"]
+    assert records[1]["status"] == "failed" and "WorkerDied" in records[1]["error"]
+    assert len(records[1]["retried_after"]) == 1
     assert json.loads((tmp_path / "b" / "record.json").read_text())["status"] == "failed"
-    assert records[0]["name"] == "a"  # recorded either way (finished, or failed with the broken pool)
+    assert records[0]["status"] == "ok" and "retried_after" not in records[0]
+    lines = failure_lines(records)
+    assert lines[0].startswith("1 of 2 runs failed") and lines[1].startswith("  b: WorkerDied: worker process")
+    assert exit_status(records) == 1 and exit_status(records[:1]) == 0
 
 
 def test_submitit_executor_local_and_debug(tmp_path):

@@ -1,10 +1,14 @@
 """Sweeps: many independent training runs, each trained, analysed and summarised into one flat record.
 
-A run whose directory already holds a successful ``record.json`` is not trained again (a re-launched sweep
-resumes where it stopped; a run directory trained with another config is an error, not a silent reuse);
-a run that fails is recorded with its error and does not stop the others. Where the runs execute is an
-executor's business (:mod:`lpc_geom.experiments.executors`): local worker processes by default, or a
-cluster through submitit, with the same job function and a progress bar either way.
+A re-launched sweep goes on where the last one stopped: a run whose directory already holds a successful
+``record.json`` is not trained again, and a half-trained one (a checkpoint, the same config) resumes from
+its checkpoint instead of starting over; a run directory trained with another config is an error, not a
+silent reuse. A run that fails is recorded with its error and does not stop the others; one whose worker
+process died is started again once (:mod:`lpc_geom.experiments.executors`). Where the runs execute is an
+executor's business: local worker processes by default, or a cluster through submitit, where a job that
+reaches its time limit is requeued and resumes (:class:`SweepTask`), with the same job function and a
+progress bar either way. :func:`failure_lines` and :func:`exit_status` are what a sweep's command line
+reports at the end.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,11 @@ from tqdm.auto import tqdm
 
 from lpc_geom.config import TrainConfig
 from lpc_geom.experiments.executors import LocalExecutor, SweepExecutor
-from lpc_geom.train.checkpoint import write_json
-from lpc_geom.train.run_dir import RECORD, REUSABLE_CHANGES, TRAINED_FILES
+from lpc_geom.train.checkpoint import read_json, write_json
+from lpc_geom.train.run_dir import CONFIG, HISTORY, RECORD, REUSABLE_CHANGES, SUMMARY, TRAINED_FILES
+
+#: Exit status of a sweep's command line when any run failed (0 when all finished).
+FAILED_EXIT_STATUS = 1
 
 
 @dataclass
@@ -67,6 +73,42 @@ def run_job(job: Job, *, postprocess: Callable[[Job], dict[str, Any]] | None = N
     return record
 
 
+@dataclass(frozen=True)
+class SweepTask:
+    """The job function of a sweep: ``task(job)`` is :func:`run_job` with the sweep's options.
+
+    Calling it again on a job continues where the last call stopped (a finished training is reused, a
+    half-trained one resumes from its checkpoint), so a call may be interrupted and simply made again.
+    :meth:`checkpoint` says so to submitit: it is submitit's checkpointing interface
+    (``submitit.helpers.Checkpointable``), called when a cluster job reaches its time limit or is
+    preempted, and the requeued job resumes the run from its last checkpoint (``checkpoint_every``)
+    instead of epoch 0.
+
+    Attributes
+    ----------
+    postprocess : callable, optional
+        As in :func:`run_job` (picklable).
+    threads : int or None
+        As in :func:`run_job`.
+    """
+
+    postprocess: Callable[[Job], dict[str, Any]] | None = None
+    threads: int | None = 1
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        return run_job(job, postprocess=self.postprocess, threads=self.threads)
+
+    def checkpoint(self, job: Job) -> Any:
+        """The call that continues this one: the same task on the same job (a ``DelayedSubmission``).
+
+        The trainer's state cannot be saved from here (submitit calls this from a signal handler, in the
+        middle of a step); the checkpoint the trainer last wrote is what the requeued call resumes from.
+        """
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, job)
+
+
 def _run_job(job: Job, postprocess: Callable[[Job], dict[str, Any]] | None) -> dict[str, Any]:
     from lpc_geom.experiments.runs import analyze_run
     from lpc_geom.train import train
@@ -76,7 +118,14 @@ def _run_job(job: Job, postprocess: Callable[[Job], dict[str, Any]] | None) -> d
     try:
         trained = finished_training(job)
         if trained is None:
-            result = train(job.config)
+            resume_at = half_trained(job)
+            if resume_at is not None:
+                record["resumed_at_epoch"] = resume_at
+            # Without a checkpoint to resume, what the directory holds of this same job (a config written by a
+            # run killed before its first checkpoint) is stale and replaced; a run of another config is not
+            # (the trainer refuses it, and the failure names the directory).
+            stale = resume_at is None and not config_differences(job)
+            result = train(job.config, resume=resume_at is not None, overwrite=stale)
             history, final = result.history, result.final
         else:  # trained before, but its analysis or post-processing failed: only those run again
             history, final = trained
@@ -102,10 +151,10 @@ def config_differences(job: Job) -> list[str] | None:
     Keys added to :class:`TrainConfig` after the run was trained count as their defaults, values compare
     as JSON, and :data:`REUSABLE_CHANGES` are ignored.
     """
-    path = job.run_dir / "config.json"
+    path = job.run_dir / CONFIG
     if not path.is_file():
         return None
-    saved = {**TrainConfig().to_dict(), **json.loads(path.read_text())}
+    saved = {**TrainConfig().to_dict(), **read_json(path)}
     wanted = json.loads(json.dumps(job.config.to_dict()))
     return sorted(k for k in set(saved) | set(wanted) if k not in REUSABLE_CHANGES and saved.get(k) != wanted.get(k))
 
@@ -118,10 +167,26 @@ def finished_training(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any]] |
     """
     if not all((job.run_dir / name).is_file() for name in TRAINED_FILES) or config_differences(job):
         return None
-    history = json.loads((job.run_dir / "history.json").read_text())
+    history = read_json(job.run_dir / HISTORY)
     if len(history) != job.config.epochs:
         return None
-    return history, json.loads((job.run_dir / "summary.json").read_text())
+    return history, read_json(job.run_dir / SUMMARY)
+
+
+def half_trained(job: Job) -> int | None:
+    """The epoch at which a half-trained run of the job would continue, or None when there is none.
+
+    A run directory holds a half-trained run of the job when its training did not finish
+    (:func:`finished_training` is None) but it has a checkpoint and the job's config (up to
+    :data:`REUSABLE_CHANGES`). The epoch is read from the checkpoint (the one after its last epoch).
+    """
+    from lpc_geom.train.checkpoint import load_checkpoint
+    from lpc_geom.train.run_dir import CHECKPOINT
+
+    path = job.run_dir / CHECKPOINT
+    if not path.is_file() or config_differences(job) != [] or finished_training(job) is not None:
+        return None
+    return int(load_checkpoint(path)["epoch"]) + 1
 
 
 def finished_record(job: Job) -> dict[str, Any] | None:
@@ -161,6 +226,9 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = True,
              executor: SweepExecutor | None = None) -> list[dict[str, Any]]:
     """Run every job not already finished; returns the records in job order.
 
+    Half-trained runs resume from their checkpoints (:func:`half_trained`); a job whose worker process
+    died is started again once (the executor's ``retries``) while the others go on.
+
     Parameters
     ----------
     jobs : sequence of Job
@@ -182,7 +250,8 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = True,
     -------
     list of dict
         One record per job (``status`` ``"ok"`` or ``"failed"`` with ``error`` and ``traceback``), also
-        written to ``<run_dir>/record.json``.
+        written to ``<run_dir>/record.json``. ``resumed_at_epoch``: the run continued from a checkpoint at
+        that epoch; ``retried_after``: why the earlier attempts' processes died.
     """
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
@@ -196,23 +265,62 @@ def run_jobs(jobs: Sequence[Job], *, workers: int = 1, progress: bool = True,
             records[job.name] = done
         else:
             todo.append(job)
+    if todo and executor.forks_workers:
+        _preload_job_modules()
     bar = tqdm(total=len(jobs), initial=len(records), desc="sweep", disable=not progress, dynamic_ncols=True)
     quiet = [_quiet(job) for job in todo]
-    task = partial(run_job, postprocess=postprocess, threads=executor.threads_per_job)
+    task = SweepTask(postprocess, executor.threads_per_job)
     failed = 0
-    for index, outcome in executor.run(task, quiet):
-        job = quiet[index]
-        if isinstance(outcome, BaseException):
-            outcome = failure_record(job, outcome)
+    for outcome in executor.run(task, quiet):
+        job = quiet[outcome.index]
+        record = outcome.value
+        if isinstance(record, BaseException):
+            record = failure_record(job, record)
+        if outcome.deaths:
+            record["retried_after"] = list(outcome.deaths)
+        if isinstance(outcome.value, BaseException) or outcome.deaths:
             job.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(outcome, job.run_dir / RECORD)
-        records[job.name] = outcome
-        failed += outcome.get("status") != "ok"
+            write_json(record, job.run_dir / RECORD)
+        records[job.name] = record
+        failed += record.get("status") != "ok"
         bar.update()
         if failed:
             bar.set_postfix(failed=failed)
     bar.close()
     return [records[name] for name in names]
+
+
+def failure_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One line per failed run, ``"<name>: <reason>"`` (the first line of its error), headed by a count.
+
+    Empty when every run finished. The traceback stays in the run's ``record.json``.
+    """
+    records = list(records)
+    failed = [r for r in records if r.get("status") != "ok"]
+    if not failed:
+        return []
+    lines = [f"{len(failed)} of {len(records)} runs failed (tracebacks in each run's {RECORD}):"]
+    for record in failed:
+        reason = (str(record.get("error") or "no error recorded").strip().splitlines() or [""])[0]
+        retried = " (after a retry)" if record.get("retried_after") else ""
+        lines.append(f"  {record.get('name')}: {reason[:300]}{retried}")
+    return lines
+
+
+def exit_status(records: Iterable[dict[str, Any]]) -> int:
+    """0 when every run finished, :data:`FAILED_EXIT_STATUS` when any failed."""
+    return FAILED_EXIT_STATUS if any(r.get("status") != "ok" for r in records) else 0
+
+
+def _preload_job_modules() -> None:
+    """Import what every job imports, here, once: forked workers inherit the modules instead of spending
+    seconds of CPU each on importing them (trainer, models, analysers, and ``torch._dynamo``, which
+    ``torch.optim`` imports when the first optimiser is built)."""
+    import torch._dynamo  # noqa: F401
+
+    import lpc_geom.analysis.report
+    import lpc_geom.experiments.runs
+    import lpc_geom.train.trainer  # noqa: F401
 
 
 def _quiet(job: Job) -> Job:
