@@ -261,6 +261,8 @@ def _worker_main(conn: Connection, fn: Callable[[T], R], parent_pid: int) -> Non
             answer: tuple[Any] = (fn(item),)
         except Exception as exc:
             answer = (exc,)
+        except KeyboardInterrupt as stop:  # a training stopped by SIGTERM (it saved a checkpoint): end quietly
+            raise SystemExit(128 + int(getattr(stop, "signum", signal.SIGINT))) from None
         try:
             conn.send(answer)
         except Exception as exc:  # an unpicklable value or exception: say so instead of dying silently

@@ -112,7 +112,9 @@ class _StopSignals:
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in self.signals:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                # A signal the process ignores (nohup, a sweep worker leaving Ctrl-C to its sweep) stays ignored.
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
