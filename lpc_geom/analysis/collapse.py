@@ -41,7 +41,7 @@ from lpc_geom.analysis._validation import (
 from lpc_geom.analysis.geometry import (
     Geometry,
     class_centres,
-    class_means,
+    class_first_members,
     distances_to_centres,
     geometry_from_manifold,
 )
@@ -159,38 +159,79 @@ def prepare_inputs(latents, labels, manifold, min_class_size: int = 2):
     return geom, z, eps, enc, codes
 
 
+def _row_blocks(n: int, d: int) -> list[slice]:
+    """Row blocks of about 2 MiB of float64, so that the passes over a block stay in cache."""
+    rows = max(64, (1 << 18) // max(d, 1))
+    return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+
 def statistics_from_arrays(
     geom: Geometry, z: torch.Tensor, eps: float, enc: EncodedLabels, codes: torch.Tensor
 ) -> ClassStatistics:
-    """:class:`ClassStatistics` of validated arrays (two passes over the data, float64)."""
+    """:class:`ClassStatistics` of validated arrays: two passes over the data in float64.
+
+    Pass 1 gathers, per class, the sums of the rows shifted by the class's first member (see
+    :func:`~lpc_geom.analysis.geometry.class_means`), the sign counts and the largest magnitudes, and the
+    column sums and norms; pass 2 forms the residuals ``u - mu_c`` and the per-unit central moments about
+    the mean of pass 1. Both walk the rows in blocks that stay in cache, with the same arithmetic per row
+    as the whole-array formulas (a class of identical points still has exactly that point as its mean).
+    """
     n, d = z.shape
+    k = enc.n_classes
     u = geom.to_chart(z)
-    means, counts, zc = class_means(u, codes, enc.n_classes, residuals=True)
-    flat = zc.reshape(-1)
-    within_trace = float(torch.dot(flat, flat)) / n
+    f64 = {"dtype": torch.float64, "device": u.device}
+    counts = torch.bincount(codes, minlength=k)
+    shift = class_first_members(u, codes, k)
+    sums = torch.zeros(k, d, **f64)
+    col_sums = torch.zeros(d, **f64)
+    # int32 counts are exact and move a quarter of the bytes of float64 indicators.
+    sign_pos = torch.zeros(k, d, dtype=torch.int32, device=u.device)
+    sign_neg = torch.zeros(k, d, dtype=torch.int32, device=u.device)
+    abs_max = torch.zeros(k, d, **f64)
+    has_norm = geom.has_origin
+    norms = torch.empty(n, **f64) if has_norm else None
+    blocks = _row_blocks(n, d)
+    for rows in blocks:
+        ub, cb = u[rows], codes[rows]
+        sums.index_add_(0, cb, ub - shift.index_select(0, cb))
+        col_sums += ub.sum(0)
+        sign_pos.index_add_(0, cb, (ub > 0).int())
+        sign_neg.index_add_(0, cb, (ub < 0).int())
+        abs_max.scatter_reduce_(0, cb[:, None].expand(-1, d), ub.abs(), reduce="amax")
+        if has_norm:
+            norms[rows] = geom.origin_norm(z[rows])
+    offset = sums / counts.clamp_min(1)[:, None].to(u.dtype)
+    means = shift + offset
+    unit_mean = col_sums / n
+
+    zc = torch.empty_like(u)
+    within_sum = torch.zeros((), **f64)
+    moments = torch.zeros(3, d, **f64)  # sums of central powers 2, 3, 4
+    for rows in blocks:
+        ub, cb = u[rows], codes[rows]
+        r = zc[rows]
+        torch.sub(ub, shift.index_select(0, cb), out=r)
+        r.sub_(offset.index_select(0, cb))
+        flat = r.view(-1)
+        within_sum += torch.dot(flat, flat)
+        dev = ub - unit_mean
+        pw = dev * dev
+        moments[0] += pw.sum(0)
+        moments[1] += dev.mul_(pw).sum(0)
+        moments[2] += pw.square_().sum(0)
+    within_trace = float(within_sum) / n
+    unit_m2, unit_m3, unit_m4 = moments / n
 
     def within_quad(V: torch.Tensor) -> torch.Tensor:
-        return (zc @ V).square_().sum(0) / n
+        out = torch.zeros(V.shape[1], **f64)
+        for rows in blocks:
+            out += (zc[rows] @ V).square_().sum(0)
+        return out / n
 
-    norms = geom.origin_norm(z)
     norm_mean = norm_var = None
     if norms is not None:
         norm_mean = float(norms.mean())
         norm_var = float(((norms - norm_mean) ** 2).mean())
-    # Per-unit central moments, reusing two buffers.
-    unit_mean = u.mean(0)
-    dev = u - unit_mean
-    pw = dev.square()
-    unit_m2 = pw.mean(0)
-    unit_m3 = dev.mul_(pw).mean(0)
-    unit_m4 = pw.square_().mean(0)
-    del dev, pw
-    k = enc.n_classes
-    # int32 counts are exact and move a quarter of the bytes of float64 indicators.
-    sign_pos = torch.zeros(k, d, dtype=torch.int32, device=u.device).index_add_(0, codes, (u > 0).int())
-    sign_neg = torch.zeros(k, d, dtype=torch.int32, device=u.device).index_add_(0, codes, (u < 0).int())
-    sign_pos, sign_neg = sign_pos.double(), sign_neg.double()
-    abs_max = class_abs_max(u, codes, k)
     return ClassStatistics(
         geometry=geom,
         n=n,
@@ -206,8 +247,8 @@ def statistics_from_arrays(
         unit_m2=unit_m2,
         unit_m3=unit_m3,
         unit_m4=unit_m4,
-        sign_pos=sign_pos,
-        sign_neg=sign_neg,
+        sign_pos=sign_pos.double(),
+        sign_neg=sign_neg.double(),
         abs_max=abs_max,
         eps=eps,
         latents=z,
