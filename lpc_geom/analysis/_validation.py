@@ -10,6 +10,7 @@ whose message names the argument and the problem.
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -108,7 +109,9 @@ def check_latents(
             f"{name} has d = {d}; the analyzers need d >= {min_dim} (angles, ETF and hypercube figures "
             "are undefined in one dimension)"
         )
-    if t.is_floating_point():  # checked in the input dtype: half the bytes of a float64 copy
+    # A sum in float64 is finite when every entry is (NaN/Inf propagate); it can also overflow on finite
+    # float64 entries, so only a non-finite sum leads to the entrywise check (in the input dtype).
+    if t.is_floating_point() and not math.isfinite(float(t.sum(dtype=torch.float64))):
         finite = torch.isfinite(t)
         if not bool(finite.all()):
             bad_rows = (~finite).any(dim=1)
