@@ -27,8 +27,18 @@ Also timed:
 
 The machine is shared: the load average before and after each case is recorded next to the timings.
 
+``--ratios`` (issue 18) measures instead, in one process on one thread (``--threads``), with ``--repeat``
+interleaved repetitions and their medians, the cost of ``analyze`` as a ratio to one float32 Gram product
+``z^T z`` of the same 50,000 x 512 latents (100 classes): the collapse group (``groups=["collapse"]``:
+validation, the shared class statistics and NC1-NC4, sigma_W, norm CV) and the full default report, in
+wall time and in process CPU time (less sensitive to other processes on a shared machine). It also checks
+the accuracy on collapsed float64 latents (class means of scale 1, within-class noise 1e-8, so
+sigma_W / sigma_T ~ 1e-8) against a float64 two-pass reference written here with numpy. Targets: collapse
+group <= 2x, full report <= 6x, relative error <= 1e-6.
+
     python benchmarks/bench_analyze.py                     # both cases, table + results/bench_analyze.json
     python benchmarks/bench_analyze.py --quick --out /tmp/b.json
+    python benchmarks/bench_analyze.py --ratios --results-dir results/   # ratios.json / .md there
 """
 
 from __future__ import annotations
@@ -53,7 +63,9 @@ QUICK_CASES = {"d64_K10": (5_000, 64, 10, 10.0), "d512_K100": (5_000, 512, 100, 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="results/bench_analyze.json", help="JSON output path (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=2, help="torch / BLAS threads (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch / BLAS threads (default: 2; 1 with --ratios)")
+    p.add_argument("--ratios", action="store_true", help="issue 18: cost ratios to one Gram product, one run")
+    p.add_argument("--results-dir", type=Path, help="with --ratios: write bench_analyze_ratios.json and .md here")
     p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES), help="cases to run")
     p.add_argument("--quick", action="store_true", help="N = 5,000 instead of 50,000 (smoke test)")
     p.add_argument("--repeat", type=int, default=1, help="timed runs of analyze per case; the best is kept")
@@ -254,13 +266,147 @@ def time_case(name, n, d, k, target, args):
     }
 
 
+# -- issue 18: cost ratios ---------------------------------------------------------------------------
+RATIO_TARGETS = {"collapse": 2.0, "full": 6.0}
+ACCURACY_TARGET = 1e-6
+
+
+def two_pass_reference(z, y):
+    """sigma_W, sigma_W / sigma_T and NC1 by the textbook two-pass float64 formulas (numpy)."""
+    import numpy as np
+
+    classes = np.unique(y)
+    K, (n, d) = len(classes), z.shape
+    mu = np.stack([z[y == c].mean(0) for c in classes])
+    r = z - mu[np.searchsorted(classes, y)]
+    within = float(np.einsum("ij,ij->", r, r)) / n
+    zt = z - z.mean(0)
+    total = float(np.einsum("ij,ij->", zt, zt)) / n
+    M = mu - mu.mean(0)
+    _, sv, vt = np.linalg.svd(M, full_matrices=False)
+    keep = sv > max(K, d) * np.finfo(np.float64).eps * max(sv[0], np.linalg.norm(mu, axis=1).max())
+    proj = r @ vt[keep].T
+    nc1 = float(((proj**2).sum(0) / n / sv[keep] ** 2).sum())
+    return {"sigma_w": within / d, "sigma_w_rel": within / total, "nc1": nc1}
+
+
+def cost_ratios(args) -> dict:
+    import statistics
+
+    import numpy as np
+    import torch
+
+    from lpc_geom import analyze
+
+    for module in ("lpc_geom.analysis.fisher", "lpc_geom.analysis.transport"):
+        importlib.import_module(module)
+    n, d, k = (5_000, 512, 100) if args.quick else (50_000, 512, 100)
+    z, y = make_data(n, d, k, args.seed)
+    rng = np.random.default_rng(args.seed + 2)
+    W, b = 0.5 * rng.normal(size=(k, d)) / math.sqrt(d), rng.normal(size=k)
+    zt = torch.from_numpy(z)
+    jobs = {
+        "gram": lambda: zt.T @ zt,
+        "collapse": lambda: analyze(z, y, groups=["collapse"]),
+        "full": lambda: analyze(z, y, classifier=(W, b)),
+    }
+    for job in jobs.values():  # warm-up: allocator, first-call imports
+        job()
+    load_before = os.getloadavg()
+    wall = {name: [] for name in jobs}
+    cpu = {name: [] for name in jobs}
+    for _ in range(max(1, args.repeat)):
+        for name, job in jobs.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            job()
+            wall[name].append(time.perf_counter() - w0)
+            cpu[name].append(time.process_time() - c0)
+    load_after = os.getloadavg()
+    med_wall = {name: statistics.median(v) for name, v in wall.items()}
+    med_cpu = {name: statistics.median(v) for name, v in cpu.items()}
+
+    # Accuracy on collapsed float64 latents: class means of scale 1, within-class noise 1e-8.
+    acc_rng = np.random.default_rng(args.seed + 3)
+    ya = acc_rng.integers(0, k, n)
+    za = acc_rng.normal(size=(k, d))[ya] + 1e-8 * acc_rng.normal(size=(n, d))
+    ref = two_pass_reference(za, ya)
+    got = analyze(za, ya, groups=["collapse"]).to_dict()
+    rel_err = {key: abs(got[key] - val) / abs(val) for key, val in ref.items()}
+    return {
+        "N": n,
+        "d": d,
+        "K": k,
+        "threads": torch.get_num_threads(),
+        "repeat": max(1, args.repeat),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "median_wall_s": med_wall,
+        "median_cpu_s": med_cpu,
+        "ratio_wall": {name: med_wall[name] / med_wall["gram"] for name in RATIO_TARGETS},
+        "ratio_cpu": {name: med_cpu[name] / med_cpu["gram"] for name in RATIO_TARGETS},
+        "targets": RATIO_TARGETS,
+        "collapsed_sigma_w_over_sigma_t": math.sqrt(ref["sigma_w_rel"]),
+        "collapsed_rel_err": rel_err,
+        "accuracy_target": ACCURACY_TARGET,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def report_ratios(res: dict, results_dir: Path | None) -> None:
+    lines = [
+        f"analyze cost on {res['N']:,} x {res['d']} float32 latents, {res['K']} classes; torch/BLAS on "
+        f"{res['threads']} thread(s); medians of {res['repeat']} interleaved repetitions",
+        f"load average {res['loadavg_before'][0]:.2f} before, {res['loadavg_after'][0]:.2f} after "
+        f"({res['cpu_count']} CPUs)",
+        "",
+        f"{'job':<28} {'wall s':>8} {'cpu s':>8} {'x gram (wall)':>14} {'x gram (cpu)':>13} {'target':>7}",
+    ]
+    labels = {"gram": "float32 Gram z^T z", "collapse": "collapse group", "full": "full default report"}
+    for name, label in labels.items():
+        rw = res["median_wall_s"][name] / res["median_wall_s"]["gram"]
+        rc = res["median_cpu_s"][name] / res["median_cpu_s"]["gram"]
+        target = f"<= {RATIO_TARGETS[name]:.0f}" if name in RATIO_TARGETS else ""
+        lines.append(
+            f"{label:<28} {res['median_wall_s'][name]:>8.3f} {res['median_cpu_s'][name]:>8.3f} {rw:>14.2f} "
+            f"{rc:>13.2f} {target:>7}"
+        )
+    errs = ", ".join(f"{k} {v:.1e}" for k, v in res["collapsed_rel_err"].items())
+    worst = max(res["collapsed_rel_err"].values())
+    lines += [
+        "",
+        f"collapsed float64 latents (sigma_W/sigma_T = {res['collapsed_sigma_w_over_sigma_t']:.1e}): relative error "
+        f"against the two-pass float64 reference {errs} (target <= {ACCURACY_TARGET:.0e}: "
+        f"{'met' if worst <= ACCURACY_TARGET else 'MISSED'})",
+    ]
+    for name, target in RATIO_TARGETS.items():
+        rw, rc = res["ratio_wall"][name], res["ratio_cpu"][name]
+        lines.append(
+            f"{labels[name]}: x{rw:.2f} wall, x{rc:.2f} CPU (target <= {target:.0f}: "
+            f"{'met' if rw <= target else 'MISSED'} in wall time)"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if results_dir is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / "bench_analyze_ratios.json").write_text(json.dumps(res, indent=2, default=float))
+        (results_dir / "bench_analyze_ratios.md").write_text("# bench_analyze --ratios\n\n```\n" + text + "\n```\n")
+        print(f"wrote {results_dir / 'bench_analyze_ratios.json'} and {results_dir / 'bench_analyze_ratios.md'}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads is None:
+        args.threads = 1 if args.ratios else 2
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.ratios:
+        report_ratios(cost_ratios(args), args.results_dir)
+        return 0
     cases = QUICK_CASES if args.quick else CASES
     results = []
     for name in args.cases:

@@ -349,7 +349,9 @@ def check_latents(
             f"{name} has d = {d}; the analyzers need d >= {min_dim} (angles, ETF and hypercube figures "
             "are undefined in one dimension)"
         )
-    if t.is_floating_point():  # checked in the input dtype: half the bytes of a float64 copy
+    # A sum in float64 is finite when every entry is (NaN/Inf propagate); it can also overflow on finite
+    # float64 entries, so only a non-finite sum leads to the entrywise check (in the input dtype).
+    if t.is_floating_point() and not math.isfinite(float(t.sum(dtype=torch.float64))):
         finite = torch.isfinite(t)
         if not bool(finite.all()):
             bad_rows = (~finite).any(dim=1)
@@ -359,10 +361,13 @@ def check_latents(
                 f"(first at row {first})"
             )
     z = t.to(torch.float64)
-    if z.numel() and float(z.abs().max()) > _MAX_ABS:
-        raise ValueError(
-            f"{name} has entries above {_MAX_ABS:.0e} in magnitude: their squares overflow float64; rescale them"
-        )
+    # Only float64 can hold such entries (the float32 maximum is 3.4e38); aminmax makes no |z| copy.
+    if t.dtype == torch.float64 and z.numel():
+        lo, hi = torch.aminmax(z)
+        if max(-float(lo), float(hi)) > _MAX_ABS:
+            raise ValueError(
+                f"{name} has entries above {_MAX_ABS:.0e} in magnitude: their squares overflow float64; rescale them"
+            )
     return z, eps
 
 

@@ -40,7 +40,7 @@ from lpc_geom.analysis._validation import (
     class_order,
     labels_to_array,
 )
-from lpc_geom.analysis.collapse import ClassStatistics, class_abs_max
+from lpc_geom.analysis.collapse import ClassStatistics, central_power_sums, class_abs_max, merge_central_moments
 from lpc_geom.analysis.geometry import class_means, geometry_from_manifold
 from lpc_geom.analysis.hypercube import BIMODALITY_THRESHOLD
 from lpc_geom.analysis.report import AnalysisContext, CollapseReport, build_report
@@ -149,22 +149,8 @@ class CollapseAccumulator:
 
         # Per-unit central moments 2-4 over all samples (Pébay's pairwise update).
         na, n = float(self.n), float(self.n + nb)
-        bm = u.mean(0)
-        du = u - bm
-        du2 = du * du
-        b2, b3, b4 = du2.sum(0), (du2 * du).sum(0), (du2 * du2).sum(0)
-        a2, a3, a4 = self._u_m
-        d1 = bm - self._u_mean
-        self._u_m = [
-            a2 + b2 + d1**2 * na * nb / n,
-            a3 + b3 + d1**3 * na * nb * (na - nb) / n**2 + 3.0 * d1 * (na * b2 - nb * a2) / n,
-            a4
-            + b4
-            + d1**4 * na * nb * (na * na - na * nb + nb * nb) / n**3
-            + 6.0 * d1**2 * (na * na * b2 + nb * nb * a2) / n**2
-            + 4.0 * d1 * (na * b3 - nb * a3) / n,
-        ]
-        self._u_mean = self._u_mean + d1 * nb / n
+        bm, block_sums = central_power_sums(u)
+        self._u_mean, self._u_m = merge_central_moments(na, self._u_mean, self._u_m, nb, bm, block_sums)
 
         # Norms (distance to the origin): Chan's mean/variance merge.
         r = self._geom.origin_norm(z)

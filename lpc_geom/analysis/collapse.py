@@ -42,7 +42,7 @@ from lpc_geom.analysis._validation import (
 from lpc_geom.analysis.geometry import (
     Geometry,
     class_centres,
-    class_means,
+    class_first_members,
     distances_to_centres,
     geometry_from_manifold,
 )
@@ -160,38 +160,119 @@ def prepare_inputs(latents, labels, manifold, min_class_size: int = 2):
     return geom, z, eps, enc, codes
 
 
+def _row_blocks(n: int, d: int) -> list[slice]:
+    """Row blocks of about 2 MiB of float64, so that the passes over a block stay in cache."""
+    rows = max(64, (1 << 18) // max(d, 1))
+    return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+
+def merge_central_moments(
+    na: float, mean_a: torch.Tensor, sums_a: list[torch.Tensor], nb: float, mean_b: torch.Tensor, sums_b: list
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    r"""Pébay's (2008) pairwise update of per-unit means and sums of central powers of order 2, 3, 4.
+
+    With :math:`\delta = \bar x_b - \bar x_a`, :math:`n = n_a + n_b`:
+    :math:`M_2 = M_{2a} + M_{2b} + \delta^2 n_a n_b / n`,
+    :math:`M_3 = M_{3a} + M_{3b} + \delta^3 n_a n_b (n_a - n_b) / n^2 + 3\delta (n_a M_{2b} - n_b M_{2a}) / n`,
+    :math:`M_4 = M_{4a} + M_{4b} + \delta^4 n_a n_b (n_a^2 - n_a n_b + n_b^2) / n^3
+    + 6\delta^2 (n_a^2 M_{2b} + n_b^2 M_{2a}) / n^2 + 4\delta (n_a M_{3b} - n_b M_{3a}) / n`.
+    Returns the merged mean and ``[M_2, M_3, M_4]``.
+    """
+    n = na + nb
+    a2, a3, a4 = sums_a
+    b2, b3, b4 = sums_b
+    d1 = mean_b - mean_a
+    merged = [
+        a2 + b2 + d1**2 * na * nb / n,
+        a3 + b3 + d1**3 * na * nb * (na - nb) / n**2 + 3.0 * d1 * (na * b2 - nb * a2) / n,
+        a4
+        + b4
+        + d1**4 * na * nb * (na * na - na * nb + nb * nb) / n**3
+        + 6.0 * d1**2 * (na * na * b2 + nb * nb * a2) / n**2
+        + 4.0 * d1 * (na * b3 - nb * a3) / n,
+    ]
+    return mean_a + d1 * nb / n, merged
+
+
+def central_power_sums(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Column means of ``x`` and the column sums of the central powers 2, 3, 4 (two buffers)."""
+    mean = x.mean(0)
+    dev = x - mean
+    pw = dev * dev
+    m2 = pw.sum(0)
+    m3 = dev.mul_(pw).sum(0)
+    return mean, [m2, m3, pw.square_().sum(0)]
+
+
+def _row_blocks(n: int, d: int) -> list[slice]:
+    """Row blocks of about 2 MiB of float64, so that the passes over a block stay in cache."""
+    rows = max(64, (1 << 18) // max(d, 1))
+    return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+
 def statistics_from_arrays(
     geom: Geometry, z: torch.Tensor, eps: float, enc: EncodedLabels, codes: torch.Tensor
 ) -> ClassStatistics:
-    """:class:`ClassStatistics` of validated arrays (two passes over the data, float64)."""
+    """:class:`ClassStatistics` of validated arrays (float64).
+
+    One pass over the data, in row blocks that stay in cache, gathers per class the sums of the rows
+    shifted by the class's first member (see :func:`~lpc_geom.analysis.geometry.class_means`; the shifted
+    rows are kept), the sign counts and the largest magnitudes, the norms, and the per-unit central moments
+    (block moments merged by :func:`merge_central_moments`); a second pass over the kept rows subtracts the
+    class offsets, giving the residuals ``u - mu_c`` with the same arithmetic per row as the whole-array
+    formulas (a class of identical points still has exactly that point as its mean and zero residuals).
+    """
     n, d = z.shape
+    k = enc.n_classes
     u = geom.to_chart(z)
-    means, counts, zc = class_means(u, codes, enc.n_classes, residuals=True)
-    flat = zc.reshape(-1)
-    within_trace = float(torch.dot(flat, flat)) / n
+    f64 = {"dtype": torch.float64, "device": u.device}
+    counts = torch.bincount(codes, minlength=k)
+    shift = class_first_members(u, codes, k)
+    sums = torch.zeros(k, d, **f64)
+    # int32 counts are exact and move a quarter of the bytes of float64 indicators.
+    sign_pos = torch.zeros(k, d, dtype=torch.int32, device=u.device)
+    sign_neg = torch.zeros(k, d, dtype=torch.int32, device=u.device)
+    abs_max = torch.zeros(k, d, **f64)
+    has_norm = geom.has_origin
+    norms = torch.empty(n, **f64) if has_norm else None
+    zc = torch.empty_like(u)
+    seen, unit_mean, power_sums = 0, None, None
+    blocks = _row_blocks(n, d)
+    for rows in blocks:
+        ub, cb, r = u[rows], codes[rows], zc[rows]
+        torch.sub(ub, shift.index_select(0, cb), out=r)
+        sums.index_add_(0, cb, r)
+        sign_pos.index_add_(0, cb, (ub > 0).int())
+        sign_neg.index_add_(0, cb, (ub < 0).int())
+        abs_max.scatter_reduce_(0, cb[:, None].expand(-1, d), ub.abs(), reduce="amax")
+        if has_norm:
+            norms[rows] = geom.origin_norm(z[rows])
+        block_mean, block_sums = central_power_sums(ub)
+        nb = ub.shape[0]
+        if seen:
+            unit_mean, power_sums = merge_central_moments(seen, unit_mean, power_sums, nb, block_mean, block_sums)
+        else:
+            unit_mean, power_sums = block_mean, block_sums
+        seen += nb
+    offset = sums / counts.clamp_min(1)[:, None].to(u.dtype)
+    means = shift + offset
+    within_sum = torch.zeros((), **f64)
+    for rows in blocks:
+        r = zc[rows].sub_(offset.index_select(0, codes[rows])).view(-1)
+        within_sum += torch.dot(r, r)
+    within_trace = float(within_sum) / n
+    unit_m2, unit_m3, unit_m4 = (m / n for m in power_sums)
 
     def within_quad(V: torch.Tensor) -> torch.Tensor:
-        return (zc @ V).square_().sum(0) / n
+        out = torch.zeros(V.shape[1], **f64)
+        for rows in blocks:
+            out += (zc[rows] @ V).square_().sum(0)
+        return out / n
 
-    norms = geom.origin_norm(z)
     norm_mean = norm_var = None
     if norms is not None:
         norm_mean = float(norms.mean())
         norm_var = float(((norms - norm_mean) ** 2).mean())
-    # Per-unit central moments, reusing two buffers.
-    unit_mean = u.mean(0)
-    dev = u - unit_mean
-    pw = dev.square()
-    unit_m2 = pw.mean(0)
-    unit_m3 = dev.mul_(pw).mean(0)
-    unit_m4 = pw.square_().mean(0)
-    del dev, pw
-    k = enc.n_classes
-    # int32 counts are exact and move a quarter of the bytes of float64 indicators.
-    sign_pos = torch.zeros(k, d, dtype=torch.int32, device=u.device).index_add_(0, codes, (u > 0).int())
-    sign_neg = torch.zeros(k, d, dtype=torch.int32, device=u.device).index_add_(0, codes, (u < 0).int())
-    sign_pos, sign_neg = sign_pos.double(), sign_neg.double()
-    abs_max = class_abs_max(u, codes, k)
     return ClassStatistics(
         geometry=geom,
         n=n,
@@ -207,8 +288,8 @@ def statistics_from_arrays(
         unit_m2=unit_m2,
         unit_m3=unit_m3,
         unit_m4=unit_m4,
-        sign_pos=sign_pos,
-        sign_neg=sign_neg,
+        sign_pos=sign_pos.double(),
+        sign_neg=sign_neg.double(),
         abs_max=abs_max,
         eps=eps,
         latents=z,

@@ -211,6 +211,14 @@ def geometry_from_manifold(manifold) -> Geometry:
 
 
 # -- class statistics -------------------------------------------------------------------------------
+def class_first_members(u: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(K, d) the first row of each class (the last row for an absent class): the shift of :func:`class_means`."""
+    n = u.shape[0]
+    first = torch.full((n_classes,), n, dtype=torch.long, device=u.device)
+    first.scatter_reduce_(0, codes, torch.arange(n, device=u.device), reduce="amin")
+    return u[first.clamp(max=n - 1)]
+
+
 def class_means(
     u: torch.Tensor, codes: torch.Tensor, n_classes: int, *, residuals: bool = False
 ) -> tuple[torch.Tensor, ...]:
@@ -221,11 +229,8 @@ def class_means(
     that point as its mean and exactly zero residuals (no rounding residue that would turn a zero distance
     into ``1e-17``).
     """
-    n = u.shape[0]
     counts = torch.bincount(codes, minlength=n_classes)
-    first = torch.full((n_classes,), n, dtype=torch.long, device=u.device)
-    first.scatter_reduce_(0, codes, torch.arange(n, device=u.device), reduce="amin")
-    shift = u[first.clamp(max=n - 1)]
+    shift = class_first_members(u, codes, n_classes)
     dev = u - shift.index_select(0, codes)
     sums = torch.zeros(n_classes, u.shape[1], dtype=u.dtype, device=u.device)
     sums.index_add_(0, codes, dev)

@@ -106,6 +106,15 @@ class _Adapter(ABC):
     def has_bias(self) -> bool:
         return self.bias is not None
 
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """Shape ``(d_out, d_in [+ 1])`` of the gradient matrix."""
+        d_out, d_in = self._out_in_shape()
+        return d_out, d_in + int(self.has_bias)
+
+    def _out_in_shape(self) -> tuple[int, int]:
+        return self.weight.shape[0], self.weight[0].numel()
+
     def get_input(self, args: tuple, kwargs: dict) -> torch.Tensor:
         return args[0] if args else next(iter(kwargs.values()))
 
@@ -177,6 +186,10 @@ class _LinearAdapter(_Adapter):
 
     def _weight_grad_out_in(self) -> torch.Tensor:
         return self.weight.grad if self.layout == "out_in" else self.weight.grad.T
+
+    def _out_in_shape(self) -> tuple[int, int]:
+        d0, d1 = self.weight.shape
+        return (d0, d1) if self.layout == "out_in" else (d1, d0)
 
     def write_grad(self, v: torch.Tensor) -> None:
         d_in = v.shape[1] - int(self.has_bias)
