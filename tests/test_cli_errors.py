@@ -86,15 +86,15 @@ def test_latents_npz_missing_a_key(run_copy):
 def test_other_damage_to_a_run_directory(run_copy):
     (run_copy / "history.json").write_bytes(b'[{"epoch": 0,')
     assert_one_line_error(in_process("analyze", str(run_copy)), "analyze", 2,
-                          f"{run_copy / 'history.json'}: not valid JSON")
+                          f"{run_copy / 'history.json'}: not loaded: not valid JSON")
     (run_copy / "history.json").write_text("[]")
     with zipfile.ZipFile(run_copy / "latents.npz", "a") as archive:
         archive.writestr("notes.txt", "not an array")
     assert_one_line_error(in_process("analyze", str(run_copy)), "analyze", 2,
-                          f"{run_copy / 'latents.npz'}: member(s) ['notes.txt'] are not NumPy arrays")
+                          f"{run_copy / 'latents.npz'}: not loaded: member(s) ['notes.txt'] are not NumPy arrays")
     (run_copy / "latents.npz").write_bytes(b"PK\x03\x04 truncated")
     assert_one_line_error(in_process("analyze", str(run_copy)), "analyze", 2,
-                          f"{run_copy / 'latents.npz'}: not a readable .npz archive")
+                          f"{run_copy / 'latents.npz'}: not loaded: not a readable .npz archive")
 
 
 @pytest.mark.parametrize(("change", "message", "cli"), [({"bogus": 1}, "unknown key(s) ['bogus']", lpc_geom),
