@@ -1,6 +1,8 @@
-"""Robustness of classifiers: batched DeepFool, Lipschitz bounds, certified radii.
+"""Robustness of classifiers: batched DeepFool and minimum-norm attacks, Lipschitz bounds, certified radii.
 
 * :func:`deepfool` -- minimal L2 perturbations, as the LPC paper measured them (batched).
+* :func:`fmn` -- the Fast Minimum-Norm L2 attack (Pintor et al. 2021): shorter adversarial perturbations than
+  DeepFool's linear steps find, a tighter upper bound on the distance to the decision boundary (batched).
 * :func:`lipschitz_upper_bound` -- certified bound on the Lipschitz constant of the logits (per-layer
   rules, extensible with :func:`register_lipschitz_rule`); :func:`lipschitz_lower_bound` -- empirical.
 * :func:`certified_radius` / :func:`certified_accuracy` -- radii :math:`m / (\\sqrt 2 L)`.
@@ -14,6 +16,7 @@ from lpc_geom.analysis.robustness.certify import (
     radius_from_margins,
 )
 from lpc_geom.analysis.robustness.deepfool import DeepFoolResult, deepfool
+from lpc_geom.analysis.robustness.fmn import FMNResult, fmn
 from lpc_geom.analysis.robustness.lipschitz import (
     LIPSCHITZ_RULES,
     LayerBound,
@@ -36,6 +39,7 @@ from lpc_geom.analysis.robustness.report import read_robustness_json, robustness
 __all__ = [
     "LIPSCHITZ_RULES",
     "DeepFoolResult",
+    "FMNResult",
     "LayerBound",
     "LipschitzBound",
     "LipschitzEstimate",
@@ -48,6 +52,7 @@ __all__ = [
     "chain_rule",
     "constant_rule",
     "deepfool",
+    "fmn",
     "lipschitz_lower_bound",
     "lipschitz_upper_bound",
     "logit_margins",

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lpc_geom.analysis.robustness._common import Bound
 from lpc_geom.analysis.robustness.certify import certified_accuracy, logit_margins, radius_from_margins
-from lpc_geom.analysis.robustness.deepfool import Bound, deepfool
+from lpc_geom.analysis.robustness.deepfool import deepfool
 from lpc_geom.analysis.robustness.lipschitz import (
     LipschitzRuleError,
     UnboundedLipschitzError,
