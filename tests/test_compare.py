@@ -125,14 +125,15 @@ def test_default_backbone_is_a_1d_resnet_end_to_end(tmp_path):
     assert (base.dataset, base.backbone, base.backbone_options) == ("mnist1d", "resnet18", {"width": 8})
     result = compare.main(["--dataset", "blobs", "--dataset-option", "num_samples=120", "--dataset-option",
                            "dim=8", "--backbone-option", "width=2", "--latent-dim", "4", "--epochs", "1",
-                           "--robustness-samples", "8", "--no-progress", "--no-figures", "--workers", "1",
+                           "--robustness-samples", "8", "--fmn-steps", "20", "--no-progress", "--no-figures",
+                           "--workers", "1",
                            "--geometries", "euclidean-LPC", "--optimizers", "default", "kfac", "--seeds", "0",
                            "--out", str(tmp_path / "rn")])
     assert [r["status"] for r in result.records] == ["ok", "ok"], [r.get("error") for r in result.records]
     for record in result.records:
         assert 0 < record["robust_deepfool_refined_mean_relative_norm"] <= record["robust_deepfool_mean_relative_norm"]
         refined = record["robust_deepfool_refined_mean_relative_norm"]
-        assert 0 < record["robust_fmn_mean_relative_norm"] <= 1.01 * refined
+        assert 0 < record["robust_fmn_mean_relative_norm"] <= 1.01 * refined and record["robust_fmn_steps"] == 20
         assert math.isfinite(record["robust_lipschitz_upper"])
 
 
@@ -151,6 +152,9 @@ def test_settings_and_jobs():
         compare.CompareSettings(geometries=["hyperbolic"])
     with pytest.raises(ValueError, match="duplicates"):
         compare.CompareSettings(seeds=[0, 0])
+    with pytest.raises(ValueError, match="fmn_steps"):
+        compare.CompareSettings(fmn_steps=-1)
+    assert compare.settings_from_args(compare.build_parser().parse_args(["--fmn-steps", "7"])).fmn_steps == 7
     with pytest.raises(SystemExit, match="the grid sets"):
         compare.main(["--set", "geometry=sphere"])
 

@@ -194,6 +194,9 @@ class CompareSettings:
         Training seeds (initialisation and data order; the dataset is the same for every run).
     robustness_samples : int
         Test inputs of each robustness measurement (a seeded subsample, the same for every run).
+    fmn_steps : int
+        Steps of the Fast Minimum-Norm attack in each robustness measurement (0: none). It costs several
+        times DeepFool: 100 steps from two starts are 200 forward and backward passes of the subsample.
     figures : bool
         Draw the PNG figures.
     """
@@ -205,6 +208,7 @@ class CompareSettings:
     seeds: Sequence[int] = DEFAULT_SEEDS
     robustness_samples: int = 500
     figures: bool = True
+    fmn_steps: int = 100
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -223,6 +227,8 @@ class CompareSettings:
                 problems.append(f"{name} has duplicates: {list(values)}")
         if not isinstance(self.robustness_samples, int) or self.robustness_samples < 1:
             problems.append(f"robustness_samples must be an integer >= 1, got {self.robustness_samples!r}")
+        if isinstance(self.fmn_steps, bool) or not isinstance(self.fmn_steps, int) or self.fmn_steps < 0:
+            problems.append(f"fmn_steps must be an integer >= 0, got {self.fmn_steps!r}")
         if problems:
             raise ValueError("invalid comparison settings: " + "; ".join(problems))
 
@@ -257,7 +263,7 @@ def build_jobs(settings: CompareSettings) -> list[Job]:
     return jobs
 
 
-def measure_robustness(job: Job, *, samples: int) -> dict[str, Any]:
+def measure_robustness(job: Job, *, samples: int, fmn_steps: int = 100) -> dict[str, Any]:
     """Sweep post-processing: :func:`~lpc_geom.experiments.runs.robustness_run` with ``robust_`` keys.
 
     Its warnings (no finite Lipschitz bound for a cosine or hyperbolic head, ...) end up in the run's
@@ -265,7 +271,7 @@ def measure_robustness(job: Job, *, samples: int) -> dict[str, Any]:
     """
     from lpc_geom.experiments.runs import robustness_run
 
-    report = robustness_run(job.run_dir, samples=samples, seed=0)
+    report = robustness_run(job.run_dir, samples=samples, seed=0, fmn_steps=fmn_steps)
     return {f"robust_{key}": value for key, value in report.items()}
 
 
@@ -709,7 +715,8 @@ def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = N
     order = sorted(jobs, key=lambda job: job.cell["optimizer"] != "kfac")
     by_name = {r["name"]: r for r in run_jobs(
         order, progress=progress, executor=executor,
-        postprocess=partial(measure_robustness, samples=settings.robustness_samples))}
+        postprocess=partial(measure_robustness, samples=settings.robustness_samples,
+                            fmn_steps=settings.fmn_steps))}
     records = [by_name[job.name] for job in jobs]
     for line in warning_summary(records):
         log(f"warning in {line}")
@@ -818,6 +825,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "gamma_options='{\"start\":0.01,\"factor\":1.1,\"gamma_max\":10}'")
     training.add_argument("--robustness-samples", type=int, default=500,
                           help="test inputs of each robustness measurement (default 500)")
+    training.add_argument("--fmn-steps", type=int, default=100,
+                          help="steps of the Fast Minimum-Norm attack of each robustness measurement (default 100, "
+                               "from 0 and from DeepFool's point; 0: none)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     output.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -873,7 +883,8 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
         base = base.replace(**changes)
         return CompareSettings(base=base, out=Path(args.out), geometries=args.geometries,
                                optimizers=args.optimizers, seeds=args.seeds,
-                               robustness_samples=args.robustness_samples, figures=not args.no_figures)
+                               robustness_samples=args.robustness_samples, figures=not args.no_figures,
+                               fmn_steps=args.fmn_steps)
     except (TypeError, ValueError) as exc:
         raise SystemExit(str(exc)) from None
 
