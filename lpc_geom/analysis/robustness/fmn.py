@@ -7,7 +7,10 @@ subject to :math:`\arg\max_k f_k(x_0 + \delta) \ne y` through the logit margin
 .. math::
 
     L(x) = f_y(x) - \max_{j \ne y} f_j(x) \qquad (x \text{ is adversarial when the prediction leaves } y,
-    \text{ i.e. } L(x) < 0 \text{ up to ties}).
+    \text{ i.e. } L(x) < 0 \text{ up to ties}),
+
+a point counting as adversarial only when :math:`L < -\tau \max_k |f_k(x_0)|` (``tolerance`` :math:`\tau`,
+so that rounding cannot flip it back).
 
 Starting from :math:`\delta_0 = 0` and no norm constraint (:math:`\varepsilon_0 = \infty`), step
 :math:`k = 0, \dots, K-1` evaluates the current point :math:`x_k = x_0 + \delta_k` and its gradient
@@ -49,7 +52,7 @@ paper's choice, and foolbox's ``L2FMNAttack(max_stepsize=...)``).
 Starting points (``init``): the iteration is local, it follows the boundary of the runner-up class nearest
 in its walk. The paper starts from :math:`\delta_0 = 0` (``init="zero"``); it may also start from an
 adversarial point :math:`x_1`, first moved to the boundary on the segment :math:`[x_0, x_1]` by bisection
-(20 halvings, as foolbox's ``starting_points``). ``init="deepfool"`` starts from DeepFool's point
+(20 halvings; foolbox's ``starting_points`` do the same with 10). ``init="deepfool"`` starts from DeepFool's point
 (:func:`~lpc_geom.analysis.robustness.deepfool`, which compares the linearised boundaries of the top 10
 classes); the default ``init="both"`` runs the attack from both starts in one batch and keeps, per sample,
 the shorter result, so that it is never longer than either (up to the tolerance), and in particular never
