@@ -230,7 +230,7 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
 
     robustness_run(Path(args.run_dir), samples=args.samples, seed=args.seed, split=args.split,
                    candidates=args.candidates, max_iter=args.max_iter, refine_steps=args.refine_steps,
-                   lipschitz=not args.no_lipschitz)
+                   fmn_steps=args.fmn_steps, lipschitz=not args.no_lipschitz)
     if not is_fresh(Path(args.run_dir) / REPORT_FILES[args.split]):  # missing, or of other latents
         analyze_run(Path(args.run_dir), split=args.split)
     print(run_table(Path(args.run_dir)))
@@ -336,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     robustness.add_argument("--refine-steps", type=int, default=20,
                             help="bisection halvings that shrink each DeepFool perturbation to the nearest "
                                  "misclassified point on its segment (deepfool_refined_*; 0: none)")
+    robustness.add_argument("--fmn-steps", type=int, default=100,
+                            help="steps of the Fast Minimum-Norm L2 attack, the shortest adversarial perturbations "
+                                 "(fmn_*; from 0 and from DeepFool's point; 0: none)")
     robustness.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz bounds")
     robustness.set_defaults(func=_cmd_robustness)
 

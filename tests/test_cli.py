@@ -56,14 +56,20 @@ def test_train_analyze_and_robustness_on_a_tiny_run(tmp_path, capsys):
     assert robustness["n_samples"] == 20 and 0 <= robustness["deepfool_success_rate"] <= 1
     table = capsys.readouterr().out
     assert "| robustness | `deepfool_mean_relative_norm` |" in table and "| test | `nc1` |" in table
+    # the minimum-norm attack beside DeepFool's figures
+    assert "| robustness | `fmn_median_relative_norm` |" in table and robustness["fmn_steps"] == 100
+    if robustness["fmn_success_rate"] == 1:
+        assert robustness["fmn_mean_relative_norm"] <= 1.01 * robustness["deepfool_refined_mean_relative_norm"]
     # all 240 training inputs (the test split has 60); the test split's file is left as it was
     assert main(["robustness", str(run), "--samples", "1000", "--split", "train", "--no-lipschitz"]) == 0
     on_train = json.loads((run / "robustness_train.json").read_text())
     assert on_train["n_samples"] == 240 and json.loads((run / "robustness.json").read_text())["n_samples"] == 20
     assert robustness["deepfool_refine_steps"] == 20 and on_train["deepfool_refined_mean_relative_norm"] <= (
         on_train["deepfool_mean_relative_norm"])
-    assert main(["robustness", str(run), "--samples", "20", "--refine-steps", "0", "--no-lipschitz"]) == 0
-    assert "deepfool_refined_mean_relative_norm" not in json.loads((run / "robustness.json").read_text())
+    assert main(["robustness", str(run), "--samples", "20", "--refine-steps", "0", "--no-lipschitz",
+                 "--fmn-steps", "0"]) == 0
+    assert not {"deepfool_refined_mean_relative_norm", "fmn_mean_relative_norm"} & set(
+        json.loads((run / "robustness.json").read_text()))
     assert "| robustness (train) | `deepfool_mean_relative_norm` |" in capsys.readouterr().out
     with pytest.raises(ValueError, match="split must be one of 'test', 'train', got 'val'"):
         robustness_run(run, samples=5, split="val")

@@ -49,6 +49,11 @@ def test_pipeline_tiny_grid_resumes_and_records_failures(tmp_path, capsys):
     # the refined DeepFool distance is a point on DeepFool's segment: never longer
     assert all(0 < r["robust_deepfool_refined_mean_relative_norm"] <= r["robust_deepfool_mean_relative_norm"]
                for r in ok)
+    # the minimum-norm attack fools every input and is never farther than the refined DeepFool points
+    assert all(r["robust_fmn_success_rate"] == 1.0 for r in ok)
+    assert all(r["robust_fmn_median_relative_norm"] > 0 for r in ok)
+    assert all(0 < r["robust_fmn_mean_relative_norm"] <= 1.01 * r["robust_deepfool_refined_mean_relative_norm"]
+               for r in ok)
     assert all(math.isfinite(r["train_separation_ratio"]) for r in ok)
     kfac = {r["optimizer_name"] for r in ok if r["optimizer"] == "kfac"}
     assert kfac == {"kfac-adam", "kfac-riemannian"}
@@ -66,7 +71,17 @@ def test_pipeline_tiny_grid_resumes_and_records_failures(tmp_path, capsys):
     assert cells[("stiefel", "kfac")]["runs"] == 0 and cells[("stiefel", "kfac")]["failed"] == 2
     table = (out / "table.md").read_text()
     assert "| stiefel | default (auto) | 0 (2 failed) |" in table
-    assert "Euclidean LPC vs NoPen" in table
+    assert "Euclidean LPC vs NoPen" in table and "FMN x" in table
+    assert "| FMN ‖r‖/‖x‖ | FMN median |" in table.splitlines()[2]
+    assert "| n/a | n/a | n/a | n/a |" in next(line for line in table.splitlines() if line.startswith("| stiefel"))
+    # the separation-robustness correlation for each attack, with and without the sphere cells
+    by_attack = json.loads((out / "analysis.json").read_text())["separation_vs_robustness_by_attack"]
+    assert set(by_attack) == set(compare.ATTACKS) == {"DeepFool", "DeepFool refined", "FMN"}
+    for name, subsets in by_attack.items():
+        assert subsets["all"]["n"] == 16 and subsets["without sphere"]["n"] == 12
+        assert all(-1 <= c["pearson"] <= 1 for c in subsets.values()), name
+        assert f"separation ratio vs {name} robustness, Pearson all: r = {subsets['all']['pearson']:.3f}" in table
+    assert result.correlations_by_attack == by_attack
     printed = capsys.readouterr().out
     assert result.table in printed and str(out.resolve()) in printed
     ending = printed.rsplit("Took", 1)[1]  # the failures are listed last
@@ -113,12 +128,15 @@ def test_default_backbone_is_a_1d_resnet_end_to_end(tmp_path):
     assert (base.dataset, base.backbone, base.backbone_options) == ("mnist1d", "resnet18", {"width": 8})
     result = compare.main(["--dataset", "blobs", "--dataset-option", "num_samples=120", "--dataset-option",
                            "dim=8", "--backbone-option", "width=2", "--latent-dim", "4", "--epochs", "1",
-                           "--robustness-samples", "8", "--no-progress", "--no-figures", "--workers", "1",
+                           "--robustness-samples", "8", "--fmn-steps", "20", "--no-progress", "--no-figures",
+                           "--workers", "1",
                            "--geometries", "euclidean-LPC", "--optimizers", "default", "kfac", "--seeds", "0",
                            "--out", str(tmp_path / "rn")])
     assert [r["status"] for r in result.records] == ["ok", "ok"], [r.get("error") for r in result.records]
     for record in result.records:
         assert 0 < record["robust_deepfool_refined_mean_relative_norm"] <= record["robust_deepfool_mean_relative_norm"]
+        refined = record["robust_deepfool_refined_mean_relative_norm"]
+        assert 0 < record["robust_fmn_mean_relative_norm"] <= 1.01 * refined and record["robust_fmn_steps"] == 20
         assert math.isfinite(record["robust_lipschitz_upper"])
 
 
@@ -137,6 +155,9 @@ def test_settings_and_jobs():
         compare.CompareSettings(geometries=["hyperbolic"])
     with pytest.raises(ValueError, match="duplicates"):
         compare.CompareSettings(seeds=[0, 0])
+    with pytest.raises(ValueError, match="fmn_steps"):
+        compare.CompareSettings(fmn_steps=-1)
+    assert compare.settings_from_args(compare.build_parser().parse_args(["--fmn-steps", "7"])).fmn_steps == 7
     with pytest.raises(SystemExit, match="the grid sets"):
         compare.main(["--set", "geometry=sphere"])
 
@@ -149,6 +170,20 @@ def test_separation_robustness_correlation():
     assert out["n"] == 3 and out["pearson"] == pytest.approx(1.0)
     assert 0.8 < out["pearson_log"] < 1.0
     assert math.isnan(compare.separation_robustness(records[:2])["pearson"])
+    # any robustness field, and cells left out
+    records = [{"status": "ok", "geometry": g, "train_separation_ratio": r, "robust_fmn_mean_relative_norm": f}
+               for g, r, f in (("euclidean-LPC", 1.0, 0.1), ("poincare", 2.0, 0.2), ("stiefel", 3.0, 0.3),
+                               ("sphere", 4.0, -5.0), ("euclidean-NoPen", 5.0, math.inf))]
+    fmn = compare.separation_robustness(records, "robust_fmn_mean_relative_norm")
+    assert fmn["n"] == 4 and fmn["pearson"] < 0  # the sphere run reverses the trend; the inf run is left out
+    no_sphere = compare.separation_robustness(records, "robust_fmn_mean_relative_norm", exclude=["sphere"])
+    assert no_sphere["n"] == 3 and no_sphere["pearson"] == pytest.approx(1.0)
+    by_attack = compare.correlations_by_attack(records)
+    assert by_attack["FMN"] == {"all": fmn, "without sphere": no_sphere}
+    assert by_attack["DeepFool"]["all"]["n"] == 0 and math.isnan(by_attack["DeepFool"]["all"]["pearson"])
+    lines = compare.correlation_lines(by_attack)
+    assert len(lines) == 3 and "FMN robustness, Pearson all: r = " in lines[2]
+    assert "without sphere: r = 1.000" in lines[2]
 
 
 def test_cli_help_explains_itself(monkeypatch, capsys):

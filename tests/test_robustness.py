@@ -603,6 +603,12 @@ def test_robustness_report_and_json(trained_mlp, tmp_path):
     assert report["lipschitz_lower"] <= report["lipschitz_upper"]
     assert report["certified_accuracy@0.1"] <= report["deepfool_accuracy@0.1"] <= report["accuracy"]
     assert report["certified_accuracy@1"] <= report["certified_accuracy@0.1"]
+    # the minimum-norm attack: every sample fooled, never farther than DeepFool's refined points
+    assert report["fmn_success_rate"] == 1.0 and report["fmn_steps"] == 100
+    assert report["fmn_mean_relative_norm"] <= 1.01 * report["deepfool_refined_mean_relative_norm"]
+    assert report["fmn_median_relative_norm"] <= 1.01 * report["deepfool_refined_median_relative_norm"]
+    for e in ("0.1", "1"):
+        assert report[f"certified_accuracy@{e}"] <= report[f"fmn_accuracy@{e}"] <= report[f"deepfool_accuracy@{e}"]
     path = write_robustness_json(report, tmp_path / "run" / "robustness.json")
     assert read_robustness_json(path) == pytest.approx(report)
 
@@ -631,8 +637,10 @@ def test_robustness_report_without_a_rule_or_labels():
         report = robustness_report(NoRule(), x, max_iter=10)
     assert math.isnan(report["lipschitz_upper"]) and math.isnan(report["certified_radius_mean"])
     assert report["lipschitz_lower"] > 0 and "accuracy" not in report
-    plain = robustness_report(NoRule(), x, max_iter=10, lipschitz=False)
-    assert not any(k.startswith(("lipschitz", "certified")) for k in plain)
+    plain = robustness_report(NoRule(), x, max_iter=10, lipschitz=False, fmn_steps=0)
+    assert not any(k.startswith(("lipschitz", "certified", "fmn")) for k in plain)
+    with pytest.raises(ValueError, match="fmn_steps"):
+        robustness_report(NoRule(), x, fmn_steps=-1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -14,9 +14,10 @@ The grid is *geometry* x *optimiser* x *seed* on one dataset (default MNIST-1D):
 Every run is trained (:func:`lpc_geom.train.train`), its train and test latents analysed in the geometry
 of its head (:func:`lpc_geom.experiments.runs.analyze_run`), and its robustness measured on a seeded
 subsample of the test set (:func:`lpc_geom.experiments.runs.robustness_run`: DeepFool as in the paper,
-Lipschitz bounds, certified radii). Runs are independent jobs of :func:`lpc_geom.experiments.sweep.run_jobs`:
-finished runs are reused on re-launch, a failed run is recorded with its error, and the jobs run in
-local worker processes or on a cluster (:mod:`lpc_geom.experiments.executors`) through the same code.
+the Fast Minimum-Norm attack, Lipschitz bounds, certified radii). Runs are independent jobs of
+:func:`lpc_geom.experiments.sweep.run_jobs`: finished runs are reused on re-launch, a failed run is recorded
+with its error, and the jobs run in local worker processes or on a cluster
+(:mod:`lpc_geom.experiments.executors`) through the same code.
 
 Written to the output directory:
 
@@ -25,7 +26,8 @@ Written to the output directory:
 - ``runs.csv`` / ``runs.json``: one row per run (``runs.json`` keeps the tracebacks of failed runs);
 - ``cells.csv`` / ``cells.json``: one row per (geometry, optimiser) cell, mean and std over seeds;
 - ``table.md``: the markdown table printed at the end, with the Euclidean LPC-vs-NoPen comparison;
-- ``analysis.json``: the Gromov-Wasserstein matrices and the separation/robustness correlation;
+- ``analysis.json``: the Gromov-Wasserstein matrices and the separation/robustness correlations (DeepFool,
+  refined DeepFool and FMN, with and without the sphere cells);
 - ``figures/``: ``latents_2d.png``, ``unit_histograms.png``, ``collapse_history.png``,
   ``separation_vs_robustness.png``, ``gw_matrix.png``.
 
@@ -66,6 +68,7 @@ __all__ = [
     "CompareSettings",
     "build_jobs",
     "cell_rows",
+    "correlations_by_attack",
     "default_config",
     "gw_matrices",
     "main",
@@ -94,6 +97,14 @@ DEFAULT_OUT = "results/compare_manifolds"
 #: The reference cell of the relative seconds-per-epoch column.
 REFERENCE_CELL = ("euclidean-LPC", "default")
 
+#: The robustness figure of each attack: mean relative L2 distance of its adversarial points, per run.
+ATTACKS = {
+    "DeepFool": "robust_deepfool_mean_relative_norm",
+    "DeepFool refined": "robust_deepfool_refined_mean_relative_norm",
+    "FMN": "robust_fmn_mean_relative_norm",
+}
+#: Cells left out of the second separation-robustness correlation (their DeepFool figure overshoots most).
+CORRELATION_EXCLUDED = ("sphere",)
 #: Table columns: (title, record field, scale, format).
 TABLE_COLUMNS = (
     ("test acc %", "final_test_acc", 100.0, ".1f"),
@@ -101,8 +112,8 @@ TABLE_COLUMNS = (
     ("sep. ratio (test)", "test_separation_ratio", 1.0, ".3g"),
     ("σ_W/σ_T (train)", "train_sigma_w_rel", 1.0, ".2g"),
     ("norm CV (train)", "train_norm_cv", 1.0, ".2g"),
-    ("DeepFool ‖r‖/‖x‖", "robust_deepfool_mean_relative_norm", 1.0, ".3g"),
-    ("DeepFool refined", "robust_deepfool_refined_mean_relative_norm", 1.0, ".3g"),
+    *((f"{name} ‖r‖/‖x‖", key, 1.0, ".3g") for name, key in ATTACKS.items()),
+    ("FMN median", "robust_fmn_median_relative_norm", 1.0, ".3g"),
     ("s/epoch", "epoch_seconds_median", 1.0, ".3g"),
 )
 
@@ -184,6 +195,9 @@ class CompareSettings:
         Training seeds (initialisation and data order; the dataset is the same for every run).
     robustness_samples : int
         Test inputs of each robustness measurement (a seeded subsample, the same for every run).
+    fmn_steps : int
+        Steps of the Fast Minimum-Norm attack in each robustness measurement (0: none). It costs several
+        times DeepFool: 100 steps from two starts are 200 forward and backward passes of the subsample.
     figures : bool
         Draw the PNG figures.
     """
@@ -195,6 +209,7 @@ class CompareSettings:
     seeds: Sequence[int] = DEFAULT_SEEDS
     robustness_samples: int = 500
     figures: bool = True
+    fmn_steps: int = 100
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -213,6 +228,8 @@ class CompareSettings:
                 problems.append(f"{name} has duplicates: {list(values)}")
         if not isinstance(self.robustness_samples, int) or self.robustness_samples < 1:
             problems.append(f"robustness_samples must be an integer >= 1, got {self.robustness_samples!r}")
+        if isinstance(self.fmn_steps, bool) or not isinstance(self.fmn_steps, int) or self.fmn_steps < 0:
+            problems.append(f"fmn_steps must be an integer >= 0, got {self.fmn_steps!r}")
         if problems:
             raise ValueError("invalid comparison settings: " + "; ".join(problems))
 
@@ -247,7 +264,7 @@ def build_jobs(settings: CompareSettings) -> list[Job]:
     return jobs
 
 
-def measure_robustness(job: Job, *, samples: int) -> dict[str, Any]:
+def measure_robustness(job: Job, *, samples: int, fmn_steps: int = 100) -> dict[str, Any]:
     """Sweep post-processing: :func:`~lpc_geom.experiments.runs.robustness_run` with ``robust_`` keys.
 
     Its warnings (no finite Lipschitz bound for a cosine or hyperbolic head, ...) end up in the run's
@@ -255,7 +272,7 @@ def measure_robustness(job: Job, *, samples: int) -> dict[str, Any]:
     """
     from lpc_geom.experiments.runs import robustness_run
 
-    report = robustness_run(job.run_dir, samples=samples, seed=0)
+    report = robustness_run(job.run_dir, samples=samples, seed=0, fmn_steps=fmn_steps)
     return {f"robust_{key}": value for key, value in report.items()}
 
 
@@ -331,12 +348,12 @@ def lpc_vs_nopen(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         if not lpc or not nopen or not lpc["runs"] or not nopen["runs"]:
             continue
         sep = lpc["train_separation_ratio_mean"] / nopen["train_separation_ratio_mean"]
-        rob, refined = (lpc.get(f"robust_deepfool_{key}_mean", math.nan)
-                        / nopen.get(f"robust_deepfool_{key}_mean", math.nan)
-                        for key in ("mean_relative_norm", "refined_mean_relative_norm"))
+        rob, refined, minimum = (lpc.get(f"{key}_mean", math.nan) / nopen.get(f"{key}_mean", math.nan)
+                                 for key in ATTACKS.values())
         acc = 100 * (lpc["final_test_acc_mean"] - nopen["final_test_acc_mean"])
         lines.append(f"- {optimizer}: Euclidean LPC vs NoPen: separation ratio (train) x{sep:.3g}, "
-                     f"DeepFool robustness x{rob:.3g} (refined x{refined:.3g}), test accuracy {acc:+.1f} points")
+                     f"DeepFool robustness x{rob:.3g} (refined x{refined:.3g}, FMN x{minimum:.3g}), "
+                     f"test accuracy {acc:+.1f} points")
     return lines
 
 
@@ -414,8 +431,18 @@ def gw_matrices(loaded: Sequence[_LoadedRun], *, restarts: int = 5) -> dict[str,
     return result
 
 
-def separation_robustness(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Pearson correlation, over finished runs, of the training separation ratio and DeepFool robustness.
+def separation_robustness(records: Sequence[Mapping[str, Any]], key: str = ATTACKS["DeepFool"],
+                          exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Pearson correlation, over finished runs, of the training separation ratio and a robustness figure.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Run records.
+    key : str, default DeepFool's mean relative distance
+        The robustness field (one of :data:`ATTACKS`' values, or any other).
+    exclude : sequence of str
+        Geometry cells left out.
 
     Returns
     -------
@@ -424,18 +451,43 @@ def separation_robustness(records: Sequence[Mapping[str, Any]]) -> dict[str, Any
         paper reports it), ``pearson_log`` (log10 separation ratio vs robustness: the ratio spans
         decades); NaN when fewer than 3 runs or a constant variable.
     """
-    pairs = [(r["train_separation_ratio"], r["robust_deepfool_mean_relative_norm"]) for r in records
-             if r.get("status") == "ok" and _number(r.get("train_separation_ratio"))
-             and _number(r.get("robust_deepfool_mean_relative_norm"))
+    pairs = [(r["train_separation_ratio"], r[key]) for r in records
+             if r.get("status") == "ok" and r.get("geometry") not in exclude
+             and _number(r.get("train_separation_ratio")) and _number(r.get(key))
              and math.isfinite(r["train_separation_ratio"]) and r["train_separation_ratio"] > 0
-             and math.isfinite(r["robust_deepfool_mean_relative_norm"])]
+             and math.isfinite(r[key])]
     out: dict[str, Any] = {"n": len(pairs), "pearson": math.nan, "pearson_log": math.nan}
     if len(pairs) >= 3:
         sep, rob = np.array(pairs).T
-        for key, x in (("pearson", sep), ("pearson_log", np.log10(sep))):
+        for name, x in (("pearson", sep), ("pearson_log", np.log10(sep))):
             if np.std(x) > 0 and np.std(rob) > 0:
-                out[key] = float(np.corrcoef(x, rob)[0, 1])
+                out[name] = float(np.corrcoef(x, rob)[0, 1])
     return out
+
+
+def correlations_by_attack(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """:func:`separation_robustness` for every attack of :data:`ATTACKS`, over all runs and without the
+    :data:`CORRELATION_EXCLUDED` cells.
+
+    Returns
+    -------
+    dict
+        ``{attack: {"all": {...}, "without sphere": {...}}}``.
+    """
+    without = "without " + "/".join(CORRELATION_EXCLUDED)
+    return {name: {"all": separation_robustness(records, key),
+                   without: separation_robustness(records, key, exclude=CORRELATION_EXCLUDED)}
+            for name, key in ATTACKS.items()}
+
+
+def correlation_lines(by_attack: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    """The correlations of :func:`correlations_by_attack`, one markdown bullet per attack."""
+    lines = []
+    for name, subsets in by_attack.items():
+        parts = [f"{subset}: r = {c['pearson']:.3f} (log10 ratio {c['pearson_log']:.3f}, {c['n']} runs)"
+                 for subset, c in subsets.items()]
+        lines.append(f"- separation ratio vs {name} robustness, Pearson " + "; ".join(parts))
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- figures
@@ -628,6 +680,7 @@ class CompareResult:
     correlation: dict[str, Any]
     figures: list[Path]
     seconds: float
+    correlations_by_attack: dict[str, Any] = field(default_factory=dict)
 
 
 def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = None,
@@ -663,7 +716,8 @@ def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = N
     order = sorted(jobs, key=lambda job: job.cell["optimizer"] != "kfac")
     by_name = {r["name"]: r for r in run_jobs(
         order, progress=progress, executor=executor,
-        postprocess=partial(measure_robustness, samples=settings.robustness_samples))}
+        postprocess=partial(measure_robustness, samples=settings.robustness_samples,
+                            fmn_steps=settings.fmn_steps))}
     records = [by_name[job.name] for job in jobs]
     for line in warning_summary(records):
         log(f"warning in {line}")
@@ -674,6 +728,7 @@ def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = N
         for error in entry["errors"]:
             log(f"GW left out: {error}")
     correlation = separation_robustness(records)
+    by_attack = correlations_by_attack(records)
     table = markdown_table(cells)
     pattern = lpc_vs_nopen(cells)
     reference = " / ".join(REFERENCE_CELL)
@@ -681,19 +736,19 @@ def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = N
         f"{base.dataset} {json.dumps(base.dataset_options)}, {base.backbone} {json.dumps(base.backbone_options)}, "
         f"{base.epochs} epochs, seeds "
         f"{list(settings.seeds)}; mean ± std over seeds; collapse figures of the training latents, each in the "
-        f"geometry of its head; DeepFool on {settings.robustness_samples} test inputs; s/epoch ÷ the "
+        f"geometry of its head; DeepFool and FMN on {settings.robustness_samples} test inputs; s/epoch ÷ the "
         f"{reference} cell (runs share the machine: a rough cost ratio).",
         "", table, "",
         *pattern,
-        f"- separation ratio vs DeepFool robustness over {correlation['n']} runs: Pearson r = "
-        f"{correlation['pearson']:.3f} (log10 ratio: {correlation['pearson_log']:.3f})",
+        *correlation_lines(by_attack),
     ])
     write_json(records, out / "runs.json")
     write_text(csv_text(records), out / "runs.csv")
     write_json(cells, out / "cells.json")
     write_text(csv_text(cells), out / "cells.csv")
     write_text(text + "\n", out / "table.md")
-    write_json({"gw": gw, "separation_vs_robustness": correlation}, out / "analysis.json")
+    write_json({"gw": gw, "separation_vs_robustness": correlation, "separation_vs_robustness_by_attack": by_attack},
+               out / "analysis.json")
     figures = draw_figures(records, loaded, gw, correlation, out / "figures") if settings.figures else []
     seconds = time.perf_counter() - start
     log("\n" + text)
@@ -704,7 +759,7 @@ def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = N
     failures = failure_lines(records)
     if failures:  # last, where they are seen; the exit status says the same (cli)
         log("\n" + "\n".join(failures) + "\nlaunch the same command again to retry them")
-    return CompareResult(out, records, cells, table, gw, correlation, figures, seconds)
+    return CompareResult(out, records, cells, table, gw, correlation, figures, seconds, by_attack)
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -775,6 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "gamma_options='{\"start\":0.01,\"factor\":1.1,\"gamma_max\":10}'")
     training.add_argument("--robustness-samples", type=int, default=500,
                           help="test inputs of each robustness measurement (default 500)")
+    training.add_argument("--fmn-steps", type=int, default=100,
+                          help="steps of the Fast Minimum-Norm attack of each robustness measurement (default 100, "
+                               "from 0 and from DeepFool's point; 0: none)")
     output = parser.add_argument_group("output")
     output.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     output.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -830,7 +888,8 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
         base = base.replace(**changes)
         return CompareSettings(base=base, out=Path(args.out), geometries=args.geometries,
                                optimizers=args.optimizers, seeds=args.seeds,
-                               robustness_samples=args.robustness_samples, figures=not args.no_figures)
+                               robustness_samples=args.robustness_samples, figures=not args.no_figures,
+                               fmn_steps=args.fmn_steps)
     except (TypeError, ValueError) as exc:
         raise SystemExit(str(exc)) from None
 

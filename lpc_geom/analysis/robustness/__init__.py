@@ -1,6 +1,8 @@
-"""Robustness of classifiers: batched DeepFool, Lipschitz bounds, certified radii.
+"""Robustness of classifiers: batched DeepFool and minimum-norm attacks, Lipschitz bounds, certified radii.
 
 * :func:`deepfool` -- minimal L2 perturbations, as the LPC paper measured them (batched).
+* :func:`fmn` -- the Fast Minimum-Norm L2 attack (Pintor et al. 2021): shorter adversarial perturbations than
+  DeepFool's linear steps find, a tighter upper bound on the distance to the decision boundary (batched).
 * :func:`lipschitz_upper_bound` -- certified bound on the Lipschitz constant of the logits of any model
   (module rules, and torch.fx graphs bounded node by node; extensible with :func:`register_lipschitz_rule`);
   :func:`lipschitz_lower_bound` -- empirical.
@@ -15,6 +17,7 @@ from lpc_geom.analysis.robustness.certify import (
     radius_from_margins,
 )
 from lpc_geom.analysis.robustness.deepfool import DeepFoolResult, deepfool
+from lpc_geom.analysis.robustness.fmn import FMNResult, fmn
 from lpc_geom.analysis.robustness.lipschitz import (
     FUNCTION_RULES,
     LIPSCHITZ_RULES,
@@ -47,6 +50,7 @@ __all__ = [
     "FUNCTION_RULES",
     "LIPSCHITZ_RULES",
     "DeepFoolResult",
+    "FMNResult",
     "FunctionCall",
     "FunctionRule",
     "LayerBound",
@@ -62,6 +66,7 @@ __all__ = [
     "constant_rule",
     "deepfool",
     "elementwise_rule",
+    "fmn",
     "lipschitz_lower_bound",
     "lipschitz_upper_bound",
     "logit_margins",

@@ -1,12 +1,17 @@
-"""Helpers shared by the robustness measures: reading logits, evaluation mode, placement, Lipschitz errors."""
+"""Helpers shared by the robustness measures: reading logits, evaluation mode, placement, boxes, bisection,
+Lipschitz errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+#: A box bound: a float, or a tensor broadcastable to one input.
+Bound = float | torch.Tensor
 
 
 class LipschitzRuleError(TypeError):
@@ -107,3 +112,77 @@ def as_model_input(inputs: torch.Tensor, model: nn.Module) -> torch.Tensor:
         inputs = torch.as_tensor(inputs)
     device, dtype = model_placement(model, inputs)
     return inputs.detach().to(device=device, dtype=dtype).clone()
+
+
+def prepare_bounds(bounds: tuple[Bound, Bound] | Sequence[Bound] | None, x: torch.Tensor,
+                   attack: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Check a box ``(lo, hi)`` against the clean inputs ``x`` and return it as tensors (or None).
+
+    Raises
+    ------
+    ValueError
+        For anything but a pair, bounds that do not broadcast to one input, ``lo > hi`` somewhere, or
+        inputs outside the box (the message names ``attack``).
+    """
+    if bounds is None:
+        return None
+    if len(bounds) != 2:
+        raise ValueError(f"bounds must be a pair (lo, hi), got {bounds!r}")
+    lo, hi = (torch.as_tensor(b, device=x.device, dtype=x.dtype) for b in bounds)
+    try:
+        torch.broadcast_shapes(lo.shape, x.shape[1:])
+        torch.broadcast_shapes(hi.shape, x.shape[1:])
+    except RuntimeError:
+        raise ValueError(f"bounds of shapes {tuple(lo.shape)} and {tuple(hi.shape)} do not broadcast "
+                         f"to one input of shape {tuple(x.shape[1:])}") from None
+    if bool((lo > hi).any()):
+        raise ValueError("bounds: lo must not exceed hi")
+    if x.numel() and bool(((x < lo) | (x > hi)).any()):
+        raise ValueError(f"inputs lie outside bounds; {attack} with bounds needs clean inputs inside the box")
+    return lo, hi
+
+
+@torch.no_grad()
+def bisect_to_boundary(model: nn.Module, x0: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor,
+                       success: torch.Tensor, steps: int, tolerance: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Per sample, the smallest :math:`t \in (0, 1]` found by bisection with :math:`x_0 + t (x_{adv} - x_0)`
+    not predicted ``labels``.
+
+    After ``steps`` halvings :math:`x_0 + t (x_{adv} - x_0)` is misclassified (it was evaluated) and
+    :math:`x_0 + (t - 2^{-\text{steps}})(x_{adv} - x_0)` is not. Rows where ``success`` is False keep
+    :math:`t = 1`. One forward pass of the successful rows per halving. With ``tolerance`` (per sample),
+    a point counts as misclassified only when its :func:`margin` is below ``-tolerance``.
+    """
+    direction = x_adv - x0
+    hi = torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype)  # misclassified (where success)
+    lo = torch.zeros_like(hi)  # classified as labels
+    rows = success.nonzero().squeeze(1)
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    for _ in range(steps if rows.numel() else 0):
+        mid = (lo[rows] + hi[rows]) / 2
+        logits = logits_of(model(x0[rows] + mid.view(shape) * direction[rows]))
+        if tolerance is None:
+            flipped = logits.argmax(dim=1) != labels[rows]
+        else:
+            flipped = margin(logits, labels[rows]) < -tolerance[rows]
+        hi[rows] = torch.where(flipped, mid, hi[rows])
+        lo[rows] = torch.where(flipped, lo[rows], mid)
+    return hi
+
+
+def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""The logit margin :math:`f_y - \max_{j \ne y} f_j` of each row (negative: misclassified).
+
+    Parameters
+    ----------
+    logits : Tensor, shape (N, K), K >= 2
+    labels : Tensor of int, shape (N,)
+
+    Returns
+    -------
+    Tensor, shape (N,)
+        Differentiable with respect to ``logits``.
+    """
+    own = logits.gather(1, labels[:, None])[:, 0]
+    others = logits.scatter(1, labels[:, None], -math.inf)
+    return own - others.max(dim=1).values

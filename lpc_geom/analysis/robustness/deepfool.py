@@ -44,20 +44,24 @@ with respect to the inputs only, so the parameters' ``.grad`` are never touched.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from lpc_geom.analysis.robustness._common import as_model_input, evaluation_mode, logits_of
+from lpc_geom.analysis.robustness._common import (
+    Bound,
+    as_model_input,
+    bisect_to_boundary,
+    evaluation_mode,
+    logits_of,
+    prepare_bounds,
+)
 
 __all__ = ["DeepFoolResult", "deepfool"]
 
 # The push past the linearised boundary of the reference implementation.
 _STEP_PUSH = 1e-4
-
-Bound = float | torch.Tensor
 
 
 @dataclass
@@ -213,7 +217,7 @@ def deepfool(model: nn.Module, inputs: torch.Tensor, *, candidates: int = 10, ov
     if isinstance(refine_steps, bool) or not isinstance(refine_steps, int) or refine_steps < 0:
         raise ValueError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
     x_all = as_model_input(inputs, model)
-    box = _prepare_bounds(bounds, x_all)
+    box = prepare_bounds(bounds, x_all, "DeepFool")
     parts: list[dict[str, torch.Tensor]] = []
     with evaluation_mode(model), torch.enable_grad():
         for start in range(0, x_all.shape[0], batch_size):
@@ -230,26 +234,6 @@ def deepfool(model: nn.Module, inputs: torch.Tensor, *, candidates: int = 10, ov
                               None if pert is None else pert.clone(), **refined)
     cat = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
     return DeepFoolResult(**cat)
-
-
-def _prepare_bounds(bounds: tuple[Bound, Bound] | Sequence[Bound] | None,
-                    x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if bounds is None:
-        return None
-    if len(bounds) != 2:
-        raise ValueError(f"bounds must be a pair (lo, hi), got {bounds!r}")
-    lo, hi = (torch.as_tensor(b, device=x.device, dtype=x.dtype) for b in bounds)
-    try:
-        torch.broadcast_shapes(lo.shape, x.shape[1:])
-        torch.broadcast_shapes(hi.shape, x.shape[1:])
-    except RuntimeError:
-        raise ValueError(f"bounds of shapes {tuple(lo.shape)} and {tuple(hi.shape)} do not broadcast "
-                         f"to one input of shape {tuple(x.shape[1:])}") from None
-    if bool((lo > hi).any()):
-        raise ValueError("bounds: lo must not exceed hi")
-    if x.numel() and bool(((x < lo) | (x > hi)).any()):
-        raise ValueError("inputs lie outside bounds; DeepFool with bounds needs clean inputs inside the box")
-    return lo, hi
 
 
 def _deepfool_batch(model: nn.Module, x0: torch.Tensor, candidates: int, overshoot: float, max_iter: int,
@@ -326,7 +310,7 @@ def _deepfool_batch(model: nn.Module, x0: torch.Tensor, candidates: int, oversho
         "adversarial_labels": adv_labels,
     }
     if refine_steps:
-        t = _bisect_to_boundary(model, x0, x_adv, labels, success, refine_steps)
+        t = bisect_to_boundary(model, x0, x_adv, labels, success, refine_steps)
         out["refine_scales"] = t
         out["refined_norms"] = t * (x_adv - x0).flatten(1).norm(dim=1)
         out["refined_relative_norms"] = out["refined_norms"] / x_norms
@@ -334,21 +318,3 @@ def _deepfool_batch(model: nn.Module, x0: torch.Tensor, candidates: int, oversho
         out["perturbations"] = pert
         out["adversarial"] = x_adv
     return {key: value.detach().cpu() for key, value in out.items()}
-
-
-@torch.no_grad()
-def _bisect_to_boundary(model: nn.Module, x0: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor,
-                        success: torch.Tensor, steps: int) -> torch.Tensor:
-    """Per sample, the smallest ``t`` found by bisection with ``x0 + t (x_adv - x0)`` not predicted ``labels``."""
-    direction = x_adv - x0
-    hi = torch.ones(x0.shape[0], device=x0.device, dtype=x0.dtype)  # misclassified (where success)
-    lo = torch.zeros_like(hi)  # classified as labels
-    rows = success.nonzero().squeeze(1)
-    shape = (-1,) + (1,) * (x0.dim() - 1)
-    for _ in range(steps if rows.numel() else 0):
-        mid = (lo[rows] + hi[rows]) / 2
-        pred = logits_of(model(x0[rows] + mid.view(shape) * direction[rows])).argmax(dim=1)
-        flipped = pred != labels[rows]
-        hi[rows] = torch.where(flipped, mid, hi[rows])
-        lo[rows] = torch.where(flipped, lo[rows], mid)
-    return hi

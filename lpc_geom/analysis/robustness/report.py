@@ -1,4 +1,4 @@
-"""One flat ``name -> float`` robustness record per model (DeepFool, Lipschitz bounds, certified radii).
+"""One flat ``name -> float`` robustness record per model (DeepFool, FMN, Lipschitz bounds, certified radii).
 
 :func:`robustness_report` is what a command line or a training loop calls on a test set (:func:`robustness_of`
 on a seeded subsample of a dataset split);
@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lpc_geom.analysis.robustness._common import Bound
 from lpc_geom.analysis.robustness.certify import certified_accuracy, logit_margins, radius_from_margins
-from lpc_geom.analysis.robustness.deepfool import Bound, deepfool
+from lpc_geom.analysis.robustness.deepfool import deepfool
+from lpc_geom.analysis.robustness.fmn import fmn
 from lpc_geom.analysis.robustness.lipschitz import (
     LipschitzRuleError,
     UnboundedLipschitzError,
@@ -32,9 +34,9 @@ __all__ = ["read_robustness_json", "robustness_of", "robustness_report", "write_
 def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
                       candidates: int = 10, overshoot: float = 0.02, max_iter: int = 50,
                       batch_size: int = 512, bounds: tuple[Bound, Bound] | None = None,
-                      refine_steps: int = 20, eps: Sequence[float] = (0.1, 0.25, 0.5, 1.0), lipschitz: bool = True,
-                      lower_bound_candidates: int | None = 10) -> dict[str, float]:
-    r"""DeepFool robustness, Lipschitz bounds and certified radii of a model on a set of inputs.
+                      refine_steps: int = 20, fmn_steps: int = 100, eps: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
+                      lipschitz: bool = True, lower_bound_candidates: int | None = 10) -> dict[str, float]:
+    r"""DeepFool and minimum-norm robustness, Lipschitz bounds and certified radii of a model on a set of inputs.
 
     Parameters
     ----------
@@ -49,6 +51,9 @@ def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
         Passed to :func:`~lpc_geom.analysis.robustness.deepfool.deepfool` (defaults: the paper's).
     refine_steps : int, default 20
         Bisection halvings of DeepFool's refinement (0: none); the paper's figure is unaffected.
+    fmn_steps : int, default 100
+        Steps of the Fast Minimum-Norm attack (:func:`~lpc_geom.analysis.robustness.fmn.fmn`, its defaults
+        otherwise, ``bounds`` included; from 0 and from DeepFool's point); 0 skips it.
     eps : sequence of float, default (0.1, 0.25, 0.5, 1.0)
         L2 budgets for the accuracy-at-radius entries (in input units, not relative).
     lipschitz : bool, default True
@@ -67,12 +72,16 @@ def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
         ``deepfool_refined_mean_relative_norm`` and ``deepfool_refined_median_relative_norm`` (the
         shortest misclassified point on the segment to DeepFool's, a tighter upper bound on the minimal
         distance) and ``deepfool_median_refine_scale`` (their ratio to DeepFool's norms; well below 1
-        when DeepFool's linear steps overshoot). With ``lipschitz``: ``lipschitz_upper`` (certified; ``inf`` for a
-        model with no finite bound, e.g. a cosine head; NaN when a module or traced node has no rule, with a
-        warning), ``lipschitz_lower`` (empirical), ``lipschitz_looseness`` (upper / lower),
+        when DeepFool's linear steps overshoot). With ``fmn_steps``: ``fmn_mean_norm``, ``fmn_median_norm``,
+        ``fmn_mean_relative_norm``, ``fmn_median_relative_norm`` (the shortest adversarial perturbations
+        found, the tightest upper bound on the minimal distance here; an unfooled sample counts as ``inf``),
+        ``fmn_success_rate`` and the setting ``fmn_steps``. With ``lipschitz``: ``lipschitz_upper``
+        (certified; ``inf`` for a model with no finite bound, e.g. a cosine head; NaN when a module or traced
+        node has no rule, with a warning), ``lipschitz_lower`` (empirical), ``lipschitz_looseness`` (upper / lower),
         ``margin_mean``, ``certified_radius_mean``, ``certified_radius_median``. With ``labels``:
         ``accuracy``, and per budget ``e``: ``deepfool_accuracy@e`` (correct and not fooled by DeepFool
-        within ``e``, an upper bound on the robust accuracy) and, with ``lipschitz``,
+        within ``e``, an upper bound on the robust accuracy), with ``fmn_steps`` ``fmn_accuracy@e`` (the same
+        for FMN, a tighter upper bound) and, with ``lipschitz``,
         ``certified_accuracy@e`` (a lower bound on it); ``e`` is formatted with ``%g``.
     """
     n = int(inputs.shape[0])
@@ -84,6 +93,14 @@ def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
     report.update({"deepfool_candidates": float(candidates), "deepfool_overshoot": float(overshoot),
                    "deepfool_max_iter": float(max_iter), "deepfool_bounded": float(bounds is not None),
                    "deepfool_refine_steps": float(refine_steps)})
+    if isinstance(fmn_steps, bool) or not isinstance(fmn_steps, int) or fmn_steps < 0:
+        raise ValueError(f"fmn_steps must be an integer >= 0 (0: no FMN attack), got {fmn_steps!r}")
+    minimum = None
+    if fmn_steps:
+        minimum = fmn(model, inputs, steps=fmn_steps, batch_size=batch_size, bounds=bounds,
+                      return_perturbations=False)
+        report.update(minimum.summary())
+        report["fmn_steps"] = float(fmn_steps)
     correct = None
     eps = [float(e) for e in eps]
     if labels is not None:
@@ -95,6 +112,9 @@ def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
         for e in eps:
             fooled = result.success & (result.norms <= e)
             report[f"deepfool_accuracy@{e:g}"] = float((correct & ~fooled).double().mean()) if n else math.nan
+            if minimum is not None:
+                fooled = minimum.success & (minimum.norms <= e)
+                report[f"fmn_accuracy@{e:g}"] = float((correct & ~fooled).double().mean()) if n else math.nan
 
     if lipschitz:
         try:
