@@ -345,6 +345,18 @@ def test_saturated_softmax_has_zero_G_and_a_finite_update():
 
 
 # --------------------------------------------------------------------------- state
+def _assert_same_state(a, b):
+    assert type(a) is type(b)
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            _assert_same_state(a[key], b[key])
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    else:
+        assert a == b
+
+
 @pytest.mark.parametrize("cls", [KFAC, DiagonalFisher])
 def test_state_round_trip_continues_identically_through_a_refresh(cls):
     torch.manual_seed(10)
@@ -362,6 +374,7 @@ def test_state_round_trip_continues_identically_through_a_refresh(cls):
     pc2 = cls(clone, **kwargs)
     pc2.load_state_dict(pc.state_dict())
     assert pc2.steps == pc.steps == 4
+    _assert_same_state(pc2.state_dict(), pc.state_dict())  # load then save gives back what was saved
     for i in range(4, 8):  # through step 6, which refreshes from the restored moving averages
         _step(model, pc, xs[i], ys[i])
         _step(clone, pc2, xs[i], ys[i])
