@@ -447,3 +447,18 @@ def test_eigen_mode_symmetrises_and_clamps_negative_eigenvalues():
     dG = G.diagonal()
     expected = (grad @ QA / (dG[:, None] * dA[None, :] + damping)) @ QA.T
     torch.testing.assert_close(lin.weight.grad, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("damping_mode", "message"), [
+    ("factored", "K-FAC could not factorise a damped curvature factor even in float64"),
+    ("eigen", "K-FAC factor eigendecomposition failed in float64"),
+])
+def test_non_finite_factors_fail_clearly_in_float64(damping_mode, message):
+    lin = nn.Linear(2, 2, bias=False).to(D64)
+    pc = KFAC(lin, fisher="exact", kl_clip=None, damping_mode=damping_mode, update_freq=1)
+    A = torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]], dtype=D64)
+    _load_factors(pc, "", A, torch.eye(2, dtype=D64))
+    lin.weight.grad = torch.ones(2, 2, dtype=D64)
+    with pytest.raises(torch.linalg.LinAlgError, match=f"^{message}"):
+        pc.step()
+    assert pc.float64_retries == 0  # already float64: no retry counted
