@@ -396,12 +396,19 @@ def test_load_state_dict_converts_dtype_and_non_strict_ignores_other_layers():
     assert A32.dtype == torch.float32 and G32.dtype == torch.float32
     torch.testing.assert_close(A32, pc.factors("0")[0].float())
     # non-strict: an unknown layer in the state is skipped, a missing one keeps its fresh state
-    partial = {**state, "layers": {"0": state["layers"]["0"], "9": state["layers"]["2"]}}
+    partial = {**state, "layers": {"9": state["layers"]["2"], "0": state["layers"]["0"]}}  # unknown first
     fresh = KFAC(_mlp(), fisher="exact", kl_clip=None)
     with pytest.raises(KeyError, match=r"missing \['2'\], unexpected \['9'\]"):
         fresh.load_state_dict(partial)
     fresh.load_state_dict(partial, strict=False)
     assert torch.equal(fresh.factors("0")[0], pc.factors("0")[0]) and fresh.factors("2") == (None, None)
+    # a state without "kind" (written before it was recorded) is accepted; another class's is refused by name
+    legacy = {k: v for k, v in state.items() if k != "kind"}
+    again = KFAC(_mlp(), fisher="exact", kl_clip=None)
+    again.load_state_dict(legacy)
+    assert torch.equal(again.factors("2")[1], pc.factors("2")[1])
+    with pytest.raises(ValueError, match="^state of a KFAC cannot be loaded into a DiagonalFisher$"):
+        DiagonalFisher(_mlp(), fisher="exact", kl_clip=None).load_state_dict(state)
 
 
 # --------------------------------------------------------------------------- damped inverses
