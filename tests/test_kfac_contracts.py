@@ -407,7 +407,7 @@ def test_load_state_dict_converts_dtype_and_non_strict_ignores_other_layers():
     again = KFAC(_mlp(), fisher="exact", kl_clip=None)
     again.load_state_dict(legacy)
     assert torch.equal(again.factors("2")[1], pc.factors("2")[1])
-    with pytest.raises(ValueError, match="^state of a KFAC cannot be loaded into a DiagonalFisher$"):
+    with pytest.raises(ValueError, match=r"^state of a KFAC cannot be loaded into a DiagonalFisher$"):
         DiagonalFisher(_mlp(), fisher="exact", kl_clip=None).load_state_dict(state)
 
 
