@@ -19,9 +19,9 @@ from pathlib import Path
 from mutmut.stats import status_by_exit_code
 
 if sys.version_info >= (3, 11):
-    import tomllib
-else:  # mutmut itself needs a TOML reader on 3.10
-    import tomli as tomllib
+    from tomllib import loads as toml_loads
+else:  # mutmut depends on `toml` below 3.11
+    from toml import loads as toml_loads
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
@@ -31,7 +31,7 @@ def load_equivalent() -> dict[str, str]:
     path = ROOT / "tools" / "mutation_equivalent.toml"
     if not path.exists():
         return {}
-    return tomllib.loads(path.read_text("utf-8")).get("equivalent", {})
+    return toml_loads(path.read_text("utf-8")).get("equivalent", {})
 
 
 def main(argv: list[str] | None = None) -> int:
