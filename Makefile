@@ -6,7 +6,7 @@ PIP ?= $(PYTHON) -m pip
 TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install install-test demo test lint bench
+.PHONY: install install-test demo test lint bench mutation
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU_SPEC)" \
@@ -30,3 +30,13 @@ lint:
 
 bench:
 	$(PYTHON) benchmarks/bench_ablation.py
+
+# Mutation testing of the core modules (slow; not part of `make test`; see docs/MUTATION.md).
+# One module or folder at a time:  make mutation MODULE=lpc_geom/train/schedules.py
+MUTMUT ?= mutmut
+MUTATION_JOBS ?= 2
+MUTATION_GLOB = $(if $(MODULE),"$(subst /,.,$(patsubst %/,%,$(MODULE:.py=))).*")
+
+mutation:
+	nice -n 10 $(MUTMUT) run --max-children $(MUTATION_JOBS) $(MUTATION_GLOB); \
+	  status=$$?; $(PYTHON) tools/mutation_score.py $(MODULE) --survivors; exit $$status

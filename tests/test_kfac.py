@@ -315,6 +315,8 @@ def _mlp(inplace: bool):
 def test_inplace_activations_give_the_same_preconditioned_gradient():
     torch.manual_seed(5)
     ref, inp = _mlp(False), _mlp(True)
+    with torch.no_grad():
+        ref[0].bias[[2, 5]] = -100.0  # two units that the ReLU never lets through
     inp.load_state_dict(ref.state_dict())
     x, y = torch.randn(10, 4, dtype=D64), torch.randint(0, 3, (10,))
     pcs = [KFAC(m, fisher="exact", lr=0.1, kl_clip=1e-2) for m in (ref, inp)]
@@ -327,8 +329,10 @@ def test_inplace_activations_give_the_same_preconditioned_gradient():
         torch.testing.assert_close(p_inp.grad, p_ref.grad, rtol=1e-12, atol=1e-14, msg=n)
     # The ReLU mask is in G of the first layer: units that are never active have zero rows.
     dead = (ref[0](x) <= 0).all(0)
-    if dead.any():
-        assert pcs[0].factors("0")[1][dead].abs().max() == 0
+    assert dead.tolist() == [False, False, True, False, False, True, False, False]
+    G0 = pcs[0].factors("0")[1]
+    assert G0[dead].abs().max() == 0 and G0[:, dead].abs().max() == 0
+    assert G0[~dead][:, ~dead].diagonal().min() > 0
 
 
 class _Head(nn.Module):
