@@ -23,7 +23,7 @@ demo: install
 
 test: install-test
 	$(PYTHON) -m ruff check .
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto  # one process per core: the fault tests spend most of their time in subprocesses
 
 lint:
 	$(PYTHON) -m ruff check .

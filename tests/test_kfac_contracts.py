@@ -131,8 +131,9 @@ def test_factor_freq_records_only_on_due_steps_and_skips_the_fisher_backward():
 
     net = Net()
     spec = KFACLayer(module=lin, weight=lin.weight, bias=lin.bias, get_input=get_input)
+    # low_rank=False: the low-rank preconditioner reads every step's inputs (for the step, not the statistics)
     pc = KFAC(net, fisher="empirical", factor_freq=2, ema_decay=0.5, kl_clip=None, update_freq=1,
-              extra_layers={"lin": spec})
+              extra_layers={"lin": spec}, low_rank=False)
     xs = [torch.randn(5, 3, dtype=D64) for _ in range(4)]
     y = torch.tensor([0, 1, 1, 0, 1])
     backward_calls, records = [], []
