@@ -118,6 +118,8 @@ class CollapseMonitor:
     ----------
     history : list of dict
         One row per epoch: ``{"epoch": e, prefix + figure: value, ...}``, in the order recorded.
+    figures : tuple of str
+        The figure names (:data:`~lpc_geom.train.metrics.EPOCH_FIGURES`), before their prefix.
 
     Examples
     --------
@@ -182,10 +184,7 @@ class CollapseMonitor:
         Several prefixes may be recorded for one epoch; epochs come in non-decreasing order, and a figure
         is recorded once per epoch. Returns the figures just computed.
         """
-        epoch = _check_epoch(epoch)
-        last = self.history[-1]["epoch"] if self.history else -1
-        if epoch < last:
-            raise ValueError(f"epoch {epoch} comes after epoch {last} in the history; record epochs in order")
+        epoch, last = self._check_order(epoch)
         figures = self.compute(latents, labels, prefix=prefix)
         row = self.history[-1] if epoch == last else {"epoch": epoch}
         repeated = sorted(set(figures) & set(row))
@@ -195,6 +194,14 @@ class CollapseMonitor:
         if epoch != last:
             self.history.append(row)
         return figures
+
+    def _check_order(self, epoch) -> tuple[int, int]:
+        """``(epoch, last epoch in the history or -1)``; an epoch before the last is refused."""
+        epoch = _check_epoch(epoch)
+        last = self.history[-1]["epoch"] if self.history else -1
+        if epoch < last:
+            raise ValueError(f"epoch {epoch} comes after epoch {last} in the history; record epochs in order")
+        return epoch, last
 
     @torch.no_grad()
     def latents(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -227,7 +234,7 @@ class CollapseMonitor:
                              "or hand it latents with record(epoch, latents, labels)")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        _check_epoch(epoch)
+        self._check_order(epoch)  # before any forward pass
         figures: dict[str, float] = {}
         for prefix, (inputs, labels) in self.probes.items():
             figures.update(self.record(epoch, self.latents(model, inputs), labels, prefix=prefix))

@@ -104,6 +104,12 @@ def test_constructor_and_update_validate_their_arguments():
         CollapseMonitor((x, y)).update(nn.Linear(8, 4), 0)
     with pytest.raises(ValueError, match=r"latents_of must return a tensor of shape \(4, d\)"):
         CollapseMonitor((x, y), batch_size=4, latents_of=lambda m, b: m(b)[:2]).update(nn.Linear(8, 4), 0)
+    calls = []
+    counting = CollapseMonitor((x, y), latents_of=lambda m, b: calls.append(len(b)) or m(b))
+    counting.update(nn.Linear(8, 4), 2)
+    with pytest.raises(ValueError, match="epoch 1 comes after epoch 2"):
+        counting.update(nn.Linear(8, 4), 1)
+    assert calls == [10]  # the refused update ran no forward pass
 
 
 def test_update_evaluates_probes_in_eval_mode_in_batches_like_record():
