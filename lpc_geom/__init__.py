@@ -7,6 +7,7 @@ _LAZY = {
     "analyze": "lpc_geom.analysis",
     "CollapseReport": "lpc_geom.analysis",
     "CollapseAccumulator": "lpc_geom.analysis",
+    "CollapseMonitor": "lpc_geom.monitor",
 }
 
 

@@ -15,7 +15,6 @@ over another run) are those of :mod:`lpc_geom.train.run_dir`.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import signal
@@ -36,15 +35,13 @@ from lpc_geom.config import TrainConfig
 from lpc_geom.data import Dataset, load_dataset
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
+from lpc_geom.monitor import CollapseMonitor, write_history
 from lpc_geom.optim import build_optimizer, has_manifold_parameters
-from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json, write_text
+from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json
 from lpc_geom.train.distributed import all_reduce_sum, cleanup, init_distributed, shard_batch
-from lpc_geom.train.metrics import epoch_collapse_figures
 from lpc_geom.train.run_dir import (
     CHECKPOINT,
     CONFIG,
-    HISTORY,
-    HISTORY_CSV,
     LAST_GOOD,
     LAST_GOOD_CHANGES,
     LATENTS,
@@ -259,6 +256,7 @@ class Trainer:
         # Collapse is a property of the training latents: follow it on a fixed seeded subsample each epoch.
         self.train_probe = torch.randperm(len(self.data.y_train), generator=torch.Generator().manual_seed(0))[
             :TRAIN_PROBE_SAMPLES]
+        self.monitor = CollapseMonitor(manifold=getattr(self.model.head, "manifold", None))
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self._warned_origin = False
@@ -328,6 +326,7 @@ class Trainer:
             self.preconditioner.load_state_dict(state["preconditioner"])
         self.gamma.load_state_dict(state["gamma_schedule"])
         self.history = list(state["history"])
+        self.monitor.restore(self.history)
         torch.set_rng_state(state["torch_rng"].cpu())
         self._partial = partial
         self.start_epoch = state["epoch"] + 1
@@ -465,7 +464,6 @@ class Trainer:
 
     def _evaluate(self, epoch: int, gamma: float, lr: float) -> dict[str, float]:
         """Test accuracy and collapse figures of the test latents and of a fixed training subsample."""
-        manifold = getattr(self.model.head, "manifold", None)
         logits, latents = predict(self.model, self.data.x_test, self.device, self.dtype)
         _, train_latents = predict(self.model, self.data.x_train[self.train_probe], self.device, self.dtype)
         for split, values in (("test", latents), ("test logits", logits), ("training", train_latents)):
@@ -476,9 +474,8 @@ class Trainer:
                                gamma, lr, f"{bad} of {values.numel()} entries, after the epoch's last step")
         y = self.data.y_test
         figures = {"test_acc": float((logits.argmax(1) == y).float().mean())}
-        figures.update(epoch_collapse_figures(latents, y, manifold=manifold))
-        train_figures = epoch_collapse_figures(train_latents, self.data.y_train[self.train_probe], manifold=manifold)
-        figures.update({f"train_{key}": value for key, value in train_figures.items()})
+        figures.update(self.monitor.record(epoch, latents, y))
+        figures.update(self.monitor.record(epoch, train_latents, self.data.y_train[self.train_probe], prefix="train_"))
         return figures
 
     def _check_origin_collapse(self, row: dict[str, Any]) -> None:
@@ -630,21 +627,6 @@ class Trainer:
                 final.update({f"robust_{key}": value for key, value in report.items()})
             write_json(final, self.out_dir / SUMMARY)
         return final
-
-
-def write_history(history: list[dict[str, Any]], out_dir: Path) -> None:
-    """``history.json`` and ``history.csv`` (one row per epoch), both written atomically."""
-    write_json(history, out_dir / HISTORY)
-    keys: list[str] = []
-    for row in history:
-        keys.extend(k for k in row if k not in keys)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys)
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) and math.isfinite(v) else v)
-                         for k, v in row.items()})
-    write_text(buffer.getvalue(), out_dir / HISTORY_CSV)
 
 
 def train(config: TrainConfig, *, resume: bool = False, dataset: Dataset | None = None, **fit_options) -> RunResult:
