@@ -214,3 +214,18 @@ def test_own_backbone_run_resumes_after_sigterm_and_analyses(tmp_path):
     assert analysed.returncode == 0, analysed.stderr
     assert "Collapse report" in analysed.stdout
     assert load_run(out, trust_backbone=True).config.backbone == "own_backbone:make"
+
+
+def test_building_blocks_for_your_own_loop_are_exported_and_documented():
+    import lpc_geom
+    from lpc_geom.losses import compression_term
+    from lpc_geom.models.geometry import ManifoldHead
+    from lpc_geom.train.schedules import ExponentialGamma
+
+    assert lpc_geom.ManifoldHead is ManifoldHead and lpc_geom.compression_term is compression_term
+    assert lpc_geom.ExponentialGamma is ExponentialGamma and lpc_geom.register_backbone is register_backbone
+    for name in ("EuclideanHead", "ManifoldHead", "build_head", "build_geometry_head", "compression_term",
+                 "build_gamma_schedule", "Classifier", "train", "analyze"):
+        assert name in dir(lpc_geom) and (getattr(lpc_geom, name).__doc__ or "").strip(), name
+    energy = torch.tensor([1.0, 3.0])
+    assert float(lpc_geom.compression_term(energy, lpc_geom.ExponentialGamma(start=0.5, factor=2.0)(1))) == 2.0
