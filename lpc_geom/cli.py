@@ -1,4 +1,5 @@
-"""Command line: ``lpc-geom {train,demo,analyze,rows}`` (also ``python -m lpc_geom``)."""
+"""Command line: ``lpc-geom {train,demo,analyze,robustness,compare,rows,configs,backbones}`` (also
+``python -m lpc_geom``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from lpc_geom.config import (
     TrainConfig,
     check_keys,
     config_keys,
+    data_root_option,
     load_config,
     parse_override,
 )
@@ -180,7 +182,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         labels["gamma_options"] = f"gamma_options ({', '.join(gamma_flags)})"
     if args.data_root is not None:
         dataset = changes.get("dataset", config.dataset)
-        key = "path" if dataset == "npz" else "root"
+        key = data_root_option(dataset)
         changes["dataset_options"] = {**config.dataset_options, key: args.data_root}
         labels["dataset_options"] = "--data-root"
     for item in args.set:
@@ -381,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
                                               "reads one from any directory.")
     configs.set_defaults(func=_cmd_configs)
 
+    # Listed here for --help; main() hands `lpc-geom compare ...` to the main job's own parser, whole.
+    commands.add_parser("compare", add_help=False,
+                        help="the main job: LPC across geometries and optimisers over seeds (see "
+                             "'lpc-geom compare --help')")
+
     backbones = commands.add_parser("backbones", help="list the backbones (built-in and registered)",
                                     description="List the backbone names `lpc-geom train --backbone` takes, "
                                                 "with their options; an import path takes your own.")
@@ -448,6 +455,13 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 success, 2 a usage error (bad value, option or input file), 1 a runtime error (see
     :data:`USAGE_ERRORS`). ``--debug`` prints the traceback before that line.
     """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["--debug"] and arguments[1:2] == ["compare"]:
+        arguments = arguments[1:]  # the main job's errors are its own one-line messages already
+    if arguments[:1] == ["compare"]:  # its own parser takes every flag that follows
+        from lpc_geom.experiments.compare import cli as compare
+
+        return compare(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

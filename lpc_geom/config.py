@@ -647,6 +647,11 @@ def load_config(path: str | Path, *, trust_backbone: bool | str = False) -> Trai
         raise exc.located(source=str(path)) from None
 
 
+def data_root_option(dataset: str) -> str:
+    """The dataset option ``--data-root`` sets: ``path`` for ``npz`` (a file), ``root`` otherwise (a directory)."""
+    return "path" if dataset == "npz" else "root"
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``key=value`` (value as JSON when it parses, else a string), e.g. ``gamma_options={"factor":1.1}``."""
     if "=" not in text:
