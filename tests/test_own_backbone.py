@@ -229,3 +229,18 @@ def test_building_blocks_for_your_own_loop_are_exported_and_documented():
         assert name in dir(lpc_geom) and (getattr(lpc_geom, name).__doc__ or "").strip(), name
     energy = torch.tensor([1.0, 3.0])
     assert float(lpc_geom.compression_term(energy, lpc_geom.ExponentialGamma(start=0.5, factor=2.0)(1))) == 2.0
+
+
+@pytest.mark.slow
+def test_own_backbone_trains_under_ddp_as_in_one_process(tmp_path):
+    """Real DDP (torch.distributed.run, gloo, 2 CPU processes) with the imported backbone, against one process."""
+    args = [*FLAGS, "--optimizer", "adamw", "--epochs", "2"]
+    assert main(["train", *args, "--out", str(tmp_path / "single")]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "lpc_geom", "train", *args, "--out", str(tmp_path / "ddp")]
+    ddp = subprocess.run(torchrun, env=ENV, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a, b = (json.loads((tmp_path / run / "history.json").read_text()) for run in ("single", "ddp"))
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
