@@ -244,3 +244,18 @@ def test_own_backbone_trains_under_ddp_as_in_one_process(tmp_path):
     assert len(a) == len(b) == 2
     for ra, rb in zip(a, b, strict=True):
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_the_main_job_runs_an_own_backbone(tmp_path):
+    from lpc_geom.experiments import compare
+
+    result = compare.main(["--dataset", "blobs", "--dataset-option", "num_samples=160", "--dataset-option", "dim=8",
+                           "--backbone", "own_backbone:make", "--backbone-option", "width=8", "--latent-dim", "4",
+                           "--epochs", "1", "--robustness-samples", "8", "--no-progress", "--no-figures",
+                           "--workers", "1", "--geometries", "euclidean-LPC", "sphere", "--optimizers", "default",
+                           "--seeds", "0", "--out", str(tmp_path / "grid")])
+    assert [r["status"] for r in result.records] == ["ok", "ok"], [r.get("error") for r in result.records]
+    euclidean = next(r for r in result.records if r["geometry"] == "euclidean-LPC")
+    assert math.isfinite(euclidean["robust_lipschitz_upper"])  # traced through the functional forward
+    assert all(r["robust_deepfool_mean_relative_norm"] > 0 for r in result.records)

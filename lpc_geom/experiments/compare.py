@@ -255,7 +255,7 @@ def measure_robustness(job: Job, *, samples: int) -> dict[str, Any]:
     """
     from lpc_geom.experiments.runs import robustness_run
 
-    report = robustness_run(job.run_dir, samples=samples, seed=0)
+    report = robustness_run(job.run_dir, samples=samples, seed=0, backbone=job.config.backbone)
     return {f"robust_{key}": value for key, value in report.items()}
 
 
@@ -350,7 +350,8 @@ class _LoadedRun:
     manifold: Any
 
 
-def _load_runs(records: Sequence[Mapping[str, Any]], split: str = "train") -> list[_LoadedRun]:
+def _load_runs(records: Sequence[Mapping[str, Any]], split: str = "train",
+               trust_backbone: bool | str = False) -> list[_LoadedRun]:
     """Latents, history and head manifold of every finished run (datasets loaded once per config)."""
     from lpc_geom.data import load_dataset
     from lpc_geom.experiments.runs import load_run
@@ -360,7 +361,7 @@ def _load_runs(records: Sequence[Mapping[str, Any]], split: str = "train") -> li
     for record in records:
         if record.get("status") != "ok":
             continue
-        run = load_run(record["run_dir"])
+        run = load_run(record["run_dir"], trust_backbone=trust_backbone)
         key = json.dumps([run.config.dataset, run.config.dataset_options], sort_keys=True)
         if key not in datasets:
             datasets[key] = load_dataset(run.config.dataset, **run.config.dataset_options)
@@ -668,7 +669,7 @@ def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = N
     for line in warning_summary(records):
         log(f"warning in {line}")
     cells = cell_rows(records)
-    loaded = _load_runs(records)
+    loaded = _load_runs(records, trust_backbone=settings.base.backbone)  # the runs this command trained
     gw = gw_matrices(loaded)
     for entry in gw.values():
         for error in entry["errors"]:
@@ -766,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "lpc-geom train")
     training.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                           help="dataset option, VALUE as JSON where it parses (repeatable), e.g. num_samples=8000")
-    training.add_argument("--backbone", help="mlp, cnn1d, resnet18, resnet50 (options reset)")
+    training.add_argument("--backbone", help="a backbone name (lpc-geom backbones) or an import path "
+                                             "package.module:factory (options reset)")
     training.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                           help="backbone option (repeatable), e.g. hidden=[256,256]")
     training.add_argument("--epochs", type=int, help="epochs of every run (default: the base config's, 60)")
@@ -809,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> CompareSettings:
     """The :class:`CompareSettings` a parsed command line describes (errors name the bad flag)."""
-    base = load_config(args.config) if args.config else default_config()
+    base = load_config(args.config, trust_backbone=args.backbone or False) if args.config else default_config()
     changes: dict[str, Any] = {}
     if args.dataset is not None:
         changes["dataset"], changes["dataset_options"] = args.dataset, {}
