@@ -19,6 +19,11 @@ without max-pooling, so a 32x32 image reaches the last stage at 4x4; global aver
 ``h``. They are written here because torchvision does not load with the CPU build of torch. Built by name
 for 1-D inputs (shape ``(L,)`` or ``(C, L)``, e.g. MNIST-1D) they use 1-D convolutions, batch norms and
 pooling (kernel 3, the same strides), so the paper's architecture also runs on sequences.
+
+Your own backbone: any ``factory(input_shape, **options) -> nn.Module`` whose module returns flat features
+``(N, D)``, given as an import path ``package.module:factory`` (:func:`import_backbone`), registered under a
+name (:func:`register_backbone`), or passed as an object (:func:`make_backbone`); a module that declares no
+``out_dim`` gets it from one dry forward (:func:`feature_dim`).
 """
 
 from __future__ import annotations
