@@ -17,7 +17,7 @@ Trains the grid geometry {euclidean-LPC, euclidean-NoPen, sphere, poincare, stie
 with OUT = results/compare_manifolds unless --out says otherwise. Launching the same command again reuses
 the finished runs, resumes half-trained ones from their checkpoints and retries failed ones. Exit status
 0 when every run finished, 1 when any failed (listed at the end). The logic lives in
-lpc_geom.experiments.compare.
+lpc_geom.experiments.compare; an installed lpc_geom runs the same job as ``lpc-geom compare``.
 
     python benchmarks/compare_manifolds.py                     # the default grid (~6 min on 2 idle cores)
     python benchmarks/compare_manifolds.py --help              # every option

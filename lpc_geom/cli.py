@@ -1,4 +1,5 @@
-"""Command line: ``lpc-geom {train,demo,analyze,rows}`` (also ``python -m lpc_geom``)."""
+"""Command line: ``lpc-geom {train,demo,analyze,robustness,compare,rows,configs,backbones}`` (also
+``python -m lpc_geom``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from lpc_geom.config import (
     TrainConfig,
     check_keys,
     config_keys,
+    data_root_option,
     load_config,
     parse_override,
 )
@@ -86,8 +88,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dataset", type=str.lower, choices=_Registry("dataset"), metavar="NAME",
                        help="dataset: %(choices)s" + _default("dataset"))
     group.add_argument("--data-root", help="CIFAR directory (cifar10/cifar100) or .npz file (npz)")
-    group.add_argument("--backbone", type=str.lower, choices=_Registry("backbone"), metavar="NAME",
-                       help="backbone: %(choices)s" + _default("backbone"))
+    group.add_argument("--backbone", type=str.strip, metavar="NAME|MODULE:FACTORY", help=_BACKBONE_HELP
+                       + "; a config file's import path is imported only when given here too or with "
+                         "--trust-backbone" + _default("backbone"))
+    group.add_argument("--trust-backbone", action="store_true",
+                       help="import the backbone import path the config file names (this runs its code)")
     group.add_argument("--row", help=f"ablation row: {', '.join(ROWS)}" + _default("row"))
     group.add_argument("--latent-dim", type=int, help="penultimate width (default: the row's width)")
     group.add_argument("--geometry", choices=_Registry("geometry"), metavar="NAME",
@@ -137,6 +142,21 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+_BACKBONE_HELP = ("a backbone name (`lpc-geom backbones` lists them) or an import path package.module:factory, "
+                  "factory(input_shape, **backbone_options) -> nn.Module (imported: it runs that module's code)")
+
+
+def _add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backbone`` / ``--trust-backbone`` of the commands that rebuild a run's model."""
+    parser.add_argument("--backbone", type=str.strip, metavar="MODULE:FACTORY",
+                        help="rebuild a run trained with its own backbone from this import path (the run's "
+                             "config.json must record the same path, or record a backbone passed as a Python "
+                             "object); importing it runs that module's code")
+    parser.add_argument("--trust-backbone", action="store_true",
+                        help="import the backbone import path the run's config.json records (this runs its "
+                             "code: only for runs you trust)")
+
+
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
@@ -147,7 +167,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     A :class:`~lpc_geom.config.ConfigError` labels each invalid key with the option that set it
     (``--lr``, ``--set lr``) or the config file it came from.
     """
-    config = load_config(args.config) if args.config else TrainConfig()
+    trust = True if args.trust_backbone else (args.backbone or False)
+    config = load_config(args.config, trust_backbone=trust) if args.config else TrainConfig()
     changes = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     labels = {key: _flag(flag) for flag, key in TRAIN_FLAGS.items() if key in changes}
     gamma_options = dict(config.gamma_options)
@@ -161,7 +182,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         labels["gamma_options"] = f"gamma_options ({', '.join(gamma_flags)})"
     if args.data_root is not None:
         dataset = changes.get("dataset", config.dataset)
-        key = "path" if dataset == "npz" else "root"
+        key = data_root_option(dataset)
         changes["dataset_options"] = {**config.dataset_options, key: args.data_root}
         labels["dataset_options"] = "--data-root"
     for item in args.set:
@@ -219,7 +240,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from lpc_geom.experiments.runs import analyze_run
 
-    report = analyze_run(Path(args.run_dir), split=args.split)
+    report = analyze_run(Path(args.run_dir), split=args.split, backbone=args.backbone,
+                         trust_backbone=args.trust_backbone)
     print(report.to_markdown())
     return 0
 
@@ -230,9 +252,11 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
 
     robustness_run(Path(args.run_dir), samples=args.samples, seed=args.seed, split=args.split,
                    candidates=args.candidates, max_iter=args.max_iter, refine_steps=args.refine_steps,
-                   fmn_steps=args.fmn_steps, lipschitz=not args.no_lipschitz)
+                   fmn_steps=args.fmn_steps, lipschitz=not args.no_lipschitz, backbone=args.backbone,
+                   trust_backbone=args.trust_backbone)
     if not is_fresh(Path(args.run_dir) / REPORT_FILES[args.split]):  # missing, or of other latents
-        analyze_run(Path(args.run_dir), split=args.split)
+        analyze_run(Path(args.run_dir), split=args.split, backbone=args.backbone,
+                    trust_backbone=args.trust_backbone)
     print(run_table(Path(args.run_dir)))
     return 0
 
@@ -254,6 +278,17 @@ def _cmd_configs(args: argparse.Namespace) -> int:
         first = path.read_text().splitlines()[:1]
         print(f"{name:<{width}}  {first[0].lstrip('# ') if first and first[0].startswith('#') else ''}")
     print(f"(files in {next(iter(configs.values())).parent}; `lpc-geom train NAME` trains with one)")
+    return 0
+
+
+def _cmd_backbones(args: argparse.Namespace) -> int:
+    from lpc_geom.models.backbones import BACKBONES, backbone_options
+
+    width = max(len(name) for name in BACKBONES)
+    for name, (_, factory, _) in BACKBONES.items():
+        where = f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', factory)}"
+        print(f"{name:<{width}}  {where}  options: {', '.join(backbone_options(name)) or '(none)'}")
+    print("(or --backbone package.module:factory, factory(input_shape, **backbone_options) -> nn.Module)")
     return 0
 
 
@@ -317,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "and write it to RUN_DIR/report_<split>.json.")
     analyze.add_argument("run_dir")
     analyze.add_argument("--split", choices=("train", "test"), default="test")
+    _add_backbone_arguments(analyze)
     analyze.set_defaults(func=_cmd_analyze)
 
     robustness = command(
@@ -340,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="steps of the Fast Minimum-Norm L2 attack, the shortest adversarial perturbations "
                                  "(fmn_*; from 0 and from DeepFool's point; 0: none)")
     robustness.add_argument("--no-lipschitz", action="store_true", help="skip the Lipschitz bounds")
+    _add_backbone_arguments(robustness)
     robustness.set_defaults(func=_cmd_robustness)
 
     rows = command("rows", help="list the ablation rows", description="List the ablation rows.")
@@ -349,6 +386,16 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="List the configs shipped with lpc_geom; `lpc-geom train NAME` "
                                               "reads one from any directory.")
     configs.set_defaults(func=_cmd_configs)
+
+    # Listed here for --help; main() hands `lpc-geom compare ...` to the main job's own parser, whole.
+    commands.add_parser("compare", add_help=False,
+                        help="the main job: LPC across geometries and optimisers over seeds (see "
+                             "'lpc-geom compare --help')")
+
+    backbones = commands.add_parser("backbones", help="list the backbones (built-in and registered)",
+                                    description="List the backbone names `lpc-geom train --backbone` takes, "
+                                                "with their options; an import path takes your own.")
+    backbones.set_defaults(func=_cmd_backbones)
     return parser
 
 
@@ -412,6 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     Exit codes: 0 success, 2 a usage error (bad value, option or input file), 1 a runtime error (see
     :data:`USAGE_ERRORS`). ``--debug`` prints the traceback before that line.
     """
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments[:1] == ["--debug"] and arguments[1:2] == ["compare"]:
+        arguments = arguments[1:]  # the main job's errors are its own one-line messages already
+    if arguments[:1] == ["compare"]:  # its own parser takes every flag that follows
+        from lpc_geom.experiments.compare import cli as compare
+
+        return compare(arguments[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -87,13 +87,34 @@ def _rows() -> tuple[str, ...]:
 
 def _spec(*, ge: float | None = None, gt: float | None = None, le: float | None = None, finite: bool = False,
           choices: Callable[[], Sequence[str]] | None = None,
-          normalise: Callable[[str], str] | None = None) -> dict[str, Any]:
-    """A field's checks: bounds, finiteness, and the accepted names (``normalise`` maps a name onto one)."""
-    return {"ge": ge, "gt": gt, "le": le, "finite": finite, "choices": choices, "normalise": normalise}
+          normalise: Callable[[str], str] | None = None,
+          also: tuple[Callable[[str], bool], str] | None = None) -> dict[str, Any]:
+    """A field's checks: bounds, finiteness, and the accepted names (``normalise`` maps a name onto one;
+    ``also = (accepts, description)`` admits further values, e.g. import paths, checked elsewhere)."""
+    return {"ge": ge, "gt": gt, "le": le, "finite": finite, "choices": choices, "normalise": normalise,
+            "also": also}
 
 
 def _lower(name: str) -> str:  # the dataset and backbone registries look names up case-insensitively
     return name.strip().lower()
+
+
+def _backbone_name(name: str) -> str:  # import paths name Python modules, which are case-sensitive
+    name = name.strip()
+    return name if _is_backbone_reference(name) else name.lower()
+
+
+def _is_import_path(name: str) -> bool:
+    from lpc_geom.models.backbones import is_import_path
+
+    return is_import_path(name)
+
+
+def _is_backbone_reference(name: str) -> bool:
+    """An import path ``package.module:factory`` or the record of a backbone passed as a Python object."""
+    from lpc_geom.models.backbones import OBJECT_BACKBONE, is_import_path
+
+    return is_import_path(name) or bool(OBJECT_BACKBONE.match(name))
 
 
 def _row_name(name: str) -> str:
@@ -120,7 +141,9 @@ class TrainConfig:
     dataset: str = _field("mnist1d", choices=lambda: tuple(_datasets()), normalise=_lower)
     dataset_options: dict[str, Any] = field(default_factory=dict)
     # model
-    backbone: str = _field("mlp", choices=_backbones, normalise=_lower)
+    # a registered name, or an import path package.module:factory (imported when the config is validated)
+    backbone: str = _field("mlp", choices=_backbones, normalise=_backbone_name,
+                           also=(_is_backbone_reference, "an import path package.module:factory"))
     backbone_options: dict[str, Any] = field(default_factory=dict)
     row: str = _field("LPC", choices=_rows, normalise=_row_name)
     latent_dim: int | None = _field(None, ge=1)
@@ -181,6 +204,11 @@ class TrainConfig:
             else:
                 problems.append((f.name, problem))
         bad = {key for key, _ in problems}
+        if "backbone" not in bad:
+            problem = _check_backbone_import(self.backbone)
+            if problem is not None:
+                problems.append(("backbone", problem))
+                bad.add("backbone")
         for key, check in (("dataset_options", _check_dataset_options), ("backbone_options", _check_backbone_options),
                            ("geometry_options", _check_geometry_options), ("gamma_options", _check_gamma_options)):
             owner = _OPTION_OWNERS[key]
@@ -345,9 +373,11 @@ def _check_range(value: Any, spec: Mapping[str, Any]) -> tuple[str | None, Any]:
         accepted = tuple(choices())
         if spec.get("normalise") is not None:
             value = spec["normalise"](value)
-        if value not in accepted:
+        also = spec.get("also")
+        if value not in accepted and not (also is not None and also[0](value)):
             hint = _close(value, accepted)
-            return f"unknown value {_show(value)}{hint} (accepted: {', '.join(accepted)})", value
+            extra = f", or {also[1]}" if also is not None else ""
+            return f"unknown value {_show(value)}{hint} (accepted: {', '.join(accepted)}{extra})", value
         return None, value
     if isinstance(value, str):
         return ("must not be empty" if not value.strip() else None), value
@@ -410,12 +440,42 @@ def _check_dataset_options(name: str, options: Mapping[str, Any]) -> list[str]:
                           hints=_parameter_hints(loader), required=required)
 
 
-def _check_backbone_options(name: str, options: Mapping[str, Any]) -> list[str]:
-    from lpc_geom.models.backbones import BACKBONES, backbone_options
+def _check_backbone_import(name: str) -> str | None:
+    """The problem of an import path that does not import or names no factory (None: fine or a name)."""
+    from lpc_geom.models.backbones import BackboneImportError, factory_options, import_backbone, is_import_path
 
-    _, constructor, _ = BACKBONES[name]
-    return _check_options(options, what=f"backbone {name!r} ({constructor.__name__})",
-                          accepted=backbone_options(name), hints=_parameter_hints(constructor))
+    if not is_import_path(name):
+        return None
+    try:
+        factory_options(import_backbone(name))
+    except (BackboneImportError, TypeError, ValueError) as exc:  # ValueError: a signature inspect cannot read
+        return str(exc)
+    return None
+
+
+def _check_backbone_options(name: str, options: Mapping[str, Any]) -> list[str]:
+    from lpc_geom.models.backbones import (
+        BACKBONES,
+        OBJECT_BACKBONE,
+        backbone_options,
+        factory_options,
+        import_backbone,
+        is_import_path,
+    )
+
+    if OBJECT_BACKBONE.match(name):  # only the object it records can check them (see make_backbone)
+        return []
+    if is_import_path(name):
+        factory = import_backbone(name)
+        accepted, any_keyword = factory_options(factory)
+    else:
+        _, factory, _ = BACKBONES[name]
+        accepted, any_keyword = backbone_options(name), any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    if any_keyword:
+        accepted = (*accepted, *(k for k in options if k not in accepted))
+    return _check_options(options, what=f"backbone {name!r} ({getattr(factory, '__name__', factory)})",
+                          accepted=accepted, hints=_parameter_hints(factory))
 
 
 def _check_geometry_options(name: str, options: Mapping[str, Any]) -> list[str]:
@@ -535,13 +595,20 @@ def _parse(path: Path, raw: bytes) -> Any:
         raise ValueError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def load_config(path: str | Path, *, trust_backbone: bool | str = False) -> TrainConfig:
     """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON (``.json``) file into a TrainConfig.
+
+    A file whose ``backbone`` is an import path ``package.module:factory`` is refused unless
+    ``trust_backbone`` allows it: validating it imports that module, which runs its code, and a config
+    file (a run's ``config.json``) may come from anyone.
 
     Parameters
     ----------
     path : str or Path
         The file (its suffix selects the parser), or the name of a packaged config (``mnist1d_lpc``).
+    trust_backbone : bool or str, default False
+        True: import any backbone path the file names; a string: only that import path (the one the
+        user typed, ``--backbone PATH``); False: none.
 
     Returns
     -------
@@ -553,7 +620,8 @@ def load_config(path: str | Path) -> TrainConfig:
         If ``path`` is not a file.
     ValueError
         Naming the file: a syntax error (with its line and column), text that is not UTF-8, content that
-        is not a mapping, an unknown key, or (:class:`ConfigError`) an invalid value.
+        is not a mapping, an unknown key, an import path not trusted, or (:class:`ConfigError`) an invalid
+        value.
     """
     path = resolve_config(path)
     if not path.is_file():
@@ -565,10 +633,23 @@ def load_config(path: str | Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must hold a mapping of keys to values, got {type(data).__name__}")
     check_keys(data, source=str(path))
+    backbone = data.get("backbone")
+    if isinstance(backbone, str) and _is_import_path(backbone.strip()) and trust_backbone is not True \
+            and trust_backbone != backbone.strip():
+        given = f" (not the {trust_backbone!r} given)" if isinstance(trust_backbone, str) else ""
+        raise ValueError(f"{path}: backbone {backbone.strip()!r} is an import path{given}; importing it runs that "
+                         f"module's code, so a config file does not import it by itself: give the same path "
+                         f"on the command line (--backbone {backbone.strip()}) or pass --trust-backbone "
+                         f"(Python: trust_backbone=True)")
     try:
         return TrainConfig(**data)
     except ConfigError as exc:
         raise exc.located(source=str(path)) from None
+
+
+def data_root_option(dataset: str) -> str:
+    """The dataset option ``--data-root`` sets: ``path`` for ``npz`` (a file), ``root`` otherwise (a directory)."""
+    return "path" if dataset == "npz" else "root"
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -288,3 +288,27 @@ def test_finished_record_reuse_rules(tmp_path):
     (job.run_dir / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="differing keys: lr"):
         finished_record(job)
+
+
+def test_lpc_geom_compare_dry_run_lists_the_runs_and_trains_nothing(tmp_path, capsys):
+    from lpc_geom.cli import main
+
+    out = tmp_path / "grid"
+    assert main(["compare", "--dry-run", "--geometries", "euclidean-LPC", "sphere", "--seeds", "0", "3",
+                 "--epochs", "7", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"8 runs under {out} (dry run: nothing trained)"
+    assert lines[0].startswith("euclidean-LPC__default__seed0 ") and "epochs=7" in lines[0]
+    assert any(line.startswith("sphere__kfac__seed3 ") and "optimizer=kfac-riemannian" in line for line in lines)
+    assert not out.exists()
+
+
+def test_compare_takes_the_train_spellings(capsys):
+    args = compare.build_parser().parse_args(["--dataset", "npz", "--data-root", "/data/x.npz", "--epochs", "3"])
+    settings = compare.settings_from_args(args)
+    assert settings.base.dataset_options == {"path": "/data/x.npz"} and settings.base.epochs == 3
+    args = compare.build_parser().parse_args(["--dataset", "cifar10", "--data-root", "/data/cifar"])
+    assert compare.settings_from_args(args).base.dataset_options == {"root": "/data/cifar"}
+    with pytest.raises(SystemExit):
+        compare.build_parser().parse_args(["--help"])
+    assert "--data-root" in capsys.readouterr().out

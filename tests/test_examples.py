@@ -20,6 +20,7 @@ TINY_ARGS = {
     "manifold_head.py": (["--epochs", "2", "--samples", "300", "--width", "16", "--latent-dim", "4"],
                          "Collapse report"),
     "kfac_training.py": (["--epochs", "2", "--samples", "300", "--width", "16"], "final test accuracy"),
+    "own_loop.py": (["--epochs", "2"], "Collapse report"),
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib.metadata import version
@@ -104,3 +105,40 @@ def test_citation_cites_lpc_geom_and_the_lpc_paper():
     assert [a["family-names"] for a in paper["authors"]] == ["Sbailò", "Ghiringhelli"]
     assert {i["value"] for i in paper["identifiers"]} >= {"10.48550/arXiv.2310.08224",
                                                           "https://arxiv.org/abs/2310.08224"}
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
+    """Build the wheel, install it (not editable) into a fresh venv that reuses the installed torch, and run
+    ``lpc-geom train mnist1d_lpc`` and ``lpc-geom compare --help`` from a directory outside the checkout."""
+    # built from a copy of the sources: setuptools writes build/ and *.egg-info next to them
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.egg-info", "runs",
+                                                                "results", "__pycache__", ".*cache", ".hypothesis"))
+    wheels = tmp_path / "wheels"
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+                            "-w", str(wheels), "-q"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    wheel = next(wheels.glob("lpc_geom-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    installed = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q",
+                                str(wheel)], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert installed.returncode == 0, installed.stderr
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = subprocess.run([str(python), "-c", "import lpc_geom; print(lpc_geom.__file__)"], env=env, cwd=work,
+                           capture_output=True, text=True, timeout=60)
+    assert str(venv) in where.stdout and str(REPO) not in where.stdout, where
+    lpc_geom_bin = str(venv / "bin" / "lpc-geom")
+    data = json.dumps({"num_samples": 300, "seed": 0})
+    trained = subprocess.run([lpc_geom_bin, "train", "mnist1d_lpc", "--epochs", "1", "--set",
+                              f"dataset_options={data}", "--batch-size", "64", "--out", "run", "--no-progress"],
+                             env=env, cwd=work, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((work / "run" / "config.json").read_text())["epochs"] == 1
+    helped = subprocess.run([lpc_geom_bin, "compare", "--help"], env=env, cwd=work, capture_output=True, text=True,
+                            timeout=60)
+    assert helped.returncode == 0 and "usage: lpc-geom compare" in helped.stdout and "--dry-run" in helped.stdout

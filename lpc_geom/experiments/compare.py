@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from lpc_geom.config import TrainConfig, load_config, parse_override
+from lpc_geom.config import TrainConfig, data_root_option, load_config, parse_override
 from lpc_geom.experiments.executors import EXECUTORS, SweepExecutor, make_executor
 from lpc_geom.experiments.sweep import Job, aggregate, default_workers, exit_status, failure_lines, run_jobs
 from lpc_geom.experiments.tables import csv_text
@@ -272,7 +272,8 @@ def measure_robustness(job: Job, *, samples: int, fmn_steps: int = 100) -> dict[
     """
     from lpc_geom.experiments.runs import robustness_run
 
-    report = robustness_run(job.run_dir, samples=samples, seed=0, fmn_steps=fmn_steps)
+    report = robustness_run(job.run_dir, samples=samples, seed=0, fmn_steps=fmn_steps,
+                            backbone=job.config.backbone)
     return {f"robust_{key}": value for key, value in report.items()}
 
 
@@ -367,7 +368,8 @@ class _LoadedRun:
     manifold: Any
 
 
-def _load_runs(records: Sequence[Mapping[str, Any]], split: str = "train") -> list[_LoadedRun]:
+def _load_runs(records: Sequence[Mapping[str, Any]], split: str = "train",
+               trust_backbone: bool | str = False) -> list[_LoadedRun]:
     """Latents, history and head manifold of every finished run (datasets loaded once per config)."""
     from lpc_geom.data import load_dataset
     from lpc_geom.experiments.runs import load_run
@@ -377,7 +379,7 @@ def _load_runs(records: Sequence[Mapping[str, Any]], split: str = "train") -> li
     for record in records:
         if record.get("status") != "ok":
             continue
-        run = load_run(record["run_dir"])
+        run = load_run(record["run_dir"], trust_backbone=trust_backbone)
         key = json.dumps([run.config.dataset, run.config.dataset_options], sort_keys=True)
         if key not in datasets:
             datasets[key] = load_dataset(run.config.dataset, **run.config.dataset_options)
@@ -722,7 +724,7 @@ def run_compare(settings: CompareSettings, *, executor: SweepExecutor | None = N
     for line in warning_summary(records):
         log(f"warning in {line}")
     cells = cell_rows(records)
-    loaded = _load_runs(records)
+    loaded = _load_runs(records, trust_backbone=settings.base.backbone)  # the runs this command trained
     gw = gw_matrices(loaded)
     for entry in gw.values():
         for error in entry["errors"]:
@@ -777,7 +779,7 @@ def _key_values(pairs: Iterable[str], what: str) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """The ``compare_manifolds`` command line (also ``python benchmarks/compare_manifolds.py --help``)."""
     parser = argparse.ArgumentParser(
-        prog="compare_manifolds",
+        prog="lpc-geom compare",
         description="Compare latent point collapse across geometries (Euclidean LPC, the NoPen baseline, "
                     "sphere, Poincaré ball, Stiefel) and optimisers (AdamW / Riemannian Adam, K-FAC), over "
                     "seeds: train every run, analyse its latents in its own geometry, measure its "
@@ -785,13 +787,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(PNG). Finished runs are reused when the same command is launched again; a failed run "
                     "is recorded with its error and the others go on.",
         epilog="Examples:\n"
-               "  python benchmarks/compare_manifolds.py                        # the default grid, ~9 min "
+               "  lpc-geom compare                        # the default grid, ~9 min "
                "on 2 idle cores\n"
-               "  python benchmarks/compare_manifolds.py --geometries euclidean-LPC sphere --optimizers "
+               "  lpc-geom compare --geometries euclidean-LPC sphere --optimizers "
                "default --seeds 0\n"
-               "  python benchmarks/compare_manifolds.py --dataset digits --epochs 40 --out results/digits\n"
-               "  python benchmarks/compare_manifolds.py --dataset cifar10 --dataset-option "
-               "root='\"~/data/cifar\"' \\\n"
+               "  lpc-geom compare --dataset digits --epochs 40 --out results/digits\n"
+               "  lpc-geom compare --dry-run --seeds 0 1 2                      # list the runs it would start\n"
+               "  lpc-geom compare --dataset cifar10 --data-root ~/data/cifar \\\n"
                "      --backbone resnet18 --set epochs=200 --executor submitit --slurm-partition gpu "
                "--gpus-per-node 1\n"
                "Outputs (under --out): table.md, runs.csv/json, cells.csv/json, analysis.json, figures/*.png, "
@@ -817,12 +819,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="base TrainConfig file (TOML/YAML/JSON) instead of the built-in default")
     training.add_argument("--dataset", help="dataset of lpc_geom.data (mnist1d, digits, blobs, cifar10, "
                                             "cifar100, npz); its options reset to the loader's defaults")
+    training.add_argument("--data-root", help="CIFAR directory (cifar10/cifar100) or .npz file (npz), as for "
+                                              "lpc-geom train")
     training.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
                           help="dataset option, VALUE as JSON where it parses (repeatable), e.g. num_samples=8000")
-    training.add_argument("--backbone", help="mlp, cnn1d, resnet18, resnet50 (options reset)")
+    training.add_argument("--backbone", help="a backbone name (lpc-geom backbones) or an import path "
+                                             "package.module:factory (options reset)")
     training.add_argument("--backbone-option", action="append", default=[], metavar="KEY=VALUE",
                           help="backbone option (repeatable), e.g. hidden=[256,256]")
-    training.add_argument("--epochs", type=int)
+    training.add_argument("--epochs", type=int, help="epochs of every run (default: the base config's, 60)")
     training.add_argument("--latent-dim", type=int, help="penultimate width (default: the LPC row's, 64 for "
                                                          "<= 10 classes; poincare-2d always uses 2)")
     training.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -837,6 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     output.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    output.add_argument("--dry-run", action="store_true",
+                        help="list the runs the command would start (name, config, directory) and exit")
     execution = parser.add_argument_group("execution")
     execution.add_argument("--executor", choices=EXECUTORS, default="local",
                            help="local: worker processes on this machine; submitit: Slurm through submitit "
@@ -863,13 +870,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> CompareSettings:
     """The :class:`CompareSettings` a parsed command line describes (errors name the bad flag)."""
-    base = load_config(args.config) if args.config else default_config()
+    base = load_config(args.config, trust_backbone=args.backbone or False) if args.config else default_config()
     changes: dict[str, Any] = {}
     if args.dataset is not None:
         changes["dataset"], changes["dataset_options"] = args.dataset, {}
     if args.dataset_option:
         changes["dataset_options"] = {**changes.get("dataset_options", base.dataset_options),
                                       **_key_values(args.dataset_option, "--dataset-option")}
+    if args.data_root is not None:
+        dataset = changes.get("dataset", base.dataset)
+        changes["dataset_options"] = {**changes.get("dataset_options", base.dataset_options),
+                                      data_root_option(dataset): args.data_root}
     if args.backbone is not None:
         changes["backbone"], changes["backbone_options"] = args.backbone, {}
     if args.backbone_option:
@@ -911,23 +922,40 @@ def executor_from_args(args: argparse.Namespace) -> SweepExecutor:
         raise SystemExit(str(exc)) from None
 
 
-def main(argv: Sequence[str] | None = None) -> CompareResult:
-    """Run the comparison a command line describes; returns its result (:func:`cli` adds the exit status)."""
+def main(argv: Sequence[str] | None = None) -> CompareResult | None:
+    """Run the comparison a command line describes; returns its result (:func:`cli` adds the exit status),
+    or None after ``--dry-run`` listed the runs."""
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
+    if args.dry_run:
+        return dry_run(settings)
     executor = executor_from_args(args)
     return run_compare(settings, executor=executor, progress=not args.no_progress,
                        log=partial(print, flush=True))
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (``benchmarks/compare_manifolds.py``); returns the exit status.
+def dry_run(settings: CompareSettings) -> None:
+    """Print the runs :func:`run_compare` would start: one line each (name, cell, seed, epochs, directory)."""
+    jobs = build_jobs(settings)
+    width = max(len(job.name) for job in jobs)
+    for job in jobs:
+        c = job.config
+        print(f"{job.name:<{width}}  geometry={c.geometry} row={c.row} optimizer={c.optimizer} seed={c.seed} "
+              f"epochs={c.epochs} dataset={c.dataset} backbone={c.backbone}  -> {c.out_dir}")
+    print(f"{len(jobs)} runs under {settings.out} (dry run: nothing trained)")
 
-    0 when every run finished, 1 when any failed (they are listed at the end), 130 on Ctrl-C (the workers
-    are stopped; the same command resumes).
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (``lpc-geom compare``, ``benchmarks/compare_manifolds.py``); returns the exit
+    status.
+
+    0 when every run finished (or ``--dry-run`` listed them), 1 when any failed (they are listed at the
+    end), 130 on Ctrl-C (the workers are stopped; the same command resumes).
     """
     try:
         result = main(argv)
+        if result is None:  # --dry-run
+            return 0
     except KeyboardInterrupt:
         print("\ninterrupted; launch the same command again to go on (finished runs are reused, half-trained "
               "ones resume from their checkpoints)", file=sys.stderr, flush=True)

@@ -35,11 +35,15 @@ class Run:
 
         return load_dataset(self.config.dataset, **self.config.dataset_options)
 
-    def model(self, dataset=None) -> torch.nn.Module:
-        """The trained model (rebuilt from the config, weights from ``checkpoint.pt``), in eval mode."""
+    def model(self, dataset=None, backbone=None) -> torch.nn.Module:
+        """The trained model (rebuilt from the config, weights from ``checkpoint.pt``), in eval mode.
+
+        ``backbone`` (a module, factory or import path) rebuilds a run trained with a backbone passed as
+        a Python object (its config records ``<python object ...>``); by default ``config.backbone``.
+        """
         from lpc_geom.train.trainer import model_from_config
 
-        model = model_from_config(self.config, dataset if dataset is not None else self.dataset())
+        model = model_from_config(self.config, dataset if dataset is not None else self.dataset(), backbone)
         file = self.path / CHECKPOINT
         state = load_checkpoint(file).get("model")
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -49,8 +53,11 @@ class Run:
         return model.eval()
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, *, trust_backbone: bool | str = False) -> Run:
     """Load a finished run directory written by :func:`lpc_geom.train.train`, executing no code from it.
+
+    A run whose ``config.json`` names a backbone import path loads only when ``trust_backbone`` is True
+    or that same path (see :func:`lpc_geom.config.load_config`): importing it runs the module's code.
 
     Raises
     ------
@@ -69,7 +76,7 @@ def load_run(path: str | Path) -> Run:
         raise FileNotFoundError(f"{path} is not a finished lpc_geom run: missing {', '.join(missing)} "
                                 f"(expected {', '.join(run_dir.TRAINED_FILES)})")
     run_dir.check_finished(path)
-    config = load_config(path / CONFIG)
+    config = load_config(path / CONFIG, trust_backbone=trust_backbone)
     history = read_json(path / HISTORY)
     return Run(path, config, history, _load_latents(path / LATENTS))
 
@@ -85,21 +92,24 @@ def _load_latents(file: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def analyze_run(path: str | Path, *, split: str = "test", write: bool = True, **analyze_options):
+def analyze_run(path: str | Path, *, split: str = "test", write: bool = True, backbone=None,
+                trust_backbone: bool = False, **analyze_options):
     """:func:`lpc_geom.analyze` on a run's ``<split>`` latents, in the geometry of its head.
 
     The manifold and the classifier come from the trained model, so that spherical and hyperbolic runs
     are measured in their own geometry. Writes ``report_<split>.json`` next to the run when ``write``.
+    A run with its own backbone needs it: ``backbone`` (its import path, which is then trusted, a
+    factory or a module) or ``trust_backbone=True`` to import the path its ``config.json`` records.
     """
     from lpc_geom.analysis import analyze
 
     if split not in REPORT_FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     with RunLock(path, shared=True):
-        run = load_run(path)
+        run = load_run(path, trust_backbone=_trusted(backbone, trust_backbone))
         if write:  # before any work: a report computed for a directory that cannot take it is lost
             check_writable_directory(path, create=False)
-        model = run.model()
+        model = run.model(backbone=backbone)
         head = model.head
         report = analyze(
             run.arrays[f"{split}_latents"], run.arrays[f"{split}_labels"],
@@ -133,10 +143,17 @@ def robustness_file(split: str) -> str:
     return ROBUSTNESS_FILES[split]
 
 
+def _trusted(backbone, trust_backbone: bool) -> bool | str:
+    """What :func:`load_run` may import: everything, or the import path the caller passed."""
+    return True if trust_backbone else backbone if isinstance(backbone, str) else False
+
+
 def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, split: str = "test",
-                   write: bool = True, **report_options) -> dict[str, float]:
+                   write: bool = True, backbone=None, trust_backbone: bool = False,
+                   **report_options) -> dict[str, float]:
     """DeepFool, Lipschitz bounds and certified radii of a finished run (see
-    :func:`~lpc_geom.analysis.robustness.robustness_of`).
+    :func:`~lpc_geom.analysis.robustness.robustness_of`); ``backbone`` and ``trust_backbone`` as in
+    :func:`analyze_run`.
 
     Writes ``robustness.json`` (test inputs) or ``robustness_train.json`` (training inputs) next to the
     run when ``write``.
@@ -145,11 +162,12 @@ def robustness_run(path: str | Path, *, samples: int = 1000, seed: int = 0, spli
 
     file = robustness_file(split)  # before loading the run: a bad split fails at once
     with RunLock(path, shared=True):
-        run = load_run(path)
+        run = load_run(path, trust_backbone=_trusted(backbone, trust_backbone))
         if write:  # before any work: a report computed for a directory that cannot take it is lost
             check_writable_directory(path, create=False)
         data = run.dataset()
-        report = robustness_of(run.model(data), data, samples=samples, seed=seed, split=split, **report_options)
+        report = robustness_of(run.model(data, backbone=backbone), data, samples=samples, seed=seed, split=split,
+                               **report_options)
         if write:
             write_robustness_json(report, run.path / file, source=run_dir.stamp({}, run.path, CHECKPOINT)["source"])
     return report

@@ -133,7 +133,7 @@ def _run_job(job: Job, postprocess: Callable[[Job], dict[str, Any]] | None) -> d
         record.update({f"final_{k}": v for k, v in final.items() if isinstance(v, (int, float))})
         record["epoch_seconds_median"] = float(np.median([r["epoch_seconds"] for r in history]))
         for split in ("train", "test"):
-            report = analyze_run(job.run_dir, split=split)
+            report = analyze_run(job.run_dir, split=split, backbone=job.config.backbone)  # the job's own
             record.update({f"{split}_{k}": v for k, v in report.to_dict().items()})
         if postprocess is not None:
             record.update(postprocess(job))

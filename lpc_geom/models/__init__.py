@@ -5,11 +5,17 @@ without forward hooks and the LPC compression term is ``gamma * energy.mean()``.
 """
 
 from lpc_geom.models.backbones import (
+    BACKBONES,
     MLP,
+    BackboneImportError,
     CNN1d,
     ResNet,
     backbone_options,
     build_backbone,
+    feature_dim,
+    import_backbone,
+    make_backbone,
+    register_backbone,
     resnet18,
     resnet50,
 )
@@ -18,8 +24,10 @@ from lpc_geom.models.build import HEADS, HeadFactory, build_model, register_head
 from lpc_geom.models.heads import CosineClassifier, EuclideanHead, build_head
 
 __all__ = [
+    "BACKBONES",
     "HEADS",
     "MLP",
+    "BackboneImportError",
     "CNN1d",
     "Classifier",
     "CosineClassifier",
@@ -32,6 +40,10 @@ __all__ = [
     "build_backbone",
     "build_head",
     "build_model",
+    "feature_dim",
+    "import_backbone",
+    "make_backbone",
+    "register_backbone",
     "register_head",
     "resnet18",
     "resnet50",

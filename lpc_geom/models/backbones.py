@@ -19,13 +19,21 @@ without max-pooling, so a 32x32 image reaches the last stage at 4x4; global aver
 ``h``. They are written here because torchvision does not load with the CPU build of torch. Built by name
 for 1-D inputs (shape ``(L,)`` or ``(C, L)``, e.g. MNIST-1D) they use 1-D convolutions, batch norms and
 pooling (kernel 3, the same strides), so the paper's architecture also runs on sequences.
+
+Your own backbone: any ``factory(input_shape, **options) -> nn.Module`` whose module returns flat features
+``(N, D)``, given as an import path ``package.module:factory`` (:func:`import_backbone`), registered under a
+name (:func:`register_backbone`), or passed as an object (:func:`make_backbone`); a module that declares no
+``out_dim`` gets it from one dry forward (:func:`feature_dim`).
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
+import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,12 +41,21 @@ from torch import nn
 __all__ = [
     "BACKBONES",
     "MLP",
+    "OBJECT_BACKBONE",
+    "BackboneImportError",
     "BasicBlock",
     "Bottleneck",
     "CNN1d",
     "ResNet",
     "backbone_options",
+    "backbone_record",
     "build_backbone",
+    "factory_options",
+    "feature_dim",
+    "import_backbone",
+    "is_import_path",
+    "make_backbone",
+    "register_backbone",
     "resnet18",
     "resnet50",
 ]
@@ -398,8 +415,15 @@ def backbone_options(name: str) -> tuple[str, ...]:
         _, ctor, derived = BACKBONES[name.lower()]
     except KeyError:
         raise ValueError(f"unknown backbone {name!r}; accepted backbones: {', '.join(BACKBONES)}") from None
-    params = inspect.signature(ctor).parameters
-    return tuple(p for p in params if p not in derived)
+    params = inspect.signature(ctor).parameters.values()
+    return tuple(p.name for p in params if p.name not in derived
+                 and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+
+
+def _accepts_any_option(name: str) -> bool:
+    """Whether backbone ``name``'s constructor takes ``**kwargs`` (then any option reaches it)."""
+    _, ctor, _ = BACKBONES[name.lower()]
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(ctor).parameters.values())
 
 
 def build_backbone(name: str, input_shape: int | Sequence[int], **options) -> nn.Module:
@@ -407,8 +431,9 @@ def build_backbone(name: str, input_shape: int | Sequence[int], **options) -> nn
 
     Parameters
     ----------
-    name : {"mlp", "cnn1d", "resnet18", "resnet50"}
-        Architecture (case-insensitive).
+    name : str
+        ``"mlp"``, ``"cnn1d"``, ``"resnet18"``, ``"resnet50"`` or a name given to
+        :func:`register_backbone` (case-insensitive).
     input_shape : int or sequence of int
         Shape of one sample: anything for ``mlp`` (flattened), ``(L,)`` or ``(C, L)`` for ``cnn1d``,
         ``(C, H, W)``, ``(C, L)`` or ``(L,)`` for the ResNets (2-D or 1-D convolutions). Input
@@ -421,7 +446,8 @@ def build_backbone(name: str, input_shape: int | Sequence[int], **options) -> nn
     Returns
     -------
     nn.Module
-        The backbone, with ``out_dim`` set.
+        The backbone, with ``out_dim`` set (measured by :func:`feature_dim` where a registered
+        factory's module does not declare it).
 
     Raises
     ------
@@ -431,8 +457,247 @@ def build_backbone(name: str, input_shape: int | Sequence[int], **options) -> nn
     """
     accepted = backbone_options(name)
     unknown = sorted(set(options) - set(accepted))
-    if unknown:
+    if unknown and not _accepts_any_option(name):
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for backbone {name!r}; "
                          f"accepted options: {', '.join(accepted) or '(none)'}")
     builder, _, _ = BACKBONES[name.lower()]
-    return builder(_as_shape(input_shape), **options)
+    backbone = builder(_as_shape(input_shape), **options)
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"backbone {name!r} returned a {type(backbone).__name__}, not an nn.Module")
+    feature_dim(backbone, input_shape)
+    return backbone
+
+
+# ------------------------------------------------------------------------------------ your own backbones
+#: ``backbone`` of a run whose backbone was handed over as a Python object with no import path; the
+#: object's qualified name stands between the brackets. It names, it cannot rebuild.
+OBJECT_BACKBONE = re.compile(r"^<python object (?P<name>\S+)>$")
+#: An import path ``package.module:attribute`` (the attribute may be dotted: ``module:Class.create``).
+IMPORT_PATH = re.compile(r"^(?P<module>[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$")
+
+
+class BackboneImportError(ValueError):
+    """An import path ``module:factory`` that does not import, or names no callable."""
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` has the form of an import path ``package.module:factory``."""
+    return bool(IMPORT_PATH.match(name))
+
+
+def import_backbone(path: str) -> Callable[..., nn.Module]:
+    """Import the backbone factory an import path ``package.module:factory`` names.
+
+    Importing a module runs its code: import only paths you (not a file you were handed) chose.
+
+    Parameters
+    ----------
+    path : str
+        ``package.module:attribute`` (the attribute may be dotted, ``module:Class.build``); the module
+        is imported with :func:`importlib.import_module` (so it must be on ``sys.path``, e.g. through
+        ``PYTHONPATH``).
+
+    Returns
+    -------
+    callable
+        ``factory(input_shape, **options) -> nn.Module``.
+
+    Raises
+    ------
+    BackboneImportError
+        One line naming the path: not of that form, its module does not import (with the cause), it has
+        no such attribute, or the attribute is not callable.
+    """
+    match = IMPORT_PATH.match(path)
+    if match is None:
+        raise BackboneImportError(f"backbone {path!r} is not an import path 'package.module:factory'")
+    try:
+        target: Any = importlib.import_module(match["module"])
+    except Exception as exc:  # any error of the user's module: report it in one line, naming the path
+        raise BackboneImportError(f"backbone {path!r}: cannot import module {match['module']!r} "
+                                  f"({type(exc).__name__}: {' '.join(str(exc).split())}); is it on PYTHONPATH?"
+                                  ) from exc
+    for part in match["attr"].split("."):
+        if not hasattr(target, part):
+            raise BackboneImportError(f"backbone {path!r}: {getattr(target, '__name__', target)!s} has no "
+                                      f"attribute {part!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise BackboneImportError(f"backbone {path!r} is of type {type(target).__name__}, not callable; it must be "
+                                  "a factory(input_shape, **options) -> nn.Module (a function or a class)")
+    return target
+
+
+def factory_options(factory: Callable[..., nn.Module]) -> tuple[tuple[str, ...], bool]:
+    """``(keyword options, accepts any keyword)`` of ``factory(input_shape, **options)``.
+
+    The first parameter takes the input shape; the others are the options. A factory with ``**kwargs``
+    accepts any keyword (the second element is then True).
+
+    Raises
+    ------
+    TypeError
+        If ``factory`` takes no positional parameter for the input shape.
+    """
+    params = list(inspect.signature(factory).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                  inspect.Parameter.VAR_POSITIONAL)
+    if not params or params[0].kind not in positional:
+        raise TypeError(f"backbone factory {getattr(factory, '__qualname__', factory)!r} must take the input "
+                        "shape as its first positional parameter: factory(input_shape, **options)")
+    rest = params[1:] if params[0].kind is not inspect.Parameter.VAR_POSITIONAL else params
+    names = tuple(p.name for p in rest if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                     inspect.Parameter.KEYWORD_ONLY))
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def register_backbone(name: str, factory: Callable[..., nn.Module], *, replace: bool = False) -> None:
+    """Register ``factory`` as the backbone ``name`` (case-insensitive) of this process.
+
+    Afterwards ``build_backbone(name, ...)``, ``TrainConfig(backbone=name)`` and ``lpc-geom backbones``
+    know it. A run records the name only: a later process must register it again (or train with an
+    import path, which a run records and ``lpc-geom analyze --backbone PATH`` rebuilds).
+
+    Parameters
+    ----------
+    name : str
+        A plain name (no ``:``, which marks an import path).
+    factory : callable
+        ``factory(input_shape, **options) -> nn.Module``; the module returns flat features ``(N, D)``
+        and may declare ``out_dim = D`` (else one dry forward measures it).
+    replace : bool, default False
+        Allow overwriting an existing registration (otherwise an error, so that two modules cannot
+        silently claim one name; the built-in names are never replaced).
+
+    Raises
+    ------
+    ValueError
+        A name with ``:`` or empty, or already registered.
+    TypeError
+        ``factory`` is not callable or takes no input shape.
+    """
+    key = name.strip().lower()
+    if not key or ":" in key or OBJECT_BACKBONE.match(key):
+        raise ValueError(f"backbone name {name!r} must be a non-empty name without ':' (import paths need no "
+                         "registration)")
+    if not callable(factory):
+        raise TypeError(f"backbone factory for {name!r} must be callable, got {type(factory).__name__}")
+    factory_options(factory)  # a factory without an input-shape parameter fails here, not at its first use
+    if key in _BUILT_IN:
+        raise ValueError(f"{name!r} is a built-in backbone; register yours under another name")
+    if key in BACKBONES and not replace and BACKBONES[key][1] is not factory:
+        raise ValueError(f"a backbone is already registered as {name!r}; pass replace=True to override")
+    first = next(iter(inspect.signature(factory).parameters))
+    BACKBONES[key] = (factory, factory, frozenset({first}))
+
+
+_BUILT_IN = frozenset(BACKBONES)
+
+
+def feature_dim(backbone: nn.Module, input_shape: int | Sequence[int]) -> int:
+    """``backbone.out_dim``, or the width ``D`` of its output measured by one dry forward.
+
+    The dry forward runs in eval mode (batch norm uses its running statistics and changes none), without
+    gradients, on a batch of two zero inputs of ``input_shape`` on the backbone's device and dtype; the
+    previous mode is restored. The measured width is stored as ``backbone.out_dim``.
+
+    Raises
+    ------
+    ValueError
+        The output is not a tensor of shape ``(2, D)``: a backbone must end in flat features.
+    """
+    declared = getattr(backbone, "out_dim", None)
+    if isinstance(declared, int) and not isinstance(declared, bool) and declared > 0:
+        return declared
+    shape = _as_shape(input_shape)
+    reference = next(iter(backbone.parameters()), None)
+    if reference is None:
+        reference = next(iter(backbone.buffers()), torch.empty(0))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros(2, *shape, device=reference.device,
+                                       dtype=reference.dtype if reference.is_floating_point() else None))
+    finally:
+        backbone.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"backbone {type(backbone).__name__} must return flat features of shape (N, D); on "
+                         f"inputs of shape (2, {', '.join(map(str, shape))}) it returned {got} "
+                         "(end forward in torch.flatten(h, 1))")
+    backbone.out_dim = int(out.shape[1])
+    return backbone.out_dim
+
+
+def backbone_record(backbone: nn.Module | Callable[..., nn.Module]) -> str:
+    """What a run's ``config.json`` records for a backbone handed over as a Python object.
+
+    A function or class importable under its own name (not from ``__main__``, not local) is recorded
+    as its import path ``module:qualname``, from which ``lpc-geom analyze --backbone`` rebuilds the
+    model; anything else (a module instance, a lambda, a local function) as
+    ``<python object module.qualname>``, which names it but cannot rebuild it.
+    """
+    if not isinstance(backbone, nn.Module):
+        module, qualname = getattr(backbone, "__module__", None), getattr(backbone, "__qualname__", None)
+        if module and qualname and module != "__main__" and is_import_path(f"{module}:{qualname}"):
+            try:
+                if import_backbone(f"{module}:{qualname}") is backbone:
+                    return f"{module}:{qualname}"
+            except BackboneImportError:
+                pass  # not importable under its own name: recorded as an object below
+        kind = backbone
+    else:
+        kind = type(backbone)
+    name = f"{getattr(kind, '__module__', '?')}.{getattr(kind, '__qualname__', type(kind).__name__)}"
+    return f"<python object {name}>"
+
+
+def make_backbone(backbone: str | nn.Module | Callable[..., nn.Module], input_shape: int | Sequence[int],
+                  **options) -> nn.Module:
+    """A backbone with ``out_dim`` set, from a name, an import path, a factory or a module.
+
+    Parameters
+    ----------
+    backbone : str, nn.Module or callable
+        A registered name (:func:`build_backbone`), an import path ``package.module:factory``
+        (:func:`import_backbone`; importing runs that module's code), a factory
+        ``factory(input_shape, **options) -> nn.Module``, or a module (used as it is; ``options`` must
+        then be empty).
+    input_shape : int or sequence of int
+        Shape of one sample.
+    **options
+        Keyword options of the backbone (checked against the factory's signature).
+
+    Raises
+    ------
+    ValueError
+        Unknown name or option (listing the accepted ones), an import path that does not import, a
+        ``<python object ...>`` record (which cannot rebuild a model), or output that is not ``(N, D)``.
+    """
+    if isinstance(backbone, str):
+        if OBJECT_BACKBONE.match(backbone):
+            raise ValueError(f"backbone {backbone} was handed to train() as a Python object: pass it again "
+                             "(Python: backbone=...; lpc-geom analyze/robustness: --backbone package.module:factory), "
+                             "or train with an import path package.module:factory")
+        if not is_import_path(backbone):
+            return build_backbone(backbone, input_shape, **options)
+        backbone = import_backbone(backbone)
+    if isinstance(backbone, nn.Module):
+        if options:
+            raise ValueError(f"backbone options {sorted(options)} configure a factory; a module passed as the "
+                             "backbone is used as it is")
+        module = backbone
+    else:
+        accepted, any_keyword = factory_options(backbone)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown and not any_keyword:
+            raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for backbone "
+                             f"{getattr(backbone, '__qualname__', backbone)!r}; accepted options: "
+                             f"{', '.join(accepted) or '(none)'}")
+        module = backbone(_as_shape(input_shape), **options)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"backbone factory {getattr(backbone, '__qualname__', backbone)!r} returned a "
+                            f"{type(module).__name__}, not an nn.Module")
+    feature_dim(module, input_shape)
+    return module

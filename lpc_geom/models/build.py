@@ -15,13 +15,13 @@ module or a factory can also be passed directly as ``head=``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from torch import nn
 
 from lpc_geom.ablation import Row, get_row
-from lpc_geom.models.backbones import build_backbone
+from lpc_geom.models.backbones import make_backbone
 from lpc_geom.models.base import Classifier
 from lpc_geom.models.heads import build_head
 
@@ -60,16 +60,19 @@ def register_head(name: str, factory: HeadFactory, *, replace: bool = False) -> 
     HEADS[key] = factory
 
 
-def build_model(backbone_name: str, row: Row | str, input_shape: int | Sequence[int], num_classes: int, *,
+def build_model(backbone_name: str | nn.Module | Callable[..., nn.Module], row: Row | str,
+                input_shape: int | Sequence[int], num_classes: int, *,
                 latent_dim: int | None = None, bias: bool = False,
                 head: str | nn.Module | HeadFactory | None = None, **backbone_options) -> Classifier:
     """Build ``backbone -> head`` for one ablation row.
 
     Parameters
     ----------
-    backbone_name : str
-        ``"mlp"``, ``"cnn1d"``, ``"resnet18"`` or ``"resnet50"`` (see
-        :func:`lpc_geom.models.backbones.build_backbone`).
+    backbone_name : str, nn.Module or callable
+        A backbone name (``"mlp"``, ``"cnn1d"``, ``"resnet18"``, ``"resnet50"`` or a registered one), an
+        import path ``package.module:factory``, a factory ``factory(input_shape, **options) -> nn.Module``
+        or a module (see :func:`lpc_geom.models.backbones.make_backbone`); its ``out_dim`` is measured
+        by one dry forward where it declares none.
     row : Row or str
         Ablation row or its name (:data:`lpc_geom.ablation.ROWS`).
     input_shape : int or sequence of int
@@ -86,7 +89,7 @@ def build_model(backbone_name: str, row: Row | str, input_shape: int | Sequence[
         latent_dim=latent_dim, bias=bias)``; a module is used as it is (it must accept
         ``backbone.out_dim`` features; passing ``latent_dim`` or ``bias=True`` with it is an error).
     **backbone_options
-        Passed to :func:`~lpc_geom.models.backbones.build_backbone`.
+        Passed to the backbone's builder or factory.
 
     Returns
     -------
@@ -102,7 +105,7 @@ def build_model(backbone_name: str, row: Row | str, input_shape: int | Sequence[
     row = get_row(row) if isinstance(row, str) else row
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    backbone = build_backbone(backbone_name, input_shape, **backbone_options)
+    backbone = make_backbone(backbone_name, input_shape, **backbone_options)
     if isinstance(head, nn.Module):
         if latent_dim is not None or bias:
             raise ValueError("latent_dim and bias configure a head that build_model builds; a head module "

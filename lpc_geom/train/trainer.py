@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from lpc_geom.config import TrainConfig
 from lpc_geom.data import Dataset, load_dataset
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
+from lpc_geom.models.backbones import backbone_record
 from lpc_geom.monitor import CollapseMonitor, write_history
 from lpc_geom.optim import build_optimizer, has_manifold_parameters
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json
@@ -174,11 +176,14 @@ def split_optimizer_name(name: str, model: nn.Module) -> tuple[str, bool]:
     return {"kfac-sgd": "sgd", "kfac-adam": "adamw", "kfac-riemannian": "riemannian-adam"}[name], True
 
 
-def model_from_config(config: TrainConfig, data: Dataset) -> Classifier:
+def model_from_config(config: TrainConfig, data: Dataset,
+                      backbone: nn.Module | Callable[..., nn.Module] | str | None = None) -> Classifier:
     """The :class:`Classifier` a config describes: backbone, the row's head, in the config's geometry.
 
     Geometry heads (sphere, Poincaré ball, Stiefel) replace the linear penultimate layer of the LPC rows;
-    rows without a linear penultimate layer exist only in Euclidean geometry.
+    rows without a linear penultimate layer exist only in Euclidean geometry. ``backbone`` (a module, a
+    factory ``factory(input_shape, **backbone_options)`` or an import path) replaces ``config.backbone``
+    (see :func:`lpc_geom.models.backbones.make_backbone`).
     """
     row = get_row(config.row)
     head = None
@@ -192,8 +197,15 @@ def model_from_config(config: TrainConfig, data: Dataset) -> Classifier:
             return build_geometry_head(config.geometry, in_dim, latent_dim or row.latent_dim(num_classes),
                                        num_classes, **config.geometry_options)
 
-    return build_model(config.backbone, row, data.input_shape, data.num_classes, latent_dim=config.latent_dim,
+    return build_model(config.backbone if backbone is None else backbone, row, data.input_shape, data.num_classes,
+                       latent_dim=config.latent_dim,
                        bias=config.classifier_bias, head=head, **config.backbone_options)
+
+
+def _with_backbone(config: TrainConfig | Mapping[str, Any], backbone: str) -> TrainConfig:
+    if isinstance(config, Mapping):
+        return TrainConfig(**{**config, "backbone": backbone})
+    return config.replace(backbone=backbone)
 
 
 @torch.no_grad()
@@ -216,12 +228,29 @@ class Trainer:
 
     Parameters
     ----------
-    config : TrainConfig
+    config : TrainConfig or mapping
+        A mapping of TrainConfig keys is validated with ``backbone`` in place, so that its
+        ``backbone_options`` are checked against that backbone's factory (a TrainConfig checks them
+        against its own ``backbone``).
     dataset : Dataset, optional
         Use this dataset instead of ``load_dataset(config.dataset, **config.dataset_options)``.
+    backbone : nn.Module, callable or str, optional
+        Use this backbone instead of ``config.backbone``: a module (used as it is), a factory
+        ``factory(input_shape, **config.backbone_options) -> nn.Module`` (called after seeding), or a
+        name or import path ``package.module:factory``. Its ``out_dim`` is measured by one dry forward
+        where it declares none. The run's ``config.json`` records the import path (a string, or a
+        function or class importable under its own name), else ``<python object module.qualname>``:
+        such a run is rebuilt only with the same backbone passed again.
     """
 
-    def __init__(self, config: TrainConfig, *, dataset: Dataset | None = None):
+    def __init__(self, config: TrainConfig | Mapping[str, Any], *, dataset: Dataset | None = None,
+                 backbone: nn.Module | Callable[..., nn.Module] | str | None = None):
+        if isinstance(backbone, str):
+            config, backbone = _with_backbone(config, backbone), None
+        elif backbone is not None:
+            config = _with_backbone(config, backbone_record(backbone))
+        elif isinstance(config, Mapping):
+            config = TrainConfig(**config)
         self.config = config
         self.device = select_device(config.device)
         self.dist = init_distributed(self.device.type)
@@ -234,7 +263,7 @@ class Trainer:
 
         self.data = dataset if dataset is not None else load_dataset(config.dataset, **config.dataset_options)
         torch.manual_seed(config.seed)  # parameter initialisation; data order has its own generators
-        model = model_from_config(config, self.data).to(device=self.device, dtype=self.dtype)
+        model = model_from_config(config, self.data, backbone).to(device=self.device, dtype=self.dtype)
         self.model = model
         base_optimizer, use_kfac = split_optimizer_name(config.optimizer, model)
         self.optimizer = build_optimizer(model, base_optimizer, lr=config.lr, weight_decay=config.weight_decay)
@@ -629,10 +658,12 @@ class Trainer:
         return final
 
 
-def train(config: TrainConfig, *, resume: bool = False, dataset: Dataset | None = None, **fit_options) -> RunResult:
-    """Train one run described by ``config``; see :class:`Trainer` and :meth:`Trainer.fit` (``overwrite``,
-    ``from_last_good``, ``stop_signals``, ``command``)."""
-    return Trainer(config, dataset=dataset).fit(resume=resume, **fit_options)
+def train(config: TrainConfig | Mapping[str, Any], *, resume: bool = False, dataset: Dataset | None = None,
+          backbone: nn.Module | Callable[..., nn.Module] | str | None = None, **fit_options) -> RunResult:
+    """Train one run described by ``config``; see :class:`Trainer` (``dataset``, ``backbone``: your own
+    data and network) and :meth:`Trainer.fit` (``overwrite``, ``from_last_good``, ``stop_signals``,
+    ``command``)."""
+    return Trainer(config, dataset=dataset, backbone=backbone).fit(resume=resume, **fit_options)
 
 
 def _cpu_copy(obj: Any) -> Any:
