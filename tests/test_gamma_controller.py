@@ -100,8 +100,10 @@ def test_options_are_validated_and_state_is_not_an_option():
     assert TrainConfig().gamma_schedule == "adaptive"
     with pytest.raises(ConfigError, match="validation_fraction"):
         TrainConfig(gamma_options={"validation_fraction": 1.5})
-    with pytest.raises(ConfigError, match=r"unknown key.*'stopped'"):
+    with pytest.raises(ConfigError, match=r"unknown key.*'stopped'") as info:
         TrainConfig(gamma_options={"stopped": True})
+    assert str(info.value).endswith("accepted: start, factor, gamma_max, every, tolerance, patience, "
+                                    "validation_fraction")
     with pytest.raises(ValueError, match="patience >= 1"):
         build_gamma_schedule("adaptive", patience=0)
     with pytest.raises(ValueError, match="fraction in"):

@@ -34,6 +34,8 @@ from lpc_geom.train.schedules import GAMMA_SCHEDULES, gamma_option_names
 DEFAULT_GAMMA_MAX = (0.01, 0.1, 1.0, 10.0)
 #: Rows trained beside the LPC variants (no penalty: gamma does not act on them).
 BASELINE_ROWS = ("LinPen", "NoPen")
+#: The frontier's separation axes are logarithmic when their values span more than this factor.
+LOG_SPAN = 10.0
 #: Columns of the frontier table (record field, heading).
 COLUMNS = (("final_test_acc", "test acc %"), ("train_separation_ratio", "sep. ratio (train)"),
            ("test_separation_ratio", "sep. ratio (test)"))
@@ -136,7 +138,7 @@ def draw_frontier(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str =
 
     The LPC ceilings are joined by a line in ceiling order and labelled with their ``gamma_max``; the
     adaptive controller, LinPen and NoPen are single markers. Error bars: std over seeds. The legend sits
-    outside both panels.
+    outside both panels; a separation axis is logarithmic when its values span more than :data:`LOG_SPAN`.
     """
     import matplotlib
 
@@ -164,9 +166,12 @@ def draw_frontier(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str =
                         markersize=10 if r["variant"] == "LPC-adaptive" else 7, linestyle="none",
                         color=f"C{i + 1}", capsize=2,
                         label="LPC, adaptive gamma" if r["variant"] == "LPC-adaptive" else r["variant"])
-        ax.set_xscale("log")
+        values = [r[f"{key}_mean"] for r in rows if r[f"{key}_mean"] > 0]
+        log = bool(values) and max(values) > LOG_SPAN * min(values)  # a narrower span reads better linearly
+        if log:
+            ax.set_xscale("log")
         ax.set_xlabel(f"separation ratio of the {'training' if split == 'train' else 'test'} latents\n"
-                      "(between-class / within-class spread, log scale)")
+                      f"(between-class / within-class spread{', log scale' if log else ''})")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy (%)")
     handles, labels = axes[0].get_legend_handles_labels()

@@ -10,7 +10,7 @@ reproduces an uninterrupted one.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 
@@ -191,7 +191,7 @@ GAMMA_SCHEDULES = {
 def gamma_option_names(cls: type) -> list[str]:
     """The options of a gamma schedule class: its dataclass fields less those that hold its state."""
     state = ("started_at", *getattr(cls, "STATE", ()))
-    return [f for f in cls.__dataclass_fields__ if f not in state]
+    return [f.name for f in fields(cls) if f.name not in state]  # fields() leaves the ClassVars out
 
 
 def build_gamma_schedule(kind: str, **options) -> ExponentialGamma:
