@@ -79,6 +79,7 @@ def train_run(name: str, optimizer: str, lr: float, seed: int, args: argparse.Na
             dataset="mnist1d",
             backbone="mlp",
             row="LPC",
+            gamma_schedule="exponential",  # the paper's recipe, every training sample trained on
             optimizer=optimizer,
             lr=lr,
             kfac_fisher=args.fisher,

@@ -237,6 +237,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep_gamma(args: argparse.Namespace) -> int:
+    from lpc_geom.experiments.frontier import DEFAULT_GAMMA_MAX, run_frontier
+    from lpc_geom.experiments.sweep import exit_status
+
+    for flag in ("resume", "overwrite", "from_last_good"):
+        if getattr(args, flag):
+            raise ValueError(f"{_flag(flag)}: sweep-gamma reuses finished runs and resumes half-trained ones by "
+                             f"itself; the flag belongs to `lpc-geom train`")
+    ceilings, args.gamma_max = args.gamma_max, None  # the per-run gamma_max is each job's ceiling
+    out = Path(args.out if args.out is not None else "runs/sweep-gamma")
+    args.out = None
+    args.output_dir = out
+    check_writable_directory(out, label="--out")
+    config = config_from_args(args)
+    result = run_frontier(config, out, gamma_max=ceilings or DEFAULT_GAMMA_MAX, seeds=args.seeds or [config.seed],
+                          workers=args.workers, progress=not args.no_progress)
+    return exit_status(result.records)
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from lpc_geom.experiments.runs import analyze_run
 
@@ -335,6 +354,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_arguments(train_parser)
     train_parser.set_defaults(func=_cmd_train)
+
+    sweep_gamma = command(
+        "sweep-gamma", help="the accuracy-vs-collapse frontier: LPC at several gamma ceilings, LinPen, NoPen",
+        description="Train the LPC row at each gamma ceiling (--gamma-max; the paper's exponential schedule "
+                    "unless another is named), LPC with the adaptive gamma controller, LinPen and NoPen on the "
+                    "same data and backbone, and write OUT/frontier.png (test accuracy against the separation "
+                    "ratio of the training and of the test latents), OUT/frontier.csv/json and OUT/runs.json. "
+                    "A re-launched sweep reuses finished runs and resumes half-trained ones.")
+    _add_train_arguments(sweep_gamma)
+    flags = {a.dest: a for a in sweep_gamma._actions}  # the train flags that mean something else here
+    flags["gamma_max"].nargs, flags["gamma_max"].metavar = "+", "G"
+    flags["gamma_max"].help = "gamma ceilings of the LPC runs (default: 0.01 0.1 1 10)"
+    flags["out"].help = "output directory; one run directory per job in OUT/runs (default: runs/sweep-gamma)"
+    sweep_gamma.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                             help="seeds of every variant (default: --seed)")
+    sweep_gamma.add_argument("--workers", type=int, default=1, help="local worker processes (one thread each)")
+    sweep_gamma.set_defaults(func=_cmd_sweep_gamma)
 
     demo = command(
         "demo", help="train LPC and the NoPen baseline on MNIST-1D and compare their latents",

@@ -151,7 +151,8 @@ class TrainConfig:
     geometry: str = _field("euclidean", choices=_geometries)
     geometry_options: dict[str, Any] = field(default_factory=dict)
     # loss
-    gamma_schedule: str = _field("exponential", choices=lambda: tuple(_gamma_schedules()))
+    # adaptive: grows gamma while a held-out validation accuracy holds (AdaptiveGamma); the paper's by name
+    gamma_schedule: str = _field("adaptive", choices=lambda: tuple(_gamma_schedules()))
     gamma_options: dict[str, Any] = field(default_factory=dict)
     supcon_weight: float = _field(1.0, ge=0, finite=True)
     temperature: float = _field(0.05, gt=0, finite=True)
@@ -495,15 +496,15 @@ def _check_geometry_options(name: str, options: Mapping[str, Any]) -> list[str]:
 #: Ranges of the gamma schedules' options (the schedules themselves check start <= gamma_max, every >= 1).
 _GAMMA_RANGES = {"start": _spec(gt=0, finite=True), "factor": _spec(gt=0, finite=True), "gamma_max": _spec(gt=0),
                  "every": _spec(ge=1), "switch": _spec(gt=0, finite=True), "late_factor": _spec(gt=0, finite=True),
-                 "threshold": _spec(ge=0, le=1)}
+                 "threshold": _spec(ge=0, le=1), "tolerance": _spec(ge=0, le=1), "patience": _spec(ge=1),
+                 "validation_fraction": _spec(gt=0, le=1)}
 
 
 def _check_gamma_options(name: str, options: Mapping[str, Any]) -> list[str]:
-    from lpc_geom.train.schedules import build_gamma_schedule
+    from lpc_geom.train.schedules import build_gamma_schedule, gamma_option_names
 
     schedule = _gamma_schedules()[name]
-    # started_at is the schedule's state (the epoch it started growing), not an option
-    accepted = [f.name for f in dataclasses.fields(schedule) if f.name != "started_at"]
+    accepted = gamma_option_names(schedule)  # less the fields that hold the schedule's state
     problems = _check_options(options, what=f"gamma schedule {name!r} ({schedule.__name__})", accepted=accepted,
                               hints=typing.get_type_hints(schedule))
     if problems:

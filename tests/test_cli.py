@@ -12,10 +12,12 @@ from lpc_geom.experiments.runs import robustness_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "blobs", "--set", 'dataset_options={"num_classes": 3, "dim": 8, "num_samples": 300}',
-        "--set", 'backbone_options={"hidden": [16]}', "--latent-dim", "4", "--epochs", "2", "--no-progress"]
+        "--set", 'backbone_options={"hidden": [16]}', "--latent-dim", "4", "--epochs", "2", "--no-progress",
+        "--gamma-schedule", "exponential"]  # every training sample trained on (the adaptive default holds some out)
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["demo"], ["analyze"], ["robustness"], ["rows"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["demo"], ["analyze"], ["robustness"], ["rows"],
+                                     ["sweep-gamma"]])
 def test_help_explains_every_command(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([*command, "--help"])

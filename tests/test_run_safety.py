@@ -39,9 +39,11 @@ from lpc_geom.train.run_dir import (
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 DATA = {"num_classes": 4, "dim": 16, "num_samples": 512, "separation": 4.0}
+# The paper's schedule, named: the steps per epoch below count every training sample (the adaptive default
+# holds a validation split out of them).
 TINY = {"dataset": "blobs", "dataset_options": DATA, "backbone_options": {"hidden": [32, 32]}, "latent_dim": 8,
-        "batch_size": 64, "progress": False, "epochs": 2}
-FLAGS = ["--dataset", "blobs", "--set", f"dataset_options={json.dumps(DATA)}",
+        "batch_size": 64, "progress": False, "epochs": 2, "gamma_schedule": "exponential"}
+FLAGS = ["--dataset", "blobs", "--gamma-schedule", "exponential", "--set", f"dataset_options={json.dumps(DATA)}",
          "--set", 'backbone_options={"hidden": [32, 32]}', "--latent-dim", "8", "--batch-size", "64",
          "--no-progress"]
 

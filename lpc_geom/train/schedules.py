@@ -1,14 +1,17 @@
 """Schedules for the compression strength gamma and for the learning rate.
 
 Every gamma schedule maps an epoch to ``gamma`` and may observe the training accuracy at the end of
-each epoch (only :class:`ThresholdGamma` uses it). Schedules are plain data: their state round-trips
-through ``state_dict`` so that a resumed run reproduces an uninterrupted one.
+each epoch (only :class:`ThresholdGamma` uses it). :class:`AdaptiveGamma` instead observes the accuracy
+on a validation split the trainer holds out of the training data (schedules whose ``uses_validation``
+is true). Schedules are plain data: their state round-trips through ``state_dict`` so that a resumed run
+reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 
 @dataclass
@@ -23,6 +26,8 @@ class ExponentialGamma:
     factor: float = 1.05
     gamma_max: float = 1e6
     every: int = 1
+    #: Whether the trainer holds out ``validation_fraction`` of the training data for :meth:`observe_validation`.
+    uses_validation: ClassVar[bool] = False
 
     def __call__(self, epoch: int) -> float:
         return min(self.start * self.factor ** (epoch // self.every), self.gamma_max)
@@ -93,12 +98,100 @@ class ConstantGamma(ExponentialGamma):
         return self.start
 
 
+#: Decisions :class:`AdaptiveGamma` records in the history (``gamma_decision``).
+GROW, HOLD, BACK_OFF = "grow", "hold", "back off"
+
+
+@dataclass
+class AdaptiveGamma(ExponentialGamma):
+    r"""Gamma grown while a held-out validation accuracy holds, backed off when it drops.
+
+    The trainer holds out ``validation_fraction`` of the training data (stratified, seeded by the run's
+    seed) and, at the end of every epoch ``e``, passes its accuracy :math:`a_e` to
+    :meth:`observe_validation`, which sets the gamma of the next epoch. With :math:`b_e = \max_{e' \le e}
+    a_{e'}` the best validation accuracy so far and :math:`\tau` the ``tolerance``:
+
+    * **grow**: while :math:`a_e \ge b_e - \tau` (and growth has not stopped), the current gamma is
+      recorded as the last good one, :math:`\gamma_{good} \leftarrow \gamma`, and every ``every``
+      epochs :math:`\gamma \leftarrow \min(f \gamma, \gamma_{max})`;
+    * **hold**: gamma stays, either because growth stopped, or because :math:`a_e < b_e - \tau` for fewer
+      than ``patience`` consecutive epochs (a dip of that length is within the epoch-to-epoch noise of
+      a small validation split), or because the epoch is not a multiple of ``every``;
+    * **back off**: after ``patience`` consecutive epochs below :math:`b_e - \tau`,
+      :math:`\gamma \leftarrow \gamma_{good}` and growth stops for the rest of the run.
+
+    Why: the compression term trades the classifier's accuracy for collapse, and on a new dataset the
+    gamma at which the trade starts costing accuracy is unknown (the paper's schedules grow to
+    :math:`10^6` whatever the data; on some problems accuracy falls well before). Growth is kept as
+    long as it is free on data the optimiser does not fit; the first sustained loss of accuracy marks the
+    largest gamma worth having, and returning to the last gamma that was free keeps both the collapse
+    reached there and the accuracy. Growth does not resume afterwards: the accuracy at a larger gamma was
+    just measured to be lower, and alternating would make gamma oscillate.
+
+    State (``state_dict``): ``gamma``, ``good_gamma``, ``best``, ``below`` (consecutive epochs below the
+    tolerance), ``stopped`` and ``observed`` (validation observations so far). ``__call__`` returns the
+    current gamma whatever the epoch: the schedule is driven by its observations.
+    """
+
+    tolerance: float = 0.01
+    patience: int = 2
+    validation_fraction: float = 0.1
+    gamma: float | None = None
+    good_gamma: float | None = None
+    best: float | None = None
+    below: int = 0
+    stopped: bool = False
+    observed: int = 0
+    uses_validation: ClassVar[bool] = True
+    #: Fields that hold the controller's state, not options.
+    STATE: ClassVar[tuple[str, ...]] = ("gamma", "good_gamma", "best", "below", "stopped", "observed")
+
+    def __call__(self, epoch: int) -> float:
+        return self.start if self.gamma is None else self.gamma
+
+    def observe_validation(self, epoch: int, accuracy: float) -> str:
+        """Take the validation accuracy after epoch ``epoch``, set the next epoch's gamma, return the decision.
+
+        Returns
+        -------
+        str
+            :data:`GROW`, :data:`HOLD` or :data:`BACK_OFF` (see the class docstring).
+        """
+        if not math.isfinite(accuracy) or not 0.0 <= accuracy <= 1.0:
+            raise ValueError(f"validation accuracy must be a fraction in [0, 1], got {accuracy!r}")
+        gamma = self(epoch)
+        self.observed += 1
+        self.best = accuracy if self.best is None else max(self.best, accuracy)
+        if accuracy >= self.best - self.tolerance:
+            self.below = 0
+            if self.stopped:
+                return HOLD
+            self.good_gamma = gamma
+            if self.observed % self.every == 0 and gamma < self.gamma_max:
+                self.gamma = min(gamma * self.factor, self.gamma_max)
+                return GROW
+            return HOLD
+        self.below += 1
+        if self.stopped or self.below < self.patience:
+            return HOLD
+        self.stopped = True
+        self.gamma = self.start if self.good_gamma is None else self.good_gamma
+        return BACK_OFF
+
+
 GAMMA_SCHEDULES = {
     "exponential": ExponentialGamma,
     "two-regime": TwoRegimeGamma,
     "threshold": ThresholdGamma,
     "constant": ConstantGamma,
+    "adaptive": AdaptiveGamma,
 }
+
+
+def gamma_option_names(cls: type) -> list[str]:
+    """The options of a gamma schedule class: its dataclass fields less those that hold its state."""
+    state = ("started_at", *getattr(cls, "STATE", ()))
+    return [f.name for f in fields(cls) if f.name not in state]  # fields() leaves the ClassVars out
 
 
 def build_gamma_schedule(kind: str, **options) -> ExponentialGamma:
@@ -106,7 +199,7 @@ def build_gamma_schedule(kind: str, **options) -> ExponentialGamma:
     if kind not in GAMMA_SCHEDULES:
         raise ValueError(f"unknown gamma schedule {kind!r}; accepted: {', '.join(GAMMA_SCHEDULES)}")
     cls = GAMMA_SCHEDULES[kind]
-    accepted = [f for f in cls.__dataclass_fields__ if f != "started_at"]
+    accepted = gamma_option_names(cls)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for gamma schedule {kind!r}; accepted: {accepted}")
@@ -115,6 +208,11 @@ def build_gamma_schedule(kind: str, **options) -> ExponentialGamma:
         raise ValueError(
             f"gamma schedule {kind!r} needs 0 < start <= gamma_max and every >= 1, got {schedule}"
         )
+    if isinstance(schedule, AdaptiveGamma) and not (
+            0.0 < schedule.validation_fraction < 1.0 and 0.0 <= schedule.tolerance < 1.0 and schedule.patience >= 1):
+        raise ValueError(f"gamma schedule {kind!r} needs 0 < validation_fraction < 1, 0 <= tolerance < 1 and "
+                         f"patience >= 1, got validation_fraction={schedule.validation_fraction}, "
+                         f"tolerance={schedule.tolerance}, patience={schedule.patience}")
     return schedule
 
 

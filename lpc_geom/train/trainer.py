@@ -15,6 +15,7 @@ over another run) are those of :mod:`lpc_geom.train.run_dir`.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import signal
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from lpc_geom.ablation import get_row
 from lpc_geom.config import TrainConfig
-from lpc_geom.data import Dataset, load_dataset
+from lpc_geom.data import Dataset, load_dataset, stratified_split
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
 from lpc_geom.models.backbones import backbone_record
@@ -279,6 +280,13 @@ class Trainer:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.gamma = build_gamma_schedule(config.gamma_schedule, **config.gamma_options)
+        # A schedule driven by validation accuracy gets a split held out of the training data (never the test data).
+        self.validation: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.gamma.uses_validation:
+            train_idx, val_idx = validation_split(self.data.y_train, self.gamma.validation_fraction, config.seed)
+            self.validation = (self.data.x_train[val_idx], self.data.y_train[val_idx])
+            self.data = dataclasses.replace(self.data, x_train=self.data.x_train[train_idx],
+                                            y_train=self.data.y_train[train_idx])
         self.objective = Objective(self.row, supcon_weight=config.supcon_weight,
                                    temperature=config.temperature, epochs=config.epochs)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -507,6 +515,14 @@ class Trainer:
         figures.update(self.monitor.record(epoch, train_latents, self.data.y_train[self.train_probe], prefix="train_"))
         return figures
 
+    def _validate(self, epoch: int) -> dict[str, Any]:
+        """Accuracy on the held-out validation split, passed to the gamma schedule, and its decision."""
+        x_val, y_val = self.validation
+        logits, _ = predict(self.model, x_val, self.device, self.dtype)
+        accuracy = float((logits.argmax(1) == y_val).float().mean())
+        decision = self.gamma.observe_validation(epoch, accuracy)
+        return {"val_acc": accuracy, "gamma_decision": decision, "gamma_next": self.gamma(epoch + 1)}
+
     def _check_origin_collapse(self, row: dict[str, Any]) -> None:
         chance = 1.0 / self.data.num_classes
         # At chance *after* the classes had separated (or after gamma grew 100-fold): not a slow start.
@@ -587,6 +603,8 @@ class Trainer:
                     row: dict[str, Any] = {"epoch": epoch, "gamma": gamma, "lr": lr}
                     row.update(self._train_epoch(epoch, gamma, lr))
                     self.gamma.observe(epoch, row["train_acc"])
+                    if self.validation is not None:
+                        row.update(self._validate(epoch))
                     row.update(self._evaluate(epoch, gamma, lr))
                     self._check_origin_collapse(row)
                     self.history.append(row)
@@ -631,6 +649,10 @@ class Trainer:
         classifier = self.model.head.classifier
         final = dict(self.history[-1]) if self.history else {}
         final["train_acc_eval"] = float((train_logits.argmax(1) == self.data.y_train).float().mean())
+        if self.validation is not None:
+            final.update(validation_fraction=self.gamma.validation_fraction,
+                         validation_samples=len(self.validation[1]), validation_seed=self.config.seed,
+                         train_samples=len(self.data.y_train))
         if self.dist.is_main:
             arrays = {
                 "train_latents": train_latents.numpy(), "train_labels": self.data.y_train.numpy(),
@@ -656,6 +678,17 @@ class Trainer:
                 final.update({f"robust_{key}": value for key, value in report.items()})
             write_json(final, self.out_dir / SUMMARY)
         return final
+
+
+def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train_idx, val_idx)``: a stratified split of the training labels, a function of ``seed`` alone.
+
+    Each class sends ``round(n_c * fraction)`` of its samples (at least one, at most ``n_c - 1``) to the
+    validation split (:func:`~lpc_geom.data.stratified_split`), so that a resumed run holds out the same
+    samples. Raises a ValueError when a class has fewer than two training samples.
+    """
+    train_idx, val_idx = stratified_split(labels.cpu().numpy(), fraction, np.random.default_rng(seed))
+    return torch.from_numpy(train_idx), torch.from_numpy(val_idx)
 
 
 def train(config: TrainConfig | Mapping[str, Any], *, resume: bool = False, dataset: Dataset | None = None,
