@@ -6,6 +6,7 @@ import pytest
 
 from lpc_geom.train.schedules import (
     GAMMA_SCHEDULES,
+    AdaptiveGamma,
     ConstantGamma,
     ExponentialGamma,
     ThresholdGamma,
@@ -21,6 +22,7 @@ def test_registry_maps_each_name_to_its_class():
         "two-regime": TwoRegimeGamma,
         "threshold": ThresholdGamma,
         "constant": ConstantGamma,
+        "adaptive": AdaptiveGamma,
     } == GAMMA_SCHEDULES
     for name, cls in GAMMA_SCHEDULES.items():
         assert type(build_gamma_schedule(name)) is cls
