@@ -13,12 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import own_backbone
 import pytest
 import torch
+from processes import wait_for_epochs
 from torch import nn
 
 from lpc_geom.ablation import ROWS
@@ -179,15 +179,6 @@ def test_lipschitz_upper_bound_of_an_own_backbone_model_is_finite_and_above_the_
     assert math.isfinite(upper) and 0 < lower <= upper
 
 
-def _wait_for_epochs(proc, out, n):
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        history = out / "history.json"
-        if history.exists() and len(json.loads(history.read_text() or "[]")) >= n:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the run ended before {n} epochs: {proc.communicate()}")
-
 
 @pytest.mark.slow
 def test_own_backbone_run_resumes_after_sigterm_and_analyses(tmp_path):
@@ -196,7 +187,7 @@ def test_own_backbone_run_resumes_after_sigterm_and_analyses(tmp_path):
                f"dataset_options={json.dumps({**DATA, 'num_samples': 1024})}", "--epochs", "5",
                "--checkpoint-every", "100", "--out", str(out)]
     proc = subprocess.Popen(command, env=ENV, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_epochs(proc, out, 1)
+    wait_for_epochs(proc, out, 1)
     proc.send_signal(signal.SIGSTOP)  # paused wherever it is in epoch 1 or 2: the signal lands mid-run
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGCONT)

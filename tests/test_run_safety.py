@@ -13,12 +13,12 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from processes import wait_for_epochs
 
 from lpc_geom.cli import main
 from lpc_geom.config import TrainConfig
@@ -230,15 +230,6 @@ def _start(out, epochs):
                             env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_epochs(proc, out, n):
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        history = out / "history.json"
-        if history.exists() and len(json.loads(history.read_text() or "[]")) >= n:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the run ended before {n} epochs: {proc.communicate()}")
-
 
 @pytest.mark.slow
 def test_sigterm_and_sigint_stop_cleanly_and_resume_to_the_uninterrupted_result(tmp_path):
@@ -247,7 +238,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume_to_the_uninterrupted_result(
     reference = _start(tmp_path / "reference", epochs)
     procs = {signum: _start(tmp_path / signal.Signals(signum).name, epochs) for signum in signals}
     for signum, proc in procs.items():
-        _wait_for_epochs(proc, tmp_path / signal.Signals(signum).name, 1)
+        wait_for_epochs(proc, tmp_path / signal.Signals(signum).name, 1)
         proc.send_signal(signal.SIGSTOP)  # paused (still holding its lock) wherever it is in epoch 1 or 2
     # a second training into a directory being trained meanwhile: refused, naming the holder
     second = cli("train", *FLAGS, "--epochs", str(epochs), "--out", tmp_path / "SIGTERM", "--overwrite")
