@@ -236,8 +236,9 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume_to_the_uninterrupted_result(
     epochs = 5
     signals = {signal.SIGTERM: 143, signal.SIGINT: 130}
     reference = _start(tmp_path / "reference", epochs)
-    procs = {signum: _start(tmp_path / signal.Signals(signum).name, epochs) for signum in signals}
-    for signum, proc in procs.items():
+    procs = {}
+    for signum in signals:  # one at a time: a run left going while another is awaited could finish first
+        procs[signum] = proc = _start(tmp_path / signal.Signals(signum).name, epochs)
         wait_for_epochs(proc, tmp_path / signal.Signals(signum).name, 1)
         proc.send_signal(signal.SIGSTOP)  # paused (still holding its lock) wherever it is in epoch 1 or 2
     # a second training into a directory being trained meanwhile: refused, naming the holder
