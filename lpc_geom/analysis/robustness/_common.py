@@ -186,3 +186,21 @@ def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     own = logits.gather(1, labels[:, None])[:, 0]
     others = logits.scatter(1, labels[:, None], -math.inf)
     return own - others.max(dim=1).values
+
+
+def summary_stat(values: torch.Tensor, fn) -> float:
+    """``fn`` of ``values`` in float64, as a float; NaN when there are no values."""
+    return float(fn(values.double())) if values.numel() else float("nan")
+
+
+def distance_summary(prefix: str, norms: torch.Tensor, relative_norms: torch.Tensor, success: torch.Tensor,
+                     median=torch.median) -> dict[str, float]:
+    """The figures every attack reports: mean and median (by ``median``) of the norms and of the relative
+    norms, and the success rate, under keys starting with ``prefix``; NaN when empty."""
+    return {
+        f"{prefix}mean_norm": summary_stat(norms, torch.mean),
+        f"{prefix}median_norm": summary_stat(norms, median),
+        f"{prefix}mean_relative_norm": summary_stat(relative_norms, torch.mean),
+        f"{prefix}median_relative_norm": summary_stat(relative_norms, median),
+        f"{prefix}success_rate": summary_stat(success, torch.mean),
+    }

@@ -53,9 +53,11 @@ from lpc_geom.analysis.robustness._common import (
     Bound,
     as_model_input,
     bisect_to_boundary,
+    distance_summary,
     evaluation_mode,
     logits_of,
     prepare_bounds,
+    summary_stat,
 )
 
 __all__ = ["DeepFoolResult", "deepfool"]
@@ -129,24 +131,13 @@ class DeepFoolResult:
             refinement also ``refined_mean_relative_norm``, ``refined_median_relative_norm`` and
             ``median_refine_scale``.
         """
-        n = len(self)
-        nan = float("nan")
-
-        def stat(t: torch.Tensor, fn) -> float:
-            return float(fn(t.double())) if n else nan
-
-        summary = {
-            f"{prefix}mean_norm": stat(self.norms, torch.mean),
-            f"{prefix}median_norm": stat(self.norms, torch.median),
-            f"{prefix}mean_relative_norm": stat(self.relative_norms, torch.mean),
-            f"{prefix}median_relative_norm": stat(self.relative_norms, torch.median),
-            f"{prefix}success_rate": stat(self.success, torch.mean),
-            f"{prefix}mean_iterations": stat(self.iterations, torch.mean),
-        }
+        summary = distance_summary(prefix, self.norms, self.relative_norms, self.success)
+        summary[f"{prefix}mean_iterations"] = summary_stat(self.iterations, torch.mean)
         if self.refine_scales is not None:
-            summary[f"{prefix}refined_mean_relative_norm"] = stat(self.refined_relative_norms, torch.mean)
-            summary[f"{prefix}refined_median_relative_norm"] = stat(self.refined_relative_norms, torch.median)
-            summary[f"{prefix}median_refine_scale"] = stat(self.refine_scales, torch.median)
+            summary[f"{prefix}refined_mean_relative_norm"] = summary_stat(self.refined_relative_norms, torch.mean)
+            summary[f"{prefix}refined_median_relative_norm"] = summary_stat(self.refined_relative_norms,
+                                                                            torch.median)
+            summary[f"{prefix}median_refine_scale"] = summary_stat(self.refine_scales, torch.median)
         return summary
 
 

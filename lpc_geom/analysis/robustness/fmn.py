@@ -83,6 +83,7 @@ from lpc_geom.analysis.robustness._common import (
     Bound,
     as_model_input,
     bisect_to_boundary,
+    distance_summary,
     evaluation_mode,
     logits_of,
     margin,
@@ -164,19 +165,7 @@ class FMNResult:
             distance), so the means are ``inf`` as soon as one sample is not fooled; the medians stay finite
             while more than half are.
         """
-        n = len(self)
-        nan = float("nan")
-
-        def stat(t: torch.Tensor, fn) -> float:
-            return float(fn(t.double())) if n else nan
-
-        return {
-            f"{prefix}mean_norm": stat(self.norms, torch.mean),
-            f"{prefix}median_norm": stat(self.norms, _median),
-            f"{prefix}mean_relative_norm": stat(self.relative_norms, torch.mean),
-            f"{prefix}median_relative_norm": stat(self.relative_norms, _median),
-            f"{prefix}success_rate": stat(self.success, torch.mean),
-        }
+        return distance_summary(prefix, self.norms, self.relative_norms, self.success, median=_median)
 
 
 def _median(t: torch.Tensor) -> torch.Tensor:
