@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # The analyzers pull in scipy; resolve them on first use so `import lpc_geom` stays light.
 _LAZY = {
     "analyze": "lpc_geom.analysis",
+    "AnalyzeOptions": "lpc_geom.analysis",
     "CollapseReport": "lpc_geom.analysis",
     "CollapseAccumulator": "lpc_geom.analysis",
     "CollapseMonitor": "lpc_geom.monitor",

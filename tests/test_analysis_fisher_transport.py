@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from lpc_geom.analysis import CollapseAccumulator, analyze
+from lpc_geom.analysis._validation import SmallSubsetWarning
 from lpc_geom.analysis.fisher import fisher_summary
-from lpc_geom.analysis.report import FISHER_SAMPLES_AUTOGRAD, FISHER_SAMPLES_LINEAR
+from lpc_geom.analysis.fisher.group import FISHER_SAMPLES_AUTOGRAD, FISHER_SAMPLES_LINEAR
 from lpc_geom.analysis.transport import gw_etf, gw_hypercube, regular_simplex
 from lpc_geom.models.geometry.poincare import HyperbolicMLR
 
@@ -298,3 +299,20 @@ def test_thread_count_restored(rng):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(1)
+
+
+def test_fisher_summary_is_the_report_group_on_every_point(rng):
+    # one implementation: without a subsample the pointwise figures are the report's to the last bit, and
+    # the small-subset note is the report's, naming the summary's own option
+    z, y = _blobs(rng, 300, 5, 3, spread=1.0)
+    W, b = 0.8 * rng.normal(size=(3, 5)), rng.normal(size=3)
+    rep = analyze(z, y, classifier=(W, b), groups="fisher")
+    ref = fisher_summary(z, W, b, labels=y)
+    assert list(ref) == [k for k in FISHER_KEYS if k != "fisher_samples"]
+    for key in ref:
+        if not key.startswith("fisher_rao"):
+            assert ref[key] == rep[key], key
+    confident = 60.0 * np.eye(3)
+    with pytest.warns(SmallSubsetWarning, match="min_prob = 1e-08") as record:
+        fisher_summary(np.vstack([5.0 * np.eye(3)[y], np.zeros((3, 3))]), confident, labels=np.r_[y, 0, 1, 2])
+    assert "fisher_min_prob" not in str(record[0].message)

@@ -10,7 +10,8 @@ import pytest
 
 import lpc_geom
 from lpc_geom.analysis import CollapseReport, UndefinedMetricError, analyze, register_metric_group
-from lpc_geom.analysis.report import _GROUPS
+from lpc_geom.analysis._registry import _GROUPS
+from lpc_geom.analysis._validation import SmallSubsetWarning
 
 BASE_KEYS = [
     "N", "K", "d",
@@ -109,3 +110,47 @@ def test_top_level_exports_are_lazy():
     code = "import sys, lpc_geom; print('lpc_geom.analysis' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False"]
+
+
+def test_reasons_are_kept_in_the_record():
+    # all but two samples sit on their class centre (a note), and N <= k makes the entropy undefined
+    y = np.repeat(np.arange(3), 30)
+    z = np.eye(3)[y] * 5.0
+    z[0, 1], z[1, 1] = 0.5, -0.5
+    with pytest.warns(SmallSubsetWarning):
+        rep = analyze(z, y, groups=["separation", "entropy"], k=100)
+    assert set(rep.notes) == {"separation_ratio", "separation_ratio_median"} and "entropy" in rep.undefined
+    assert "notes" not in rep.to_dict() and "undefined" not in rep.to_dict()  # the figures stay flat
+    record = rep.to_dict(reasons=True)
+    assert record["notes"] == rep.notes and record["undefined"] == rep.undefined
+    assert list(record)[:-2] == list(rep.to_dict())
+    strict = json.loads(rep.to_json(reasons=True))
+    assert strict["entropy"] is None and strict["undefined"]["entropy"] == rep.undefined["entropy"]
+    assert strict["notes"]["separation_ratio"] == rep.notes["separation_ratio"]
+    assert json.loads(rep.to_json()).keys() == rep.to_dict().keys()
+
+
+def test_analyze_options_hold_every_default_once(data):
+    import inspect
+    from dataclasses import FrozenInstanceError, fields
+
+    from lpc_geom import AnalyzeOptions
+
+    z, y = data
+    signature = inspect.signature(analyze).parameters
+    for f in fields(AnalyzeOptions):
+        assert signature[f.name].default == getattr(AnalyzeOptions(), f.name), f.name
+    with pytest.raises(FrozenInstanceError):
+        AnalyzeOptions().k = 3
+    with pytest.raises(TypeError, match="gmm must be True or False"):
+        AnalyzeOptions(gmm="no")
+    with pytest.raises(ValueError, match="min_class_size"):
+        AnalyzeOptions(min_class_size=0)
+    options = AnalyzeOptions(k=7, seed=3, gw_restarts=2)
+    by_keywords = analyze(z, y, k=7, seed=3, gw_restarts=2)
+    assert analyze(z, y, options=options).to_dict() == by_keywords.to_dict()
+    assert by_keywords.to_dict() != analyze(z, y).to_dict()
+    with pytest.raises(TypeError, match="not both"):
+        analyze(z, y, k=5, options=options)
+    with pytest.raises(TypeError, match="AnalyzeOptions"):
+        analyze(z, y, options={"k": 5})

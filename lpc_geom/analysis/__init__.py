@@ -6,12 +6,13 @@ distance), :mod:`~lpc_geom.analysis.entropy` (Kozachenko-Leonenko), :mod:`~lpc_g
 centres), :mod:`~lpc_geom.analysis.fisher` (Fisher metric a classifier induces on its latents: trace,
 log-volume, curvature, Fisher-Rao distances), :mod:`~lpc_geom.analysis.transport` (Gromov-Wasserstein
 comparison of configurations, each in its own geometry), :mod:`~lpc_geom.analysis.report` (``analyze``,
-``CollapseReport``, metric groups) and :mod:`~lpc_geom.analysis.accumulator` (streaming
-``CollapseAccumulator``).
+``CollapseReport``), :mod:`~lpc_geom.analysis.options` (``AnalyzeOptions``, every analyzer option and its
+default), :mod:`~lpc_geom.analysis._registry` (the metric groups) and :mod:`~lpc_geom.analysis.accumulator`
+(streaming ``CollapseAccumulator``).
 
 The public functions of :mod:`~lpc_geom.analysis.fisher` and :mod:`~lpc_geom.analysis.transport` are
-exported here too, resolved on first use: they import geoopt and POT (about 2 s), which the moment and
-distance figures do not need.
+exported here too, resolved on first use: they import geoopt and POT, which the moment and distance figures do
+not need.
 """
 
 import ast
@@ -19,12 +20,14 @@ from pathlib import Path
 
 from lpc_geom.analysis._validation import UndefinedMetricError
 from lpc_geom.analysis.accumulator import CollapseAccumulator
+from lpc_geom.analysis.options import AnalyzeOptions
 from lpc_geom.analysis.report import CollapseReport, analyze, metric_groups, register_metric_group
 
 
 def _public_names(module: str) -> tuple[str, ...]:
-    """The ``__all__`` of a submodule, read from its source so that the submodule is not imported."""
-    source = Path(__file__).with_name(f"{module}.py").read_text(encoding="utf-8")
+    """The ``__all__`` of a submodule (or subpackage), read from its source so that it is not imported."""
+    path = Path(__file__).with_name(module)
+    source = (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).read_text(encoding="utf-8")
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
             return tuple(ast.literal_eval(node.value))
@@ -39,6 +42,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "AnalyzeOptions",
     "CollapseAccumulator",
     "CollapseReport",
     "UndefinedMetricError",

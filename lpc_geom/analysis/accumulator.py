@@ -2,7 +2,7 @@ r"""Streaming collapse statistics: feed batches, get the moment-based part of :f
 
 The one-pass formula :math:`\Sigma_W = (\sum z z^\top - \sum_c n_c \mu_c \mu_c^\top)/N` cancels
 catastrophically when latents are collapsed (relative error ~1 in float32 for latents like
-``1000 + 1e-4 * noise``; FIELD_NOTES section 2). This accumulator never forms raw second moments: every
+``1000 + 1e-4 * noise``). This accumulator never forms raw second moments: every
 batch is centred on its own per-class means (two passes over the batch, float64), and batches are merged
 with the pairwise update of Chan, Golub & LeVeque (1979),
 
@@ -28,22 +28,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lpc_geom.analysis._registry import AnalysisContext, selected_groups
 from lpc_geom.analysis._validation import (
     EncodedLabels,
     check_bimodality_threshold,
     check_classifier,
-    check_int,
     check_latents,
     check_min_class_size,
     check_output_classes,
-    check_seed,
     class_order,
     labels_to_array,
 )
 from lpc_geom.analysis.collapse import ClassStatistics, central_power_sums, class_abs_max, merge_central_moments
 from lpc_geom.analysis.geometry import class_means, geometry_from_manifold
-from lpc_geom.analysis.hypercube import BIMODALITY_THRESHOLD
-from lpc_geom.analysis.report import AnalysisContext, CollapseReport, build_report
+from lpc_geom.analysis.options import AnalyzeOptions
+from lpc_geom.analysis.report import CollapseReport, build_report
 
 __all__ = ["CollapseAccumulator"]
 
@@ -66,7 +65,7 @@ class CollapseAccumulator:
     >>> report = acc.report(classifier=model.head.classifier)  # doctest: +SKIP
     """
 
-    def __init__(self, *, manifold=None, bimodality_threshold: float = BIMODALITY_THRESHOLD) -> None:
+    def __init__(self, *, manifold=None, bimodality_threshold: float = AnalyzeOptions.bimodality_threshold) -> None:
         self._geom = geometry_from_manifold(manifold)
         self._manifold = manifold
         self._threshold = check_bimodality_threshold(bimodality_threshold)
@@ -219,9 +218,9 @@ class CollapseAccumulator:
         *,
         classifier=None,
         classes=None,
-        min_class_size: int = 2,
-        gw_restarts: int = 10,
-        seed: int = 0,
+        min_class_size: int = AnalyzeOptions.min_class_size,
+        gw_restarts: int = AnalyzeOptions.gw_restarts,
+        seed: int = AnalyzeOptions.seed,
         groups=None,
     ) -> CollapseReport:
         """A :class:`~lpc_geom.analysis.report.CollapseReport` of the moment-based and class-centre figures.
@@ -229,7 +228,7 @@ class CollapseAccumulator:
         ``classifier`` ((W, b), W, nn.Linear-like, or a module head with a (K, d) ``.weight``) adds ``nc3``;
         ``classes``, ``min_class_size``, ``gw_restarts``, ``seed`` and ``groups`` as in ``analyze``.
         """
-        gw_restarts, seed = check_int(gw_restarts, "gw_restarts", minimum=0), check_seed(seed)
+        options = AnalyzeOptions(bimodality_threshold=self._threshold, gw_restarts=gw_restarts, seed=seed)
         out_classes = None if classes is None else check_output_classes(classes)
         s = self.statistics(min_class_size=min_class_size)
         enc = EncodedLabels(np.zeros(0, dtype=np.int64), s.classes, bool(self._integer))
@@ -239,8 +238,8 @@ class CollapseAccumulator:
             encoded=enc,
             classifier=clf,
             manifold=self._manifold,
-            options={"bimodality_threshold": self._threshold, "gw_restarts": gw_restarts, "seed": seed},
+            options=options,
             output_classes=out_classes,
         )
-        return build_report(ctx, groups, streaming=True)
+        return build_report(ctx, selected_groups(groups, streaming=True))
 

@@ -1,6 +1,6 @@
 r"""Neural-collapse and latent-collapse figures: NC1-NC4, within-class spread, separation ratio, norm CV.
 
-Notation (FIELD_NOTES section 2, true labels throughout): :math:`z_i` the latents in the chart of the
+Notation (true labels throughout): :math:`z_i` the latents in the chart of the
 geometry (see :mod:`lpc_geom.analysis.geometry`), :math:`\mu_c` the class means, :math:`\mu_G` the
 *unweighted* mean of the class means, :math:`N` samples, :math:`K` classes, :math:`d` dimensions,
 
@@ -15,7 +15,8 @@ Every metric is a function ``metric(latents, labels, *, manifold=None)`` that va
 takes a precomputed :class:`ClassStatistics` (``metric(stats)``) so several metrics share one pass over
 the data. A metric that is mathematically undefined for the given data raises
 :class:`UndefinedMetricError` (a ``ValueError``) naming the reason; :func:`lpc_geom.analyze` records such
-figures as NaN with the reason in ``CollapseReport.undefined``.
+figures as NaN with the reason in ``CollapseReport.undefined``. The report's ``collapse`` and ``separation``
+groups (:func:`collapse_group`, :func:`separation_group`) are defined here too.
 """
 
 from __future__ import annotations
@@ -202,12 +203,6 @@ def central_power_sums(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor
     m2 = pw.sum(0)
     m3 = dev.mul_(pw).sum(0)
     return mean, [m2, m3, pw.square_().sum(0)]
-
-
-def _row_blocks(n: int, d: int) -> list[slice]:
-    """Row blocks of about 2 MiB of float64, so that the passes over a block stay in cache."""
-    rows = max(64, (1 << 18) // max(d, 1))
-    return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
 
 
 def statistics_from_arrays(
@@ -521,7 +516,8 @@ def separation_ratio(latents, labels=None, *, manifold=None) -> SeparationRatio:
     return separation_from_distances(centre_distances(s), s.codes)
 
 
-def _nc4_from(D: torch.Tensor, net_pred: torch.Tensor, out_index: torch.Tensor) -> float:
+def nc4_from_distances(D: torch.Tensor, net_pred: torch.Tensor, out_index: torch.Tensor) -> float:
+    """NC4 from the (N, K) centre distances, the network's argmax (output index) and each class's output index."""
     ncc = out_index[D.argmin(dim=1)]
     return float((ncc != net_pred).double().mean())
 
@@ -553,7 +549,7 @@ def nc4(latents, labels, *, manifold=None, classifier=None, logits=None, classes
     geom, z, eps, enc, codes = prepare_inputs(latents, labels, manifold)
     s = statistics_from_arrays(geom, z, eps, enc, codes)
     pred, out_index = network_predictions(s, enc, classifier, logits, classes)
-    return _nc4_from(centre_distances(s), pred, out_index)
+    return nc4_from_distances(centre_distances(s), pred, out_index)
 
 
 def nc3_from_weights(s: ClassStatistics, W: torch.Tensor) -> float:
@@ -583,3 +579,52 @@ def nc3(latents, labels=None, *, classifier, manifold=None, classes=None) -> flo
     out_classes = None if classes is None else check_output_classes(classes)
     rows = torch.from_numpy(align_to_classes(W.shape[0], encoded, "classifier", out_classes)).to(W.device)
     return nc3_from_weights(s, W[rows])
+
+
+# -- the report's groups ------------------------------------------------------------------------------
+def collapse_group(ctx, out) -> None:
+    """The ``collapse`` group of :func:`~lpc_geom.analysis.analyze` (moment figures, ``nc3``, ``nc4``)."""
+    s = ctx.stats
+    out.attempt("sigma_w", lambda: sigma_w(s))
+    out.attempt("sigma_w_rel", lambda: sigma_w_rel(s))
+    out.attempt("norm_cv", lambda: norm_cv(s))
+    out.attempt("nc1", lambda: nc1(s))
+    out.attempt("nc2_equinorm", lambda: nc2_equinorm(s))
+    out.attempt("nc2_equiangular", lambda: nc2_equiangular(s))
+    out.attempt("nc2_maxangle", lambda: nc2_maxangle(s))
+    out.attempt("etf_distance", lambda: etf_distance(s))
+    if ctx.classifier is not None:
+        W = ctx.classifier[0]
+        out.attempt("nc3", lambda: nc3_from_weights(s, W[ctx.output_index(W.shape[0])]))
+    if ctx.in_memory and (ctx.logits is not None or ctx.head is not None):
+        L = ctx.logits if ctx.logits is not None else ctx.head_logits()
+        out.attempt(
+            "nc4", lambda: nc4_from_distances(ctx.centre_distances(), L.argmax(dim=1), ctx.output_index(L.shape[1]))
+        )
+
+
+def separation_group(ctx, out) -> None:
+    """The ``separation`` group of :func:`~lpc_geom.analysis.analyze` (in memory only)."""
+    if not ctx.in_memory:
+        return
+    keys = ("separation_ratio", "separation_ratio_median", "separation_ratio_excluded")
+    try:
+        D = ctx.centre_distances()
+    except UndefinedMetricError as err:
+        for key in keys:
+            out.undefine(key, str(err))
+        return
+    try:
+        res = separation_from_distances(D, ctx.stats.codes)
+    except UndefinedMetricError as err:
+        out.undefine(keys[0], str(err))
+        out.undefine(keys[1], str(err))
+        out.put(keys[2], ctx.stats.n)
+        return
+    out.put(keys[0], res.mean)
+    out.put(keys[1], res.median)
+    out.put(keys[2], res.excluded)
+    out.subset(
+        keys[:2], ctx.stats.n - res.excluded, ctx.stats.n, "samples",
+        "the others sit exactly on their class centre (zero own-class distance, R = x/0) and are excluded",
+    )

@@ -1,7 +1,7 @@
 r"""Binary encoding (hypercube) figures: do the class means sit on the vertices of an axis-aligned cube?
 
 At latent point collapse each penultimate unit tends to take one of two values symmetric about 0, so the
-class points are vertices of a hypercube (FIELD_NOTES section 1). These figures are **basis- and
+class points are vertices of a hypercube (the binary encoding of latent point collapse). These figures are **basis- and
 origin-dependent by design**: they read the units of the (uncentred) chart coordinates, so a rotated or
 translated cube fails them. For K = 4, d = 3 the regular tetrahedron is both a simplex ETF and a set of
 cube vertices.
@@ -40,6 +40,7 @@ from lpc_geom.analysis._validation import (
     check_seed,
 )
 from lpc_geom.analysis.collapse import ClassStatistics, as_statistics
+from lpc_geom.analysis.options import AnalyzeOptions
 
 __all__ = [
     "GMMFigures",
@@ -51,7 +52,8 @@ __all__ = [
     "vertex_residual",
 ]
 
-BIMODALITY_THRESHOLD = 5.0 / 9.0
+BIMODALITY_THRESHOLD = AnalyzeOptions.bimodality_threshold
+"""Default threshold on the bimodality coefficient, 5/9 (:class:`~lpc_geom.analysis.AnalyzeOptions`)."""
 
 
 def _constant_units(mean: torch.Tensor, m2: torch.Tensor, eps: float) -> torch.Tensor:
@@ -103,9 +105,8 @@ def class_codes(s: ClassStatistics) -> torch.Tensor:
 
         |\mu_{cj}| \le 4\,\varepsilon_{64}\, n_c \max_{i: y_i = c} |u_{ij}|,
 
-    with :math:`n_c` the class size and :math:`\varepsilon_{64} = 2.2\cdot10^{-16}` (measured residues of
-    exactly cancelling classes, in memory and streamed in batches of 1 to 256, stay below
-    :math:`0.11\,\varepsilon_{64} n_c \max|u|` for :math:`n_c` from 10 to :math:`10^5`). The scale is the
+    with :math:`n_c` the class size and :math:`\varepsilon_{64} = 2.2\cdot10^{-16}` (the residues of exactly
+    cancelling classes, in memory and streamed in any batching, stay well below this bound; tested). The scale is the
     class's own: a unit used by one class only, or a class whose values are tiny next to the others' on
     that unit, is judged against the values actually averaged, not against the unit's overall size. A
     non-zero mean below this bound is indistinguishable from 0 in float64.
@@ -254,3 +255,18 @@ def gmm_figures(
             stacklevel=2,
         )
     return GMMFigures(float(np.mean(scores)), float(np.mean(stds)), float(np.mean(peaks)), int(fit_units.size))
+
+
+def hypercube_group(ctx, out) -> None:
+    """The ``hypercube`` group of :func:`~lpc_geom.analysis.analyze` (the GMM figures in memory only)."""
+    s, o = ctx.stats, ctx.options
+    out.attempt("hypercube_bimodality_fraction", lambda: bimodality_fraction(s, threshold=o.bimodality_threshold))
+    out.attempt("hypercube_sign_agreement", lambda: sign_agreement(s))
+    out.attempt("hypercube_vertex_residual", lambda: vertex_residual(s))
+    out.attempt("hypercube_min_hamming", lambda: min_hamming(s))
+    out.attempt("hypercube_distinct_codes", lambda: distinct_codes(s))
+    if ctx.in_memory and o.gmm:
+        out.attempt(
+            ("hypercube_gmm_score", "hypercube_gmm_std", "hypercube_gmm_peak_ratio"),
+            lambda: gmm_figures(s.chart, max_samples=o.gmm_max_samples, seed=o.seed, eps=s.eps)[:3],
+        )

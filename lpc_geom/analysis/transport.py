@@ -28,9 +28,9 @@ start. :func:`gw_distance` runs it from
 4. ``restarts`` random vertices of the transport polytope (optimal plans of ``ot.emd`` for uniformly random
    costs: random permutations scaled by :math:`1/n` when :math:`n = m`),
 
-and returns the smallest value: an upper bound on the global minimum. Measured on 30 noisy hypercube
-configurations (K = 4-30, noise 3 %), the product and random starts alone missed the right matching
-(GW up to 0.07) where the lower-bound start reached the noise level (at most 7e-4). Exactly symmetric
+and returns the smallest value: an upper bound on the global minimum. On noisy hypercube configurations
+the product and random starts alone can miss the right matching where the lower-bound start reaches the
+noise level (tests/test_transport.py). Exactly symmetric
 configurations (all hypercube vertices) defeat every generic start, hence start 3.
 
 Against the regular simplex (an ETF: all normalised distances equal to 1) the optimum is known in closed form
@@ -70,6 +70,8 @@ from lpc_geom.analysis._validation import (
 )
 from lpc_geom.analysis.geometry import class_centres as geometry_class_centres
 from lpc_geom.analysis.geometry import class_means, geometry_from_manifold
+from lpc_geom.analysis.hypercube import class_codes
+from lpc_geom.analysis.options import AnalyzeOptions
 
 __all__ = [
     "check_points_on_manifold",
@@ -86,7 +88,8 @@ __all__ = [
 ]
 
 _DTYPE = torch.float64
-DEFAULT_RESTARTS = 10
+DEFAULT_RESTARTS = AnalyzeOptions.gw_restarts
+"""Default number of random solver starts (:class:`~lpc_geom.analysis.AnalyzeOptions`)."""
 
 
 def _as_points(x, name: str) -> torch.Tensor:
@@ -231,8 +234,8 @@ def gw_distance(
 
     The value is a local solver's, an upper bound on the global minimum. Highly symmetric configurations
     (hypercube vertices: every point has the same distance profile, so the lower-bound cost is constant)
-    leave the solver in local minima from every generic start (measured: 0.03-0.05 instead of 0 for a cube
-    against a permuted copy, 20 random starts); pass a known correspondence as ``coupling0`` there, as
+    leave the solver in local minima from every generic start (a cube against a permuted copy stays well
+    above 0, however many random starts); pass a known correspondence as ``coupling0`` there, as
     :func:`gw_hypercube` and :func:`compare` do. The problem is solved in a canonical orientation (the
     smaller configuration first; for equal sizes the one with the lexicographically smaller sorted distances),
     so ``gw_distance(a, b) == gw_distance(b, a)``.
@@ -337,7 +340,7 @@ def hypercube_codes(class_means, *, centre: bool = False) -> np.ndarray:
     For a fixed scale :math:`a`, :math:`a\,\mathrm{sign}(\mu_c)` is the vertex of the cube
     :math:`\{\pm a\}^d` nearest to :math:`\mu_c`; GW is scale invariant, so the codes suffice. The codes are
     taken from the uncentred means by default: under latent point collapse each unit settles on two values
-    symmetric about 0 (FIELD_NOTES 1), and centring would move that origin. ``centre=True`` uses
+    symmetric about 0, and centring would move that origin. ``centre=True`` uses
     :math:`\mu_c - \bar\mu`. Zero coordinates get the code +1. The test is basis dependent: a rotated cube
     does not produce cube codes.
 
@@ -465,6 +468,7 @@ def gw_etf(class_means, *, manifold=None, restarts: int = DEFAULT_RESTARTS, seed
     Returns
     -------
     float
+        :math:`\ge 0`; 0 when all pairwise distances of the class means are equal.
 
     Raises
     ------
@@ -499,6 +503,7 @@ def gw_hypercube(
     Returns
     -------
     float
+        :math:`\ge 0`; 0 when the means are, up to isometry and scale, their sign codes.
 
     Raises
     ------
@@ -546,6 +551,7 @@ def transport_summary(
     Returns
     -------
     dict[str, float]
+        ``gw_etf`` and ``gw_hypercube``.
 
     Raises
     ------
@@ -559,3 +565,30 @@ def transport_summary(
         "gw_etf": gw_etf(class_means, **kwargs),
         "gw_hypercube": gw_hypercube(class_means, centre_codes=centre_codes, **kwargs),
     }
+
+
+def transport_group(ctx, out) -> None:
+    """The ``transport`` group of :func:`~lpc_geom.analysis.analyze`: ``gw_etf`` and ``gw_hypercube`` of the
+    class centres."""
+    s, o = ctx.stats, ctx.options
+    keys = ("gw_etf", "gw_hypercube")
+    # Coordinates that are 0 in exact arithmetic (the hypercube figures' zero test) are set to 0, so that the
+    # sign codes gw_hypercube reads agree with theirs, in memory and streamed.
+    chart = torch.where(class_codes(s) == 0, torch.zeros_like(s.means), s.means)
+    centres = s.geometry.from_chart(chart)
+    bad = ~torch.isfinite(centres).all(dim=1)
+    if s.geometry.kind == "stereographic" and s.geometry.k < 0:
+        bad |= (centres * centres).sum(dim=1) * (-s.geometry.k) >= 1.0
+    if bool(bad.any()):
+        names = ", ".join(repr(c) for c in s.classes[bad.cpu().numpy()][:5].tolist())
+        why = (
+            f"the class centre of {names} is undefined (on the sphere: mean direction ~0; on the ball: it rounds "
+            "onto the boundary)"
+        )
+        for key in keys:
+            out.undefine(key, why)
+        return
+    c = centres.cpu().numpy()
+    manifold = ctx.manifold
+    out.attempt("gw_etf", lambda: gw_to_simplex_closed_form(c, manifold))
+    out.attempt("gw_hypercube", lambda: gw_hypercube(c, manifold=manifold, restarts=o.gw_restarts, seed=o.seed))

@@ -162,3 +162,16 @@ def check_groups(groups, registered: Iterable[str]) -> tuple[str, ...] | None:
     if unknown:
         raise ValueError(f"unknown metric group(s) {unknown} in groups; accepted: {accepted}")
     return tuple(dict.fromkeys(names))
+
+
+def check_entropy_options(
+    k, max_samples, seed, floor, *, max_samples_name: str = "max_entropy_samples", floor_name: str = "entropy_floor"
+) -> tuple[int, int, int, float | None]:
+    """The entropy options checked: ``k >= 1`` and ``max_samples >= 2`` integers, ``seed >= 0``, ``floor`` a
+    positive finite distance or ``None``."""
+    return (
+        check_int(k, "k", minimum=1),
+        check_int(max_samples, max_samples_name, minimum=2),
+        check_seed(seed),
+        check_real(floor, floor_name, low=0.0, low_open=True, allow_none=True),
+    )
