@@ -258,6 +258,7 @@ def gw_distance(
     Returns
     -------
     float
+        The smallest value the solver reached over all starts, :math:`\ge 0`.
 
     Raises
     ------

@@ -102,6 +102,24 @@ class _PointwiseBuffers:
             dim=dim,
         )
 
+
+class _PlaneResults:
+    """Sectional curvatures per point, (N,) for given planes or (N, n_planes) for random ones, NaN at masked
+    points, filled chunk by chunk by either route."""
+
+    def __init__(self, n: int, planes_given: bool, n_planes: int) -> None:
+        self.planes_given = planes_given
+        self.values = torch.full((n, 1 if planes_given else n_planes), float("nan"), dtype=_DTYPE)
+
+    def fill(self, rows: slice, ok: torch.Tensor, values: torch.Tensor) -> None:
+        block = self.values[rows]
+        block[ok] = values
+        self.values[rows] = block
+
+    def result(self) -> np.ndarray:
+        out = self.values.detach()
+        return (out[:, 0] if self.planes_given else out).numpy()
+
 def _latents(latents) -> torch.Tensor:
     """Validated float64 CPU latents (N >= 1, any d >= 1): :func:`~lpc_geom.analysis._validation.check_latents`."""
     return check_latents(latents, min_dim=1, min_samples=1)[0].cpu()

@@ -30,6 +30,7 @@ from lpc_geom.analysis.fisher._common import (
     _latents,
     _orthonormalise,
     _plane_area_ok,
+    _PlaneResults,
     _PointwiseBuffers,
 )
 from lpc_geom.analysis.fisher._docs import share_docs
@@ -273,8 +274,7 @@ def sectional_curvature_autograd(
     else:
         n_planes, seed = check_int(n_planes, "n_planes", minimum=1), check_seed(seed)
         frame_a, frame_b = _gaussian_pairs((N, n_planes, min(K, d)), seed)
-    n_out = 1 if planes is not None else n_planes
-    out = torch.full((N, n_out), float("nan"), dtype=_DTYPE)
+    out = _PlaneResults(N, planes is not None, n_planes)
     for sl in _chunks(N, chunk_size):
         logp, J, H = _phi_derivatives(z[sl], logits_fn, hessian=True, manifold=manifold)
         ok = logp.exp().min(dim=-1).values >= min_prob
@@ -306,11 +306,8 @@ def sectional_curvature_autograd(
         II_vv = _normal_hessian(H, U, keep, v, v)
         II_uv = _normal_hessian(H, U, keep, u, v)
         res = ((II_uu * II_vv).sum(1) - II_uv.square().sum(1)) / denom
-        block = out[sl]
-        block[ok] = res
-        out[sl] = block
-    result = out.detach()
-    return (result[:, 0] if planes is not None else result).numpy()
+        out.fill(sl, ok, res)
+    return out.result()
 
 
 def _normal_hessian(

@@ -19,6 +19,7 @@ from lpc_geom.analysis.fisher._common import (
     _latents,
     _orthonormalise,
     _plane_area_ok,
+    _PlaneResults,
     _PointwiseBuffers,
 )
 from lpc_geom.analysis.fisher._docs import share_docs
@@ -306,8 +307,7 @@ def sectional_curvature(
     else:
         n_planes, seed = check_int(n_planes, "n_planes", minimum=1), check_seed(seed)
     Wr = Wt @ basis
-    n_out = 1 if planes is not None else n_planes
-    out = torch.full((N, n_out), float("nan"), dtype=_DTYPE)
+    out = _PlaneResults(N, planes is not None, n_planes)
     frame = None if planes is not None else _orthonormalise(*_gaussian_pairs((N, n_planes, r), seed))
     for sl in _chunks(N, chunk_size):
         p = _probs_linear(z[sl], Wt, bt)
@@ -326,7 +326,5 @@ def sectional_curvature(
             vv = frame[1][sl][ok] @ to_latent.transpose(-1, -2)
         alpha = uu @ C.transpose(-1, -2)
         beta = vv @ C.transpose(-1, -2)
-        block = out[sl]
-        block[ok] = _sectional_from_weights(alpha, beta, p, U)
-        out[sl] = block
-    return (out[:, 0] if planes is not None else out).numpy()
+        out.fill(sl, ok, _sectional_from_weights(alpha, beta, p, U))
+    return out.result()
