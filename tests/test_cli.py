@@ -53,6 +53,8 @@ def test_train_analyze_and_robustness_on_a_tiny_run(tmp_path, capsys):
     assert "Collapse report" in out and "`separation_ratio`" in out
     report = json.loads((run / "report_train.json").read_text())
     assert report["N"] == 240 and report["K"] == 3 and report["d"] == 4
+    # the reasons travel with the figures: every undefined figure is null in the file, with its reason
+    assert isinstance(report["notes"], dict) and all(report[k] is None for k in report["undefined"])
     assert main(["robustness", str(run), "--samples", "20"]) == 0
     robustness = json.loads((run / "robustness.json").read_text())
     assert robustness["n_samples"] == 20 and 0 <= robustness["deepfool_success_rate"] <= 1

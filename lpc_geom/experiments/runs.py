@@ -117,7 +117,7 @@ def analyze_run(path: str | Path, *, split: str = "test", write: bool = True, ba
             logits=run.arrays[f"{split}_logits"], **analyze_options,
         )
         if write:
-            write_json(run_dir.stamp(report.to_dict(), run.path, LATENTS), run.path / REPORT_FILES[split])
+            write_json(run_dir.stamp(report.to_dict(reasons=True), run.path, LATENTS), run.path / REPORT_FILES[split])
     return report
 
 
