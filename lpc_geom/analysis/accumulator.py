@@ -25,13 +25,14 @@ figures need the latents themselves after the class centres are known, and are n
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from lpc_geom.analysis._registry import AnalysisContext, selected_groups
 from lpc_geom.analysis._validation import (
     EncodedLabels,
-    check_bimodality_threshold,
     check_classifier,
     check_latents,
     check_min_class_size,
@@ -68,7 +69,7 @@ class CollapseAccumulator:
     def __init__(self, *, manifold=None, bimodality_threshold: float = AnalyzeOptions.bimodality_threshold) -> None:
         self._geom = geometry_from_manifold(manifold)
         self._manifold = manifold
-        self._threshold = check_bimodality_threshold(bimodality_threshold)
+        self._options = AnalyzeOptions(bimodality_threshold=bimodality_threshold)
         self._labels: list = []
         self._slot: dict = {}
         self._integer: bool | None = None
@@ -228,7 +229,7 @@ class CollapseAccumulator:
         ``classifier`` ((W, b), W, nn.Linear-like, or a module head with a (K, d) ``.weight``) adds ``nc3``;
         ``classes``, ``min_class_size``, ``gw_restarts``, ``seed`` and ``groups`` as in ``analyze``.
         """
-        options = AnalyzeOptions(bimodality_threshold=self._threshold, gw_restarts=gw_restarts, seed=seed)
+        options = replace(self._options, gw_restarts=gw_restarts, seed=seed)
         out_classes = None if classes is None else check_output_classes(classes)
         s = self.statistics(min_class_size=min_class_size)
         enc = EncodedLabels(np.zeros(0, dtype=np.int64), s.classes, bool(self._integer))
