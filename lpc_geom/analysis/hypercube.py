@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 BIMODALITY_THRESHOLD = AnalyzeOptions.bimodality_threshold
-"""Default threshold on the bimodality coefficient, 5/9 (:class:`~lpc_geom.analysis.AnalyzeOptions`)."""
+"""Default threshold on the bimodality coefficient, 5/9 (:class:`~lpc_geom.analysis.options.AnalyzeOptions`)."""
 
 
 def _constant_units(mean: torch.Tensor, m2: torch.Tensor, eps: float) -> torch.Tensor:

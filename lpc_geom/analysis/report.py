@@ -51,7 +51,6 @@ from lpc_geom.analysis.options import AnalyzeOptions
 
 __all__ = [
     "AnalysisContext",
-    "AnalyzeOptions",
     "CollapseReport",
     "MetricCollector",
     "MetricGroup",
@@ -270,16 +269,20 @@ def analyze(
         (sorted order would be a guess). Every label class must be named; outputs without samples are
         allowed.
     k, max_entropy_samples, entropy_floor, seed : optional
-        The entropy estimate's options, and the seed of every subsample and of the Gromov-Wasserstein random
-        starts: see :class:`AnalyzeOptions` for each option's default and accepted values.
+        The entropy estimate's options, and the seed of every subsample and of the Gromov-Wasserstein
+        random starts: see :class:`~lpc_geom.analysis.options.AnalyzeOptions` for each option's default
+        and accepted values.
     gmm, gmm_max_samples, bimodality_threshold : optional
-        The hypercube figures' options (:class:`AnalyzeOptions`).
+        The hypercube figures' options (:class:`~lpc_geom.analysis.options.AnalyzeOptions`).
     min_class_size : int, optional
-        Classes with fewer samples raise ``ValueError`` (:class:`AnalyzeOptions`; see below).
+        Classes with fewer samples raise ``ValueError`` (see
+        :class:`~lpc_geom.analysis.options.AnalyzeOptions` and below).
     max_fisher_samples, fisher_curvature, fisher_min_prob : optional
-        The Fisher figures' subsample cap, curvature switch and mask threshold (:class:`AnalyzeOptions`).
+        The Fisher figures' subsample cap, curvature switch and mask threshold
+        (:class:`~lpc_geom.analysis.options.AnalyzeOptions`).
     gw_restarts : int, optional
-        Random starts of the Gromov-Wasserstein solver for ``gw_hypercube`` (:class:`AnalyzeOptions`).
+        Random starts of the Gromov-Wasserstein solver for ``gw_hypercube``
+        (:class:`~lpc_geom.analysis.options.AnalyzeOptions`).
     groups : str or iterable of str, optional
         Metric groups to compute: one name (``groups="collapse"``) or several (default: all registered
         default groups, see :func:`metric_groups`).
@@ -356,11 +359,11 @@ def analyze(
         ``bimodality_threshold`` outside (0, 1), ``fisher_min_prob`` outside [0, 1), ``entropy_floor`` not
         positive, NaN/Inf in any of them; an empty or unknown ``groups`` (the accepted names are listed).
 
-    Every option is checked before any work (by :class:`AnalyzeOptions`, with the validators of
-    :mod:`lpc_geom.analysis._validation`): a ``TypeError`` for the wrong kind of value (a string or number
-    where a bool is expected, a bool or
-    float where a count is expected: ``gmm="no"``, ``min_class_size=2.5``), a ``ValueError`` for a value
-    out of range; the message names the option, the value and what is accepted.
+    Every option is checked before any work (by :class:`~lpc_geom.analysis.options.AnalyzeOptions`, with the
+    validators of :mod:`lpc_geom.analysis._validation`): a ``TypeError`` for the wrong kind of value (a string
+    or number where a bool is expected, a bool or float where a count is expected: ``gmm="no"``,
+    ``min_class_size=2.5``), a ``ValueError`` for a value out of range; the message names the option, the value
+    and what is accepted.
     """
     keywords = AnalyzeOptions(
         k=k, max_entropy_samples=max_entropy_samples, entropy_floor=entropy_floor, seed=seed, gmm=gmm,

@@ -89,7 +89,7 @@ __all__ = [
 
 _DTYPE = torch.float64
 DEFAULT_RESTARTS = AnalyzeOptions.gw_restarts
-"""Default number of random solver starts (:class:`~lpc_geom.analysis.AnalyzeOptions`)."""
+"""Default number of random solver starts (:class:`~lpc_geom.analysis.options.AnalyzeOptions`)."""
 
 
 def _as_points(x, name: str) -> torch.Tensor:
