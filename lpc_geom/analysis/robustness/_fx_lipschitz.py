@@ -68,7 +68,8 @@ class _Tracer(fx.Tracer):
     """Symbolic tracer keeping modules that have a module rule as leaves and noting each node's code line.
 
     The line is the innermost frame outside torch and this module (``traceback.extract_stack``: torch's
-    own ``record_stack_traces`` would import the compiler stack on first use, seconds per process).
+    own ``record_stack_traces`` would import the compiler stack on first use in every process, a slow
+    import that bounding a model does not need).
     """
 
     def __init__(self, is_leaf: Callable[[nn.Module], bool], autowrap: tuple[Callable, ...]):
