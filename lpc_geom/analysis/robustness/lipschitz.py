@@ -75,6 +75,10 @@ from lpc_geom.analysis.robustness._fx_rules import (
     FunctionRule,
     register_function_rule,
 )
+
+# The function-rule API is importable from here too.
+from lpc_geom.analysis.robustness._fx_rules import FunctionCall as FunctionCall
+from lpc_geom.analysis.robustness._fx_rules import elementwise_rule as elementwise_rule
 from lpc_geom.models.backbones import MLP, BasicBlock, Bottleneck, CNN1d, ResNet
 from lpc_geom.models.base import Classifier
 from lpc_geom.models.geometry.sphere import SphereHead
