@@ -184,7 +184,9 @@ def test_arcface_threshold_and_easy_margin_boundaries():
 def test_cosface_margin_boundary_and_exactness():
     cos, labels = f64([[0.3, -0.7]]), torch.tensor([1])
     assert cosface_logits(cos, labels, 0.0, 4.0).tolist() == [[4.0 * 0.3, 4.0 * -0.7]]
-    assert cosface_logits(cos, labels, 0.125, 4.0).tolist() == [[4.0 * 0.3, 4.0 * (-0.7 - 0.125)]]
+    # In the cosines' dtype: 0.1 is not a float32 number, and half cosines give half logits.
+    assert cosface_logits(cos, labels, 0.1, 4.0).tolist() == [[4.0 * 0.3, 4.0 * (-0.7 - 0.1)]]
+    assert cosface_logits(cos.half(), labels, 0.1, 4.0).dtype == torch.float16
     with pytest.raises(ValueError, match=exactly("CosFace margin must be non-negative, got -0.01")):
         cosface_logits(cos, labels, -0.01, 4.0)
 
