@@ -163,10 +163,7 @@ def arcface_logits(cos: torch.Tensor, labels: torch.Tensor, margin: float, scale
 
     Parameters
     ----------
-    cos : Tensor, shape (N, K)
-        Cosines from a cosine classifier.
-    labels : Tensor, shape (N,)
-        Integer class labels.
+    {cosine_inputs}
     margin : float
         Angular margin ``m`` (radians, in ``[0, pi/2]``).
     scale : float
@@ -203,10 +200,7 @@ def cosface_logits(cos: torch.Tensor, labels: torch.Tensor, margin: float, scale
 
     Parameters
     ----------
-    cos : Tensor, shape (N, K)
-        Cosines from a cosine classifier.
-    labels : Tensor, shape (N,)
-        Integer class labels.
+    {cosine_inputs}
     margin : float
         Cosine margin ``m`` (non-negative).
     scale : float
@@ -220,6 +214,18 @@ def cosface_logits(cos: torch.Tensor, labels: torch.Tensor, margin: float, scale
         raise ValueError(f"CosFace margin must be non-negative, got {margin}")
     target = _target_mask(cos, labels)
     return scale * (cos - margin * target.to(cos.dtype))
+
+
+# The parameters both margin logits take, documented once. (Filled in here rather than by a decorator:
+# mutation testing leaves decorated functions alone.)
+_COSINE_INPUTS = """cos : Tensor, shape (N, K)
+        Cosines from a cosine classifier.
+    labels : Tensor, shape (N,)
+        Integer class labels."""
+for _margin_logits in (arcface_logits, cosface_logits):
+    if _margin_logits.__doc__:  # None under python -OO
+        _margin_logits.__doc__ = _margin_logits.__doc__.replace("{cosine_inputs}", _COSINE_INPUTS)
+del _margin_logits
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from hypothesis import strategies as st
 
 from lpc_geom.analysis.robustness import lipschitz_lower_bound, lipschitz_upper_bound
 
@@ -23,3 +24,12 @@ def assert_upper_bound_holds(net, shape, scale: float, seed: int, samples: int) 
     with torch.no_grad():
         ratio = (net(x) - net(y)).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
     assert float(ratio.max()) <= upper * (1 + 1e-5) + 1e-12
+
+
+def seeded_generator(draw) -> tuple[int, torch.Generator]:
+    """In a ``@st.composite`` strategy: draw a seed, seed torch's global generator (module initialisation)
+    with it and return it with a generator seeded by it too, so that a drawn example is reproducible."""
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    return seed, g

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from bounds import assert_upper_bound_holds
+from bounds import assert_upper_bound_holds, seeded_generator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -287,9 +287,7 @@ class Program(nn.Module):
 
 @st.composite
 def programs(draw):
-    seed = draw(st.integers(0, 2**31 - 1))
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    seed, g = seeded_generator(draw)
     ops, params, modules = [], [], []
 
     def weight(*shape):

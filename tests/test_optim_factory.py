@@ -13,7 +13,16 @@ from torch import nn
 
 from lpc_geom.models.base import Classifier, HeadOutput
 from lpc_geom.models.geometry import PoincareHead, SphereHead, StiefelHead, check_on_manifold
-from lpc_geom.optim import OPTIMIZERS, RiemannianAdamW, build_optimizer, parameter_groups
+from lpc_geom.optim import (
+    KFAC_OPTIMIZERS,
+    OPTIMIZERS,
+    RiemannianAdamW,
+    RiemannianMomentumSGD,
+    build_optimizer,
+    optimizer_names,
+    parameter_groups,
+    resolve_optimizer,
+)
 
 IN, D, K = 10, 6, 4
 
@@ -120,6 +129,32 @@ def test_unknown_names_and_euclidean_optimizers_on_manifolds_are_refused():
             build_optimizer(geometry_model("sphere"), name)
     with pytest.raises(ValueError, match="no parameters"):
         build_optimizer(nn.Identity(), "adamw")
+
+
+def test_the_registry_is_the_one_list_of_names_and_builds_what_it_names():
+    assert tuple(OPTIMIZERS) == ("adamw", "riemannian-adam", "sgd", "riemannian-sgd")
+    assert optimizer_names() == ("auto", *OPTIMIZERS, "kfac-sgd", "kfac-adam", "kfac-riemannian")
+    assert dict(KFAC_OPTIMIZERS) == {"kfac-sgd": "sgd", "kfac-adam": "adamw", "kfac-riemannian": "riemannian-adam"}
+    assert all(base in OPTIMIZERS for base in KFAC_OPTIMIZERS.values())
+    assert {n for n, spec in OPTIMIZERS.items() if spec.riemannian} == {"riemannian-adam", "riemannian-sgd"}
+    built = {name: type(build_optimizer(euclidean_model(), name)) for name in OPTIMIZERS}
+    assert built == {"adamw": torch.optim.AdamW, "riemannian-adam": RiemannianAdamW, "sgd": torch.optim.SGD,
+                     "riemannian-sgd": RiemannianMomentumSGD}
+    with pytest.raises(TypeError):
+        OPTIMIZERS["lamb"] = OPTIMIZERS["adamw"]  # read-only: names are added here, in the factory
+
+
+def test_resolve_optimizer_maps_every_name_onto_a_base_and_the_kfac_flag():
+    euclidean, sphere = euclidean_model(), geometry_model("sphere")
+    assert resolve_optimizer("auto", euclidean) == ("adamw", False)
+    assert resolve_optimizer("auto", sphere) == ("riemannian-adam", False)
+    for name in OPTIMIZERS:
+        assert resolve_optimizer(name, sphere) == (name, False)
+    assert resolve_optimizer("kfac-sgd", euclidean) == ("sgd", True)
+    assert resolve_optimizer("kfac-adam", sphere) == ("adamw", True)
+    assert resolve_optimizer("kfac-riemannian", euclidean) == ("riemannian-adam", True)
+    with pytest.raises(ValueError, match=r"accepted optimizers: auto, adamw, .*kfac-riemannian"):
+        resolve_optimizer("kfac-lamb", euclidean)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from bounds import assert_upper_bound_holds
+from bounds import assert_upper_bound_holds, seeded_generator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -316,9 +316,7 @@ def _random_bn(bn: nn.modules.batchnorm._BatchNorm, g: torch.Generator) -> nn.Mo
 @st.composite
 def small_networks(draw):
     """Random small dense or 1-D convolutional networks with BN, activations and residual blocks."""
-    seed = draw(st.integers(0, 2**31 - 1))
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
+    seed, g = seeded_generator(draw)
     conv = draw(st.booleans())
     layers: list[nn.Module] = []
     act = lambda: _ACTS[draw(st.integers(0, len(_ACTS) - 1))]()  # noqa: E731

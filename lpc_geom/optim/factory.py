@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import geoopt
 import torch
 from torch import nn
-
-#: Names accepted by :func:`build_optimizer`.
-OPTIMIZERS = ("adamw", "riemannian-adam", "sgd", "riemannian-sgd")
 
 ROLES = ("classifier", "body")
 KINDS = ("euclidean", "manifold", "curvature")
@@ -143,8 +142,8 @@ class RiemannianAdamW(geoopt.optim.RiemannianAdam):
 
     geoopt's own update of an ordinary parameter is Adam's up to rounding (its denominator is
     :math:`\sqrt{v/b_2} + \epsilon` rather than :math:`\sqrt v/\sqrt{b_2} + \epsilon`), but under a
-    fast-growing LPC gamma those 1e-8 differences grow chaotically (measured: 5e-7 after 100 steps,
-    4e-2 after 500), hence torch's update for them.
+    fast-growing LPC gamma those rounding-level differences grow chaotically over a few hundred steps,
+    hence torch's update for them.
 
     Resuming. ``torch.optim.Adam.__setstate__`` (called by ``load_state_dict``) turns geoopt's integer step
     counters into float32 tensors, after which geoopt evaluates ``beta ** step`` in float32 and a resumed
@@ -217,7 +216,7 @@ class RiemannianMomentumSGD(geoopt.optim.RiemannianSGD):
     tangent vector at every point), so the first step is :math:`b = (1 - \tau)(g + \lambda x)`: torch's for
     the default :math:`\tau = 0` (torch skips dampening on the first step; with :math:`\tau > 0` the first
     step is :math:`1 - \tau` times torch's). Later steps are geoopt's, which on ordinary parameters equal
-    torch's up to float rounding (measured: 1.2e-7 after 200 float32 LPC steps).
+    torch's up to float rounding.
 
     Weight decay is coupled (added to the Euclidean gradient), as in ``torch.optim.SGD``; with the
     groups of :func:`build_optimizer` manifold parameters have none.
@@ -235,6 +234,89 @@ class RiemannianMomentumSGD(geoopt.optim.RiemannianSGD):
                         self.state[p]["momentum_buffer"] = torch.zeros_like(p)
         _raw_step(geoopt.optim.RiemannianSGD, self, [p for g in self.param_groups for p in g["params"]])
         return loss
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimiser of :data:`OPTIMIZERS`.
+
+    Attributes
+    ----------
+    optimizer_class : type
+        Built as ``optimizer_class(groups, lr=..., weight_decay=..., **options)``.
+    options : tuple of str
+        The options of :func:`build_optimizer` it takes besides ``lr`` and ``weight_decay``
+        (``"betas"``, ``"momentum"``, ``"stabilize"``).
+    riemannian : bool
+        Whether it keeps manifold parameters on their manifolds (a Euclidean one is refused for a model
+        that has them).
+    """
+
+    optimizer_class: type[torch.optim.Optimizer]
+    options: tuple[str, ...]
+    riemannian: bool
+
+    def build(self, groups: list[dict], *, lr: float, weight_decay: float, **settings: object) -> torch.optim.Optimizer:
+        """The optimiser over ``groups``, with those of ``settings`` named in :attr:`options`."""
+        return self.optimizer_class(groups, lr=lr, weight_decay=weight_decay,
+                                    **{k: settings[k] for k in self.options})
+
+
+#: The optimisers :func:`build_optimizer` builds, by name (the one list of their names).
+OPTIMIZERS: Mapping[str, OptimizerSpec] = MappingProxyType({
+    "adamw": OptimizerSpec(torch.optim.AdamW, ("betas",), riemannian=False),
+    "riemannian-adam": OptimizerSpec(RiemannianAdamW, ("betas", "stabilize"), riemannian=True),
+    "sgd": OptimizerSpec(torch.optim.SGD, ("momentum",), riemannian=False),
+    "riemannian-sgd": OptimizerSpec(RiemannianMomentumSGD, ("momentum", "stabilize"), riemannian=True),
+})
+
+#: Optimiser names that precondition a base optimiser of :data:`OPTIMIZERS` with K-FAC, and that base.
+KFAC_OPTIMIZERS: Mapping[str, str] = MappingProxyType({
+    "kfac-sgd": "sgd",
+    "kfac-adam": "adamw",
+    "kfac-riemannian": "riemannian-adam",
+})
+
+#: The name that picks the optimiser from the model (see :func:`resolve_optimizer`).
+AUTO_OPTIMIZER = "auto"
+
+
+def optimizer_names() -> tuple[str, ...]:
+    """Every optimiser name a training run accepts: ``"auto"``, then :data:`OPTIMIZERS`, then
+    :data:`KFAC_OPTIMIZERS`, in that order."""
+    return (AUTO_OPTIMIZER, *OPTIMIZERS, *KFAC_OPTIMIZERS)
+
+
+def resolve_optimizer(name: str, model: nn.Module) -> tuple[str, bool]:
+    """The base optimiser a name stands for, and whether K-FAC preconditions it.
+
+    ``"auto"`` is ``"adamw"``, or ``"riemannian-adam"`` (AdamW on the Euclidean parameters) when the model
+    has manifold parameters; ``"kfac-adam"`` is ``("adamw", True)``.
+
+    Parameters
+    ----------
+    name : str
+        One of :func:`optimizer_names`.
+    model : nn.Module
+        The model the optimiser will train (read only for ``"auto"``).
+
+    Returns
+    -------
+    tuple of (str, bool)
+        A name of :data:`OPTIMIZERS` and whether K-FAC preconditions it.
+
+    Raises
+    ------
+    ValueError
+        For a name not in :func:`optimizer_names` (the message lists them).
+    """
+    if name == AUTO_OPTIMIZER:
+        return ("riemannian-adam" if has_manifold_parameters(model) else "adamw"), False
+    if name in KFAC_OPTIMIZERS:
+        return KFAC_OPTIMIZERS[name], True
+    if name in OPTIMIZERS:
+        return name, False
+    raise ValueError(f"unknown optimizer {name!r}; accepted optimizers: {', '.join(optimizer_names())}")
 
 
 def build_optimizer(
@@ -292,17 +374,13 @@ def build_optimizer(
     groups = parameter_groups(model, weight_decay=weight_decay)
     if not groups:
         raise ValueError("the model has no parameters to optimise")
-    if key in ("adamw", "sgd"):
+    spec = OPTIMIZERS[key]
+    if not spec.riemannian:
         on_manifolds = [n for n, p in model.named_parameters() if _is_manifold_parameter(p)]
         if on_manifolds:
+            riemannian = " or ".join(repr(n) for n, s in OPTIMIZERS.items() if s.riemannian)
             raise ValueError(
                 f"optimizer {name!r} would move manifold parameters off their manifolds "
-                f"({', '.join(on_manifolds)}); use 'riemannian-adam' or 'riemannian-sgd'"
+                f"({', '.join(on_manifolds)}); use {riemannian}"
             )
-    if key == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
-    if key == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if key == "riemannian-adam":
-        return RiemannianAdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, stabilize=stabilize)
-    return RiemannianMomentumSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, stabilize=stabilize)
+    return spec.build(groups, lr=lr, weight_decay=weight_decay, betas=betas, momentum=momentum, stabilize=stabilize)

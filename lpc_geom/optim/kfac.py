@@ -82,8 +82,8 @@ inputs of the *training* backward, so in the factored mode
     V = G_\lambda^{-1} \nabla W A_\lambda^{-1} = \big(G_\lambda^{-1} g^\top\big)\big(\bar a A_\lambda^{-1}\big),
 
 ``R (d_{out}^2 + d_{in}^2 + d_{out} d_{in})`` multiply-adds instead of ``d_{out} d_{in} (d_{out} + d_{in})``:
-fewer whenever ``R`` is below about ``\min(d_{out}, d_{in})/2`` (a 512-wide layer at batch 128: 0.6x of the
-dense cost). A tensor hook on the layer output keeps ``g`` during the training backward (not during the
+fewer whenever ``R`` is below their ratio, which lies between ``2/3`` and ``1`` times
+``\min(d_{out}, d_{in})``. A tensor hook on the layer output keeps ``g`` during the training backward (not during the
 Fisher backward) when ``R`` is small enough, and :meth:`KFAC.step` uses the factored form only after checking
 that ``.grad`` really is ``g^\top \bar a``: with fixed Gaussian probes ``U`` (``d_out x 4``) and ``P``
 (``(d_in + 1) x 4``) it requires ``|U^\top \nabla W P - (g U)^\top (\bar a P)| \le 2\gamma (|g||U|)^\top(|\bar a||P|)``
@@ -118,447 +118,20 @@ preconditions elementwise, ``V = \nabla W / (D + \lambda)``.
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.autograd.graph import get_gradient_edge
 
-from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter, adapter_for, adapter_from_spec
+from lpc_geom.optim._kfac_base import FisherType, _FisherPreconditioner, _LayerState
+from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter
 
-__all__ = ["KFAC", "DiagonalFisher", "KFACLayer"]
+__all__ = ["KFAC", "DampingMode", "DiagonalFisher", "FisherType", "KFACLayer"]
 
-log = logging.getLogger(__name__)
-
-FisherType = Literal["empirical", "mc", "exact"]
+DampingMode = Literal["factored", "eigen"]
 _PROBES = 4  # random probe vectors per side that check .grad against the captured batch factors
 _PROBE_SEED = 0x4B464143
-DampingMode = Literal["factored", "eigen"]
-
-
-@dataclass(eq=False)
-class _LayerState:
-    """Statistics of one layer: sums pending since the last step (with their counts), the moving averages
-    they feed, and what the last refresh computed from those (inverses or eigendecompositions)."""
-
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    counts: dict[str, float] = field(default_factory=dict)
-    ema: dict[str, torch.Tensor] = field(default_factory=dict)
-    cache: dict[str, torch.Tensor] = field(default_factory=dict)
-    pi: float = 1.0
-    refreshed_damping: float | None = None
-    batch: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
-    batch_rows: int = 0
-    probes: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def add(self, key: str, total: torch.Tensor, count: float) -> None:
-        self.sums[key] = total if key not in self.sums else self.sums[key] + total
-        self.counts[key] = self.counts.get(key, 0.0) + count
-
-
-class _FisherPreconditioner(ABC):
-    """Hooks, Fisher backward, moving averages, KL clipping and state shared by the preconditioners.
-
-    Subclasses define which statistics a layer keeps (:meth:`_statistics`), how they are refreshed
-    (:meth:`_refresh_due`, :meth:`_refresh`) and how a gradient matrix is preconditioned
-    (:meth:`_precondition`). See :class:`KFAC` for the parameters.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        fisher: FisherType = "mc",
-        damping: float = 1e-3,
-        ema_decay: float = 0.95,
-        kl_clip: float | None = 1e-3,
-        lr: float | None = None,
-        *,
-        factor_freq: int = 1,
-        mc_samples: int = 1,
-        stats_examples: int | None = None,
-        extra_layers: Mapping[str, KFACLayer] | None = None,
-        exclude: Iterable[str] = (),
-        generator: torch.Generator | None = None,
-        distributed: bool | None = None,
-    ):
-        if fisher not in ("empirical", "mc", "exact"):
-            raise ValueError(f"fisher must be 'empirical', 'mc' or 'exact', got {fisher!r}")
-        if stats_examples is not None and (fisher != "mc" or isinstance(stats_examples, bool) or stats_examples < 1):
-            raise ValueError(
-                f"stats_examples subsamples the Monte-Carlo Fisher estimate: it needs fisher='mc' and an "
-                f"integer >= 1 (or None for the whole batch), got fisher={fisher!r}, stats_examples={stats_examples!r}"
-            )
-        if not damping > 0:
-            raise ValueError(f"damping must be positive, got {damping}")
-        if factor_freq < 1 or mc_samples < 1:
-            raise ValueError("factor_freq and mc_samples must be >= 1")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
-        if kl_clip and lr is None:
-            raise ValueError("KL clipping needs the optimiser's learning rate: pass lr=... (or kl_clip=None)")
-        self.model = model
-        self.fisher = fisher
-        self.damping = float(damping)
-        self.ema_decay = float(ema_decay)
-        self.kl_clip = kl_clip
-        self.lr = lr
-        self.factor_freq = int(factor_freq)
-        self.mc_samples = int(mc_samples)
-        self.stats_examples = None if stats_examples is None else int(stats_examples)
-        self.generator = generator
-        if distributed is None:
-            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.distributed = bool(distributed)
-        self.steps = 0
-        self.last_kl_scale = 1.0
-        self.float64_retries = 0
-        self.last_low_rank: tuple[str, ...] = ()
-        self._fisher_pass = False
-
-        self._adapters: dict[str, _Adapter] = self._find_layers(model, extra_layers or {}, set(exclude))
-        self._state = {name: _LayerState() for name in self._adapters}
-        self._records: list[tuple[str, torch.Tensor, Any]] = []
-        self._handles = [model.register_forward_pre_hook(self._on_model_forward)]
-        for name, adapter in self._adapters.items():
-            hook = partial(self._record, name)
-            self._handles.append(adapter.module.register_forward_hook(hook, with_kwargs=True))
-
-    # ------------------------------------------------------------------ what subclasses define
-    @abstractmethod
-    def _statistics(
-        self, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int
-    ) -> dict[str, tuple[torch.Tensor, float]]:
-        """``{key: (sum, count)}`` from inputs ``a`` (N, T, d_in) and output gradients ``g`` (B, N, T, d_out)."""
-
-    @abstractmethod
-    def _refresh_due(self, st: _LayerState) -> bool:
-        """Whether ``st.cache`` must be recomputed before this step."""
-
-    @abstractmethod
-    def _refresh(self, st: _LayerState) -> None:
-        """Recompute ``st.cache`` from ``st.ema``."""
-
-    @abstractmethod
-    def _precondition(self, st: _LayerState, grad: torch.Tensor) -> torch.Tensor:
-        """The preconditioned gradient of one layer (same layout as ``grad``)."""
-
-    def _low_rank_rows(self, adapter: _Adapter) -> int:
-        """Most batch rows for which :meth:`_precondition_low_rank` is cheaper than :meth:`_precondition`
-        (0: never; the batch factors of the training backward are then not captured)."""
-        return 0
-
-    def _precondition_low_rank(
-        self, st: _LayerState, grad: torch.Tensor, a: torch.Tensor, g: torch.Tensor
-    ) -> torch.Tensor | None:
-        """The preconditioned gradient from the batch factors ``grad = g^T abar`` (``a`` (R, d_in), ``g``
-        (R, d_out)), or ``None`` when ``grad`` is not that product."""
-        return None
-
-    # ------------------------------------------------------------------ discovery
-    def _find_layers(self, model: nn.Module, extra: Mapping[str, KFACLayer], exclude: set[str]) -> dict[str, _Adapter]:
-        adapters: dict[str, _Adapter] = {}
-        covered: dict[int, str] = {}
-
-        def claim(name: str, adapter: _Adapter) -> None:
-            if not adapter.weight.requires_grad:
-                return
-            if adapter.bias is not None and not adapter.bias.requires_grad:
-                adapter.bias = None  # a frozen bias is a constant shift: no homogeneous coordinate
-            for p in adapter.params:
-                if id(p) in covered:
-                    raise ValueError(f"parameter of layer {name!r} is already preconditioned as {covered[id(p)]!r}")
-                covered[id(p)] = name
-            adapters[name] = adapter
-
-        spec_modules = {id(spec.module) for spec in extra.values()}
-        for name, spec in extra.items():
-            claim(name, adapter_from_spec(spec))
-        for name, module in model.named_modules():
-            if name in exclude or id(module) in spec_modules:
-                continue
-            adapter = adapter_for(module)
-            if adapter is not None:
-                claim(name, adapter)
-
-        modules = dict(model.named_modules())
-        self.unsupported = [
-            f"{pname} ({type(modules.get(pname.rpartition('.')[0], model)).__name__})"
-            for pname, p in model.named_parameters()
-            if p.requires_grad and id(p) not in covered
-        ]
-        self.layers = {name: a.kind for name, a in adapters.items()}
-        if self.unsupported:
-            warnings.warn(
-                f"{type(self).__name__} leaves these parameters unpreconditioned (unsupported layer type): "
-                + ", ".join(self.unsupported),
-                stacklevel=4,
-            )
-        log.info("%s preconditions %d layers: %s", type(self).__name__, len(adapters), self.layers)
-        return adapters
-
-    # ------------------------------------------------------------------ hooks
-    def _on_model_forward(self, module: nn.Module, args: tuple) -> None:
-        self._records.clear()
-
-    def _record(self, name: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-        if not torch.is_grad_enabled():
-            return
-        statistics = self.steps % self.factor_freq == 0
-        adapter = self._adapters[name]
-        limit = self._low_rank_rows(adapter)
-        if not (statistics or limit):
-            return
-        out = adapter.get_output(output)
-        if not (isinstance(out, torch.Tensor) and out.requires_grad):
-            return
-        x = adapter.get_input(args, kwargs).detach()
-        if statistics:
-            # The edge is taken now, before an in-place activation can replace the output's grad_fn.
-            self._records.append((name, x, get_gradient_edge(out)))
-        if limit and out.numel() // out.shape[-1] <= limit:
-            # A tensor hook registered before an in-place activation still receives the gradient with
-            # respect to the value the layer returned.
-            out.register_hook(partial(self._capture_batch_factor, name, x))
-
-    def _capture_batch_factor(self, name: str, x: torch.Tensor, grad: torch.Tensor) -> None:
-        """Keep ``(input, output gradient)`` of a training backward (not of the Fisher backward)."""
-        if self._fisher_pass:
-            return
-        st, adapter = self._state[name], self._adapters[name]
-        rows = grad.numel() // grad.shape[-1]
-        st.batch_rows += rows
-        if st.batch_rows > self._low_rank_rows(adapter):
-            st.batch.clear()  # accumulated beyond the rank where the factored product pays off
-            return
-        st.batch.append((x, grad.detach()))
-
-    def remove(self) -> None:
-        """Remove all hooks from the model (the preconditioner can no longer collect statistics)."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-        self._records.clear()
-
-    # ------------------------------------------------------------------ statistics
-    def _logit_cotangents(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Cotangents ``v_b`` on the logits, shape ``(B, N, K)``, with ``sum_b v_b v_b^T`` the Fisher in logits."""
-        work = torch.promote_types(logits.dtype, torch.float32)
-        p = torch.softmax(logits.detach().to(work), dim=-1)
-        k = p.shape[1]
-        if self.fisher == "empirical":
-            if labels is None:
-                raise ValueError("fisher='empirical' needs the labels")
-            target = labels.to(work) if labels.dim() == 2 else F.one_hot(labels.long(), k).to(work)
-            v = (p - target)[None]
-        elif self.fisher == "mc":
-            drawn = torch.multinomial(p, self.mc_samples, replacement=True, generator=self.generator)
-            v = (p[None] - F.one_hot(drawn.T, k).to(work)) / math.sqrt(self.mc_samples)
-        else:
-            eye = torch.eye(k, dtype=work, device=p.device)
-            v = p.sqrt().T[:, :, None] * (eye[:, None, :] - p[None])
-        return v.to(logits.dtype)
-
-    def update_statistics(self, logits: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """Accumulate Fisher statistics for the layers recorded in the last forward pass.
-
-        Runs one extra backward, ``torch.autograd.grad(logits, layer_outputs, v, retain_graph=True)``,
-        with the cotangents ``v`` of the chosen Fisher (sampled labels, observed labels, or all classes
-        weighted by ``p``); ``.grad`` is not touched and the graph stays available for
-        ``loss.backward()``.
-
-        Parameters
-        ----------
-        logits : Tensor, shape (N, K)
-            The logits of the forward pass just made; ``softmax(logits)`` is the model's predictive
-            distribution (scale them first if the loss applies a temperature or cosine scale).
-        labels : Tensor, shape (N,) or (N, K), optional
-            Class indices (or target distributions); required for ``fisher="empirical"``, ignored
-            otherwise.
-        """
-        if self.steps % self.factor_freq != 0:
-            self._records.clear()
-            return
-        if logits.dim() != 2:
-            raise ValueError(f"logits must have shape (N, K), got {tuple(logits.shape)}")
-        if not logits.requires_grad:
-            raise RuntimeError("logits do not require grad: call update_statistics after a forward with grad on")
-        records, self._records = self._records, []
-        if not records:
-            if self._adapters:
-                raise RuntimeError("no layer was recorded: call update_statistics right after model(x)")
-            return
-        v = self._logit_cotangents(logits, labels)
-        self._fisher_pass = True
-        try:
-            grads = _batched_grad(logits, [edge for _, _, edge in records], v)
-        finally:
-            self._fisher_pass = False
-        n = logits.shape[0]
-        subset = None
-        if self.stats_examples is not None and n > self.stats_examples:
-            where = "cpu" if self.generator is None else self.generator.device
-            perm = torch.randperm(n, generator=self.generator, device=where)
-            subset = perm[: self.stats_examples].sort().values.to(logits.device)
-            n = self.stats_examples
-        with torch.no_grad():
-            for (name, x, _), g in zip(records, grads, strict=True):
-                if g is None:
-                    continue
-                adapter = self._adapters[name]
-                dtype = torch.promote_types(adapter.weight.dtype, torch.float32)
-                a = adapter.input_positions(x)
-                gp = adapter.output_grad_positions(g)
-                if subset is not None:
-                    a, gp = a.index_select(0, subset), gp.index_select(1, subset)
-                a, gp = a.to(dtype), gp.to(dtype)
-                for key, (total, count) in self._statistics(adapter, a, gp, n).items():
-                    self._state[name].add(key, total, count)
-
-    def _flush_statistics(self) -> None:
-        pending = [st for st in self._state.values() if st.sums]
-        if self.distributed and pending:
-            for st in pending:
-                keys = sorted(st.sums)
-                ref = st.sums[keys[0]]
-                counts = torch.tensor([st.counts[k] for k in keys], dtype=ref.dtype, device=ref.device)
-                buf = torch.cat([st.sums[k].flatten() for k in keys] + [counts])
-                torch.distributed.all_reduce(buf)
-                offset = 0
-                for k in keys:
-                    size = st.sums[k].numel()
-                    st.sums[k] = buf[offset : offset + size].view_as(st.sums[k])
-                    offset += size
-                st.counts = {k: c.item() for k, c in zip(keys, buf[offset:], strict=True)}
-        beta = self.ema_decay
-        for st in pending:
-            for key, total in st.sums.items():
-                if key not in st.ema:
-                    st.ema[key] = total / st.counts[key]
-                else:
-                    st.ema[key].mul_(beta).add_(total, alpha=(1.0 - beta) / st.counts[key])
-            st.sums, st.counts = {}, {}
-
-    # ------------------------------------------------------------------ preconditioning
-    @torch.no_grad()
-    def step(self, lr: float | None = None) -> None:
-        """Replace the ``.grad`` of every supported layer by its preconditioned gradient.
-
-        Call after ``loss.backward()`` and before ``optimizer.step()``. Folds the statistics gathered
-        since the previous step into the moving averages, refreshes what is computed from them when due,
-        preconditions and KL-clips. Layers without statistics yet and layers without a gradient are left
-        as they are.
-
-        Parameters
-        ----------
-        lr : float, optional
-            Learning rate for KL clipping on this step (default: the attribute ``lr``).
-        """
-        self._flush_statistics()
-        updates: list[tuple[_Adapter, torch.Tensor, torch.Tensor]] = []
-        low_rank: list[str] = []
-        vgs: list[torch.Tensor] = []
-        for name, adapter in self._adapters.items():
-            st = self._state[name]
-            batch, st.batch, st.batch_rows = st.batch, [], 0
-            if not st.ema:
-                continue
-            grad = adapter.grad_matrix()
-            if grad is None:
-                continue
-            if self._refresh_due(st):
-                self._refresh(st)
-                st.refreshed_damping = self.damping
-            dtype = next(iter(st.ema.values())).dtype
-            g = grad.to(dtype)
-            v = None
-            if batch:
-                a_rows, g_rows = self._batch_rows(adapter, batch, dtype)
-                v = self._precondition_low_rank(st, g, a_rows, g_rows)
-            if v is None:
-                v = self._precondition(st, g)
-            else:
-                low_rank.append(name)
-            vgs.append(torch.dot(v.reshape(-1), g.reshape(-1)).to(torch.float64))
-            updates.append((adapter, v, grad))
-        self.last_low_rank = tuple(low_rank)
-        lr = self.lr if lr is None else lr
-        nu = 1.0
-        vg = torch.stack(vgs).sum().item() if vgs else 0.0
-        if self.kl_clip and updates and vg > 0.0:
-            nu = min(1.0, math.sqrt(self.kl_clip / (lr**2 * vg)))
-        for adapter, v, grad in updates:
-            if nu != 1.0:
-                v.mul_(nu)
-            adapter.write_grad(v.to(grad.dtype))
-        self.last_kl_scale = nu
-        self.steps += 1
-
-    @staticmethod
-    def _batch_rows(
-        adapter: _Adapter, batch: list[tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The captured inputs and output gradients of all training backwards as rows (R, d_in), (R, d_out)."""
-        a = [adapter.input_positions(x) for x, _ in batch]
-        g = [adapter.output_grad_positions(gr.unsqueeze(0))[0] for _, gr in batch]
-        a = [t.reshape(-1, t.shape[-1]) for t in a]
-        g = [t.reshape(-1, t.shape[-1]) for t in g]
-        a_rows, g_rows = (a[0], g[0]) if len(batch) == 1 else (torch.cat(a), torch.cat(g))
-        return a_rows.to(dtype), g_rows.to(dtype)
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Step counter and, per layer, the moving averages and what was computed from them (cloned)."""
-        layers = {
-            name: {
-                "ema": {k: v.clone() for k, v in st.ema.items()},
-                "cache": {k: v.clone() for k, v in st.cache.items()},
-                "pi": st.pi,
-                "damping": st.refreshed_damping,
-            }
-            for name, st in self._state.items()
-        }
-        return {"kind": type(self).__name__, "steps": self.steps, "fisher": self.fisher, "layers": layers}
-
-    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
-        """Restore :meth:`state_dict` output (tensors moved to each layer's device).
-
-        Parameters
-        ----------
-        state : mapping
-            As returned by :meth:`state_dict` of the same class.
-        strict : bool
-            Raise ``KeyError`` when the layer names differ from this preconditioner's.
-        """
-        if state.get("kind", type(self).__name__) != type(self).__name__:
-            raise ValueError(f"state of a {state['kind']} cannot be loaded into a {type(self).__name__}")
-        saved = state["layers"]
-        if strict and set(saved) != set(self._state):
-            missing, extra = set(self._state) - set(saved), set(saved) - set(self._state)
-            raise KeyError(f"preconditioner layers differ: missing {sorted(missing)}, unexpected {sorted(extra)}")
-        for name, entry in saved.items():
-            if name not in self._state:
-                continue
-            weight = self._adapters[name].weight
-            dtype = torch.promote_types(weight.dtype, torch.float32)
-
-            def moved(tensors: Mapping[str, torch.Tensor], device=weight.device, dtype=dtype) -> dict:
-                return {k: v.to(device=device, dtype=dtype).clone() for k, v in tensors.items()}
-
-            self._state[name] = _LayerState(
-                ema=moved(entry["ema"]),
-                cache=moved(entry["cache"]),
-                pi=float(entry["pi"]),
-                refreshed_damping=entry["damping"],
-            )
-        self.steps = int(state["steps"])
 
 
 class KFAC(_FisherPreconditioner):
@@ -659,14 +232,10 @@ class KFAC(_FisherPreconditioner):
         *,
         damping_mode: DampingMode = "factored",
         low_rank: bool = True,
-        factor_freq: int = 1,
-        mc_samples: int = 1,
-        stats_examples: int | None = None,
-        extra_layers: Mapping[str, KFACLayer] | None = None,
-        exclude: Iterable[str] = (),
-        generator: torch.Generator | None = None,
-        distributed: bool | None = None,
+        **options: Any,
     ):
+        # options: factor_freq, mc_samples, stats_examples, extra_layers, exclude, generator and
+        # distributed, which the statistics machinery shared with DiagonalFisher reads (see above).
         if damping_mode not in ("factored", "eigen"):
             raise ValueError(f"damping_mode must be 'factored' or 'eigen', got {damping_mode!r}")
         if update_freq < 1:
@@ -674,21 +243,7 @@ class KFAC(_FisherPreconditioner):
         self.update_freq = int(update_freq)
         self.damping_mode = damping_mode
         self.low_rank = bool(low_rank)
-        super().__init__(
-            model,
-            fisher,
-            damping,
-            ema_decay,
-            kl_clip,
-            lr,
-            factor_freq=factor_freq,
-            mc_samples=mc_samples,
-            stats_examples=stats_examples,
-            extra_layers=extra_layers,
-            exclude=exclude,
-            generator=generator,
-            distributed=distributed,
-        )
+        super().__init__(model, fisher, damping, ema_decay, kl_clip, lr, **options)
 
     def factors(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The moving-average factors ``(A, G)`` of layer ``name`` (``None`` before any statistics)."""
@@ -855,16 +410,3 @@ def _second_moment(a: torch.Tensor, homogeneous: bool) -> torch.Tensor:
     out[d, :d] = col
     out[d, d] = a.shape[0]
     return out
-
-
-def _batched_grad(logits: torch.Tensor, edges: list, v: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    """Gradients at ``edges`` for each cotangent ``v[b]`` on the logits, each with a leading ``B`` axis."""
-    if v.shape[0] == 1:
-        grads = torch.autograd.grad(logits, edges, v[0], retain_graph=True, allow_unused=True)
-        return tuple(None if g is None else g.unsqueeze(0) for g in grads)
-    try:
-        return torch.autograd.grad(logits, edges, v, retain_graph=True, allow_unused=True, is_grads_batched=True)
-    except RuntimeError:
-        # vmap has no batching rule for some backward op of this model: one backward per cotangent.
-        per = [torch.autograd.grad(logits, edges, vb, retain_graph=True, allow_unused=True) for vb in v]
-        return tuple(None if gs[0] is None else torch.stack(gs) for gs in zip(*per, strict=True))

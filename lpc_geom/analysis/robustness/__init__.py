@@ -10,6 +10,8 @@
 * :func:`robustness_report` / :func:`write_robustness_json` -- one flat record per model.
 """
 
+from lpc_geom.analysis.robustness._common import LipschitzRuleError, UnboundedLipschitzError
+from lpc_geom.analysis.robustness._fx_rules import FUNCTION_RULES, FunctionCall, FunctionRule, elementwise_rule
 from lpc_geom.analysis.robustness.certify import (
     certified_accuracy,
     certified_radius,
@@ -19,20 +21,14 @@ from lpc_geom.analysis.robustness.certify import (
 from lpc_geom.analysis.robustness.deepfool import DeepFoolResult, deepfool
 from lpc_geom.analysis.robustness.fmn import FMNResult, fmn
 from lpc_geom.analysis.robustness.lipschitz import (
-    FUNCTION_RULES,
     LIPSCHITZ_RULES,
-    FunctionCall,
-    FunctionRule,
     LayerBound,
     LipschitzBound,
     LipschitzEstimate,
     LipschitzRule,
-    LipschitzRuleError,
     LipschitzWalker,
-    UnboundedLipschitzError,
     chain_rule,
     constant_rule,
-    elementwise_rule,
     lipschitz_lower_bound,
     lipschitz_upper_bound,
     register_lipschitz_rule,

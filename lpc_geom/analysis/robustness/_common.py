@@ -1,11 +1,12 @@
 """Helpers shared by the robustness measures: reading logits, evaluation mode, placement, boxes, bisection,
-Lipschitz errors."""
+the attacks' result summary, Lipschitz errors and the writer of the Lipschitz rule registries."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -204,3 +205,80 @@ def distance_summary(prefix: str, norms: torch.Tensor, relative_norms: torch.Ten
         f"{prefix}median_relative_norm": summary_stat(relative_norms, median),
         f"{prefix}success_rate": summary_stat(success, torch.mean),
     }
+
+
+class AttackResult:
+    """What the per-sample results of the attacks share: their length and their flat summary.
+
+    A subclass is a dataclass with the tensors ``norms``, ``relative_norms`` and ``success`` of shape
+    (N,); it names the prefix of its summary keys in :attr:`summary_prefix`, the median its summary takes
+    in :attr:`summary_median`, and adds its own figures in :meth:`_extra_summary`.
+    """
+
+    #: Prepended to every summary key by default.
+    summary_prefix: ClassVar[str]
+    #: The median of the summary (``torch.median``: the lower of the two middle values).
+    summary_median: ClassVar[Callable[[torch.Tensor], torch.Tensor]] = staticmethod(torch.median)
+
+    def __len__(self) -> int:
+        return int(self.norms.shape[0])
+
+    def summary(self, prefix: str | None = None) -> dict[str, float]:
+        """Flat ``name -> float`` summary over all samples, the unsuccessful ones included.
+
+        Parameters
+        ----------
+        prefix : str, optional
+            Prepended to every key; default :attr:`summary_prefix` (``"deepfool_"``, ``"fmn_"``).
+
+        Returns
+        -------
+        dict
+            ``mean_norm``, ``median_norm``, ``mean_relative_norm``, ``median_relative_norm`` and
+            ``success_rate`` (NaN when empty), then the figures of the attack (see its result class).
+        """
+        prefix = self.summary_prefix if prefix is None else prefix
+        summary = distance_summary(prefix, self.norms, self.relative_norms, self.success,
+                                   median=type(self).summary_median)
+        summary.update(self._extra_summary(prefix))
+        return summary
+
+    def _extra_summary(self, prefix: str) -> dict[str, float]:
+        """The attack's own summary figures, under keys starting with ``prefix``."""
+        return {}
+
+
+def add_rule(registry: dict, key: Any, rule: Callable, *, replace: bool, describe: Callable[[Any], str]) -> Callable:
+    """Put ``rule`` into ``registry`` under ``key`` (the one writer of both Lipschitz rule registries).
+
+    Parameters
+    ----------
+    registry : dict
+        The function rules (``FUNCTION_RULES``) or the module rules (``LIPSCHITZ_RULES``).
+    key
+        What the rule covers.
+    rule : callable
+    replace : bool
+        Allow replacing another rule already registered under ``key``.
+    describe : callable
+        Names ``key`` in the error message.
+
+    Returns
+    -------
+    callable
+        ``rule``.
+
+    Raises
+    ------
+    TypeError
+        ``rule`` is not callable.
+    ValueError
+        Another rule is registered under ``key`` and ``replace`` is False.
+    """
+    if not callable(rule):
+        raise TypeError(f"a Lipschitz rule must be callable, got {type(rule).__name__}")
+    if key in registry and not replace and registry[key] is not rule:
+        raise ValueError(f"a Lipschitz rule for {describe(key)} is already registered; "
+                         "pass replace=True to override it")
+    registry[key] = rule
+    return rule

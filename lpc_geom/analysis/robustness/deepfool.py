@@ -45,15 +45,16 @@ with respect to the inputs only, so the parameters' ``.grad`` are never touched.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from lpc_geom.analysis.robustness._common import (
+    AttackResult,
     Bound,
     as_model_input,
     bisect_to_boundary,
-    distance_summary,
     evaluation_mode,
     logits_of,
     prepare_bounds,
@@ -67,7 +68,7 @@ _STEP_PUSH = 1e-4
 
 
 @dataclass
-class DeepFoolResult:
+class DeepFoolResult(AttackResult):
     """Per-sample outcome of :func:`deepfool` (all tensors on the CPU).
 
     Attributes
@@ -98,6 +99,13 @@ class DeepFoolResult:
         The perturbed inputs :math:`x_0 + r`, clipped into ``bounds`` when given (``None`` when
         ``return_perturbations=False``). Use these rather than ``inputs + perturbations`` to evaluate the
         model: the sum can differ from them by rounding and, with ``bounds``, leave the box by an ulp.
+
+    Notes
+    -----
+    :meth:`~lpc_geom.analysis.robustness._common.AttackResult.summary` reports, under the prefix
+    ``"deepfool_"``, the shared figures (``mean_relative_norm`` is the paper's robustness figure), then
+    ``mean_iterations`` and, with a refinement, ``refined_mean_relative_norm``,
+    ``refined_median_relative_norm`` and ``median_refine_scale``.
     """
 
     norms: torch.Tensor
@@ -112,33 +120,15 @@ class DeepFoolResult:
     refined_relative_norms: torch.Tensor | None = None
     refine_scales: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return int(self.norms.shape[0])
+    summary_prefix: ClassVar[str] = "deepfool_"
 
-    def summary(self, prefix: str = "deepfool_") -> dict[str, float]:
-        """Flat ``name -> float`` summary over all samples (unsuccessful ones included).
-
-        Parameters
-        ----------
-        prefix : str, default "deepfool_"
-            Prepended to every key.
-
-        Returns
-        -------
-        dict
-            ``mean_norm``, ``median_norm``, ``mean_relative_norm`` (the paper's robustness figure),
-            ``median_relative_norm``, ``success_rate`` and ``mean_iterations``; NaN when empty. With a
-            refinement also ``refined_mean_relative_norm``, ``refined_median_relative_norm`` and
-            ``median_refine_scale``.
-        """
-        summary = distance_summary(prefix, self.norms, self.relative_norms, self.success)
-        summary[f"{prefix}mean_iterations"] = summary_stat(self.iterations, torch.mean)
+    def _extra_summary(self, prefix: str) -> dict[str, float]:
+        extra = {f"{prefix}mean_iterations": summary_stat(self.iterations, torch.mean)}
         if self.refine_scales is not None:
-            summary[f"{prefix}refined_mean_relative_norm"] = summary_stat(self.refined_relative_norms, torch.mean)
-            summary[f"{prefix}refined_median_relative_norm"] = summary_stat(self.refined_relative_norms,
-                                                                            torch.median)
-            summary[f"{prefix}median_refine_scale"] = summary_stat(self.refine_scales, torch.median)
-        return summary
+            extra[f"{prefix}refined_mean_relative_norm"] = summary_stat(self.refined_relative_norms, torch.mean)
+            extra[f"{prefix}refined_median_relative_norm"] = summary_stat(self.refined_relative_norms, torch.median)
+            extra[f"{prefix}median_refine_scale"] = summary_stat(self.refine_scales, torch.median)
+        return extra
 
 
 def deepfool(model: nn.Module, inputs: torch.Tensor, *, candidates: int = 10, overshoot: float = 0.02,

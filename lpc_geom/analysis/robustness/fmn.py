@@ -74,16 +74,18 @@ backward pass per step, with respect to the inputs only (the parameters' ``.grad
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from lpc_geom.analysis.robustness._common import (
+    AttackResult,
     Bound,
     as_model_input,
     bisect_to_boundary,
-    distance_summary,
     evaluation_mode,
     logits_of,
     margin,
@@ -107,7 +109,7 @@ _WARM_START_HALVINGS = 20
 
 
 @dataclass
-class FMNResult:
+class FMNResult(AttackResult):
     """Per-sample outcome of :func:`fmn` (all tensors on the CPU).
 
     Attributes
@@ -134,6 +136,13 @@ class FMNResult:
     adversarial : Tensor, shape (N, *input_shape), or None
         The returned points :math:`x_0 + \\delta^*` exactly as the model evaluated them (NaN rows where the
         attack failed). Evaluate these rather than ``inputs + perturbations``, which can differ by rounding.
+
+    Notes
+    -----
+    :meth:`~lpc_geom.analysis.robustness._common.AttackResult.summary` reports the shared figures under
+    the prefix ``"fmn_"``, with the usual median (the mean of the two middle values). An unsuccessful
+    sample counts as ``inf`` (no upper bound on its distance), so the means are ``inf`` as soon as one
+    sample is not fooled; the medians stay finite while more than half are.
     """
 
     norms: torch.Tensor
@@ -146,31 +155,10 @@ class FMNResult:
     perturbations: torch.Tensor | None = None
     adversarial: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        return int(self.norms.shape[0])
-
-    def summary(self, prefix: str = "fmn_") -> dict[str, float]:
-        """Flat ``name -> float`` summary over all samples, the unsuccessful ones included.
-
-        Parameters
-        ----------
-        prefix : str, default "fmn_"
-            Prepended to every key.
-
-        Returns
-        -------
-        dict
-            ``mean_norm``, ``median_norm``, ``mean_relative_norm``, ``median_relative_norm`` and
-            ``success_rate``; NaN when empty. An unsuccessful sample counts as ``inf`` (no upper bound on its
-            distance), so the means are ``inf`` as soon as one sample is not fooled; the medians stay finite
-            while more than half are.
-        """
-        return distance_summary(prefix, self.norms, self.relative_norms, self.success, median=_median)
-
-
-def _median(t: torch.Tensor) -> torch.Tensor:
+    summary_prefix: ClassVar[str] = "fmn_"
     # torch.median returns the lower of the two middle values; the usual median averages them.
-    return torch.quantile(t, 0.5) if t.numel() else t.new_tensor(math.nan)
+    summary_median: ClassVar[Callable[[torch.Tensor], torch.Tensor]] = staticmethod(
+        lambda t: torch.quantile(t, 0.5) if t.numel() else t.new_tensor(math.nan))
 
 
 def fmn(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None, *, steps: int = 100,

@@ -30,13 +30,15 @@ Any model. A module without a rule of its own (a model written in functional sty
 ``torch.flatten`` or a residual add inside ``forward``) is traced with :mod:`torch.fx` and bounded node
 by node, the submodules that have rules staying single nodes: compositions multiply, sums add,
 concatenations combine in quadrature, and every function, method and activation has its rule (see
-:mod:`lpc_geom.analysis.robustness._fx_lipschitz` for the table and the soundness checks). The module
+:mod:`lpc_geom.analysis.robustness._fx_lipschitz` for the walk and its soundness checks,
+:mod:`lpc_geom.analysis.robustness._fx_rules` for the table of node rules). The module
 rules remain what bounds a model that cannot be traced (data-dependent control flow). A node or
 module without a rule raises :class:`LipschitzRuleError` naming it (and its code line) rather than
 guessing. Rules are added with :func:`register_lipschitz_rule`: for module types (most simply
 through :func:`chain_rule` or :func:`residual_rule`, which check the declared structure against the
 module's real ``forward`` on a random input before trusting it) and for functions and tensor methods
-(:class:`FunctionCall` rules, e.g. :func:`elementwise_rule`).
+(:class:`~lpc_geom.analysis.robustness.FunctionCall` rules, e.g.
+:func:`~lpc_geom.analysis.robustness.elementwise_rule`).
 
 Lower bound. Wherever :math:`f` is differentiable, :math:`\lVert J_f(x)\rVert_2 \le \operatorname{Lip}(f)`,
 so :func:`lipschitz_lower_bound` reports :math:`\max_x \sigma_{\max}(J_C(x))` over a data set, with
@@ -54,55 +56,46 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from lpc_geom.analysis.robustness import spectral
 from lpc_geom.analysis.robustness._common import (
     LipschitzRuleError,
     UnboundedLipschitzError,
+    add_rule,
     as_model_input,
     evaluation_mode,
     logits_of,
     model_placement,
     primary_output,
 )
-from lpc_geom.analysis.robustness._fx_lipschitz import (
+from lpc_geom.analysis.robustness._fx_lipschitz import traced_bound
+from lpc_geom.analysis.robustness._fx_rules import (
     ACTIVATION_CONSTANTS,
     FUNCTION_RULES,
     NORMALISATION_REASON,
-    FunctionCall,
     FunctionRule,
-    elementwise_rule,
     register_function_rule,
-    traced_bound,
 )
-from lpc_geom.analysis.robustness.spectral import (
-    adaptive_window_multiplicity,
-    batch_norm_norm,
-    conv_layer_norm,
-    matrix_spectral_norm,
-    max_pool_norm_bound,
-    nonnegative_operator_norm_bound,
-    window_multiplicity,
-)
+
+# The function-rule API is importable from here too.
+from lpc_geom.analysis.robustness._fx_rules import FunctionCall as FunctionCall
+from lpc_geom.analysis.robustness._fx_rules import elementwise_rule as elementwise_rule
 from lpc_geom.models.backbones import MLP, BasicBlock, Bottleneck, CNN1d, ResNet
 from lpc_geom.models.base import Classifier
 from lpc_geom.models.geometry.sphere import SphereHead
 from lpc_geom.models.geometry.stiefel import StiefelHead, StiefelLinear
 from lpc_geom.models.heads import CosineClassifier, EuclideanHead
 
+# The function-rule names (FunctionCall, elementwise_rule, ...) are exported by the package from
+# ._fx_rules, their owner.
 __all__ = [
-    "FUNCTION_RULES",
     "LIPSCHITZ_RULES",
-    "FunctionCall",
-    "FunctionRule",
     "LayerBound",
     "LipschitzBound",
     "LipschitzEstimate",
     "LipschitzRule",
-    "LipschitzRuleError",
     "LipschitzWalker",
-    "UnboundedLipschitzError",
     "chain_rule",
     "constant_rule",
-    "elementwise_rule",
     "lipschitz_lower_bound",
     "lipschitz_upper_bound",
     "register_lipschitz_rule",
@@ -201,10 +194,10 @@ def register_lipschitz_rule(target: type[nn.Module] | Callable | str, rule: Lips
 
     *Function rules* (``target`` a function, e.g. ``torch.erf`` or a Python function of your own, or a
     tensor method's name such as ``"erf"``) cover one node of a traced graph: they are called as
-    ``rule(call)`` with a :class:`FunctionCall` (the node's argument values, their bounds with respect
-    to the model input, its output) and return the bound of the output with respect to the model input,
-    e.g. ``elementwise_rule(c)`` for an element-wise :math:`c`-Lipschitz map. A Python function with a
-    rule is not traced into.
+    ``rule(call)`` with a :class:`~lpc_geom.analysis.robustness.FunctionCall` (the node's argument
+    values, their bounds with respect to the model input, its output) and return the bound of the
+    output with respect to the model input, e.g. ``elementwise_rule(c)`` for an element-wise
+    :math:`c`-Lipschitz map. A Python function with a rule is not traced into.
 
     Parameters
     ----------
@@ -223,13 +216,7 @@ def register_lipschitz_rule(target: type[nn.Module] | Callable | str, rule: Lips
     module_type = target
 
     def register(fn: LipschitzRule) -> LipschitzRule:
-        if not callable(fn):
-            raise TypeError(f"a Lipschitz rule must be callable, got {type(fn).__name__}")
-        if module_type in LIPSCHITZ_RULES and not replace and LIPSCHITZ_RULES[module_type] is not fn:
-            raise ValueError(f"a Lipschitz rule for {module_type.__name__} is already registered; "
-                             "pass replace=True to override it")
-        LIPSCHITZ_RULES[module_type] = fn
-        return fn
+        return add_rule(LIPSCHITZ_RULES, module_type, fn, replace=replace, describe=lambda t: t.__name__)
 
     return register if rule is None else register(rule)
 
@@ -540,12 +527,12 @@ def residual_rule(branch: Sequence[str], shortcut: str | None = None, post: Sequ
 
 def _linear(module: nn.Linear, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
     # Applied to the last axis of any (..., in) input: the operator is I (x) W, of norm ||W||.
-    return matrix_spectral_norm(module.weight)
+    return spectral.matrix_spectral_norm(module.weight)
 
 
 def _stiefel_linear(module: StiefelLinear, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
     """``h @ W + b`` with ``W`` (d_in, d_out): its spectral norm, measured (1 on the manifold)."""
-    return matrix_spectral_norm(module.weight)
+    return spectral.matrix_spectral_norm(module.weight)
 
 
 def _conv(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, input_shape: tuple[int, ...],
@@ -557,7 +544,7 @@ def _conv(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, input_shape: tuple[int, ...
     if len(input_shape) != d + 1:
         raise ValueError(f"{walker.name(module)!r} expects inputs of shape (C, *{d} spatial sizes), "
                          f"got {input_shape}")
-    return conv_layer_norm(module.weight, input_shape, walker.output_shape(module, input_shape),
+    return spectral.conv_layer_norm(module.weight, input_shape, walker.output_shape(module, input_shape),
                            stride=module.stride, padding=module.padding, dilation=module.dilation,
                            groups=module.groups)
 
@@ -568,11 +555,11 @@ def _batch_norm(module: nn.modules.batchnorm._BatchNorm, input_shape: tuple[int,
         raise UnboundedLipschitzError(
             f"{walker.name(module)!r}: batch norm without running statistics normalises with the batch's "
             "own statistics even in eval mode, so a sample's output is not a fixed function of it")
-    return batch_norm_norm(module.running_var, module.weight, module.eps)
+    return spectral.batch_norm_norm(module.running_var, module.weight, module.eps)
 
 
 def _avg_pool(module: nn.Module, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
-    return nonnegative_operator_norm_bound(module, input_shape)
+    return spectral.nonnegative_operator_norm_bound(module, input_shape)
 
 
 def _spatial(module: nn.Module, input_shape: tuple[int, ...], walker: LipschitzWalker,
@@ -583,26 +570,18 @@ def _spatial(module: nn.Module, input_shape: tuple[int, ...], walker: LipschitzW
     return input_shape[-d:], out[-d:]
 
 
-def _tuple(value: int | Sequence[int], d: int) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, Sequence) else (int(value),) * d
-
-
 def _max_pool(d: int) -> LipschitzRule:
     def rule(module: nn.Module, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
         size, out = _spatial(module, input_shape, walker, d)
-        kernel = _tuple(module.kernel_size, d)
-        stride = _tuple(module.stride if module.stride is not None else module.kernel_size, d)
-        padding, dilation = _tuple(module.padding, d), _tuple(module.dilation, d)
-        return max_pool_norm_bound([window_multiplicity(*args) for args in zip(size, out, kernel, stride, padding,
-                                                                               dilation, strict=True)])
+        return spectral.max_pool_bound(size, out, module.kernel_size, module.stride, module.padding,
+                                       module.dilation)
 
     return rule
 
 
 def _adaptive_max_pool(d: int) -> LipschitzRule:
     def rule(module: nn.Module, input_shape: tuple[int, ...], walker: LipschitzWalker) -> float:
-        size, out = _spatial(module, input_shape, walker, d)
-        return max_pool_norm_bound([adaptive_window_multiplicity(n, o) for n, o in zip(size, out, strict=True)])
+        return spectral.adaptive_max_pool_bound(*_spatial(module, input_shape, walker, d))
 
     return rule
 
@@ -657,17 +636,11 @@ def _register_defaults() -> None:
     register_lipschitz_rule(nn.PReLU, _prelu)
     register_lipschitz_rule(nn.RReLU, _rrelu)
     register_lipschitz_rule(nn.Linear, _linear)
-    for cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-        register_lipschitz_rule(cls, _conv)
-    for cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
-        register_lipschitz_rule(cls, _batch_norm)
-    for cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-                nn.AdaptiveAvgPool3d):
-        register_lipschitz_rule(cls, _avg_pool)
-    for d, cls in enumerate((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), start=1):
-        register_lipschitz_rule(cls, _max_pool(d))
-    for d, cls in enumerate((nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d), start=1):
-        register_lipschitz_rule(cls, _adaptive_max_pool(d))
+    for d in (1, 2, 3):  # the layers that come in 1-, 2- and 3-D forms, nn.Conv{d}d etc.
+        per_dimension = {"Conv": _conv, "BatchNorm": _batch_norm, "AvgPool": _avg_pool, "AdaptiveAvgPool": _avg_pool,
+                         "MaxPool": _max_pool(d), "AdaptiveMaxPool": _adaptive_max_pool(d)}
+        for kind, rule in per_dimension.items():
+            register_lipschitz_rule(getattr(nn, f"{kind}{d}d"), rule)
     normalisation = unbounded_rule(NORMALISATION_REASON)
     for cls in (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
         register_lipschitz_rule(cls, normalisation)

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 __all__ = [
+    "adaptive_max_pool_bound",
     "adaptive_window_multiplicity",
     "batch_norm_norm",
     "conv_fft_cost",
@@ -36,8 +37,10 @@ __all__ = [
     "conv_matrix_norm",
     "conv_operator_norm",
     "matrix_spectral_norm",
+    "max_pool_bound",
     "max_pool_norm_bound",
     "nonnegative_operator_norm_bound",
+    "per_axis",
     "window_multiplicity",
 ]
 
@@ -358,3 +361,49 @@ def adaptive_window_multiplicity(size: int, out_size: int) -> int:
         for i in range(start, end):
             counts[i] += 1
     return max(counts, default=0)
+
+
+def per_axis(value: int | Sequence[int], d: int) -> tuple[int, ...]:
+    """A pooling or convolution hyperparameter as one int per axis (an int applies to all ``d`` axes)."""
+    return tuple(int(v) for v in value) if isinstance(value, Sequence) else (int(value),) * d
+
+
+def max_pool_bound(input_size: Sequence[int], output_size: Sequence[int], kernel_size: int | Sequence[int],
+                   stride: int | Sequence[int] | None, padding: int | Sequence[int],
+                   dilation: int | Sequence[int]) -> float:
+    r"""Lipschitz bound of a max pooling from its hyperparameters: :math:`\sqrt{\prod_d m_d}`.
+
+    Parameters
+    ----------
+    input_size, output_size : sequence of int
+        Sizes of the ``d`` pooled axes before and after the pooling.
+    kernel_size, stride, padding, dilation : int or sequence of int
+        As for ``torch.nn.functional.max_pool{d}d``; a ``stride`` of None or an empty sequence is the
+        kernel size.
+
+    Returns
+    -------
+    float
+        :func:`max_pool_norm_bound` of the :func:`window_multiplicity` of each axis.
+    """
+    d = len(input_size)
+    kernel = per_axis(kernel_size, d)
+    strides = kernel if stride is None or stride == [] or stride == () else per_axis(stride, d)
+    return max_pool_norm_bound([window_multiplicity(*args) for args in zip(
+        input_size, output_size, kernel, strides, per_axis(padding, d), per_axis(dilation, d), strict=True)])
+
+
+def adaptive_max_pool_bound(input_size: Sequence[int], output_size: Sequence[int]) -> float:
+    """Lipschitz bound of an adaptive max pooling: :func:`max_pool_norm_bound` of its window multiplicities.
+
+    Parameters
+    ----------
+    input_size, output_size : sequence of int
+        Sizes of the pooled axes before and after the pooling.
+
+    Returns
+    -------
+    float
+    """
+    return max_pool_norm_bound([adaptive_window_multiplicity(n, o)
+                                for n, o in zip(input_size, output_size, strict=True)])
