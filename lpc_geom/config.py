@@ -35,8 +35,9 @@ from typing import Any, Literal, Union
 from lpc_geom.ablation import ROWS, get_row
 from lpc_geom.configs import resolve_config
 
-#: Optimisers that precondition a base optimiser with K-FAC (the trainer maps each onto its base).
-KFAC_OPTIMIZERS = ("kfac-sgd", "kfac-adam", "kfac-riemannian")
+#: Optimisers that precondition a base optimiser with K-FAC: each name -> the base optimiser (a name of
+#: :data:`lpc_geom.optim.OPTIMIZERS`) that steps.
+KFAC_OPTIMIZERS = {"kfac-sgd": "sgd", "kfac-adam": "adamw", "kfac-riemannian": "riemannian-adam"}
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 #: Largest seed: numpy and torch generators both accept every seed in [0, 2**32 - 1].

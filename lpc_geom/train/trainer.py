@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lpc_geom.ablation import get_row
-from lpc_geom.config import TrainConfig
+from lpc_geom.config import KFAC_OPTIMIZERS, TrainConfig
 from lpc_geom.data import Dataset, load_dataset, stratified_split
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
@@ -160,10 +160,6 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def split_optimizer_name(name: str, model: nn.Module) -> tuple[str, bool]:
     """``"kfac-adam"`` -> ``("adamw", True)``: the optimiser that steps, and whether K-FAC preconditions.
 
@@ -172,35 +168,24 @@ def split_optimizer_name(name: str, model: nn.Module) -> tuple[str, bool]:
     """
     if name == "auto":
         return ("riemannian-adam" if has_manifold_parameters(model) else "adamw"), False
-    if not name.startswith("kfac-"):
+    if name not in KFAC_OPTIMIZERS:
         return name, False
-    return {"kfac-sgd": "sgd", "kfac-adam": "adamw", "kfac-riemannian": "riemannian-adam"}[name], True
+    return KFAC_OPTIMIZERS[name], True
 
 
 def model_from_config(config: TrainConfig, data: Dataset,
                       backbone: nn.Module | Callable[..., nn.Module] | str | None = None) -> Classifier:
     """The :class:`Classifier` a config describes: backbone, the row's head, in the config's geometry.
 
-    Geometry heads (sphere, Poincaré ball, Stiefel) replace the linear penultimate layer of the LPC rows;
-    rows without a linear penultimate layer exist only in Euclidean geometry. ``backbone`` (a module, a
+    The head is the one :data:`lpc_geom.models.build.HEADS` registers for ``config.geometry``: geometry
+    heads (sphere, Poincaré ball, Stiefel) replace the linear penultimate layer of the LPC rows; rows
+    without a linear penultimate layer exist only in Euclidean geometry. ``backbone`` (a module, a
     factory ``factory(input_shape, **backbone_options)`` or an import path) replaces ``config.backbone``
     (see :func:`lpc_geom.models.backbones.make_backbone`).
     """
-    row = get_row(config.row)
-    head = None
-    if config.geometry != "euclidean":
-        if row.penultimate != "linear":
-            raise ValueError(f"geometry {config.geometry!r} replaces a linear penultimate layer; row {row.name} "
-                             f"has none (use a row with one: LPC, LPC-Narrow, LPC-Wide, LPC-SCL, LinPen)")
-        from lpc_geom.models.geometry import build_geometry_head
-
-        def head(row, in_dim, num_classes, *, latent_dim=None, bias=False):
-            return build_geometry_head(config.geometry, in_dim, latent_dim or row.latent_dim(num_classes),
-                                       num_classes, **config.geometry_options)
-
-    return build_model(config.backbone if backbone is None else backbone, row, data.input_shape, data.num_classes,
-                       latent_dim=config.latent_dim,
-                       bias=config.classifier_bias, head=head, **config.backbone_options)
+    return build_model(config.backbone if backbone is None else backbone, config.row, data.input_shape,
+                       data.num_classes, latent_dim=config.latent_dim, bias=config.classifier_bias,
+                       head=config.geometry, head_options=config.geometry_options, **config.backbone_options)
 
 
 def _with_backbone(config: TrainConfig | Mapping[str, Any], backbone: str) -> TrainConfig:

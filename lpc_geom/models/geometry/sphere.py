@@ -84,7 +84,8 @@ class SphereClassifier(nn.Module):
         return u @ self.weight.transpose(0, 1)
 
 
-class SphereHead(ManifoldHead):
+class SphereHead(ManifoldHead, geometry="sphere", manifolds=(geoopt.Sphere,),
+                 supports=("geoopt.Sphere / geoopt.SphereExact without a subspace constraint",)):
     r"""LPC head with latents on the unit sphere and cosine logits scaled by a radius.
 
     Forward pass: :math:`u = \mathrm{normalize}(W_p h + b_p)`, :math:`c_{ik} = \langle u_i, w_k\rangle`,
@@ -137,7 +138,12 @@ class SphereHead(ManifoldHead):
         Norm below which a projected row counts as the origin (see :func:`sphere_normalize`).
     """
 
-    geometry = "sphere"
+    @classmethod
+    def refusal(cls, manifold: geoopt.Sphere) -> str | None:
+        """A sphere restricted to a subspace has no head (its projector is not the unit sphere's)."""
+        if manifold.projector is not None:
+            return "a Sphere restricted to a subspace (intersection/complement)"
+        return None
 
     def __init__(
         self,

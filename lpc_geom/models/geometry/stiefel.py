@@ -69,7 +69,8 @@ class StiefelLinear(nn.Module):
         return z if self.bias is None else z + self.bias
 
 
-class StiefelHead(ManifoldHead):
+class StiefelHead(ManifoldHead, geometry="stiefel", manifolds=(geoopt.Stiefel,),
+                  supports=("geoopt.EuclideanStiefel / geoopt.CanonicalStiefel / geoopt.EuclideanStiefelExact",)):
     r"""LPC head whose penultimate projection is constrained to the Stiefel manifold.
 
     Collapse energy
@@ -95,8 +96,6 @@ class StiefelHead(ManifoldHead):
     classifier_bias : bool
         Bias of the linear classifier (the LPC paper uses none).
     """
-
-    geometry = "stiefel"
 
     def __init__(
         self,
