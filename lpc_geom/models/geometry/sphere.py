@@ -110,8 +110,8 @@ class SphereHead(ManifoldHead, geometry="sphere", manifolds=(geoopt.Sphere,),
         and need labels), and in the forward pass, which has no labels, the *nearest* direction
         (:math:`\max_k`), which is the labelled direction once training accuracy is 100 % -- the regime in
         which the LPC schedules grow :math:`\gamma`. A trainer that has the labels can add
-        :meth:`within_class_energy` instead. ``1 - <u, w>`` replaces ``geoopt.Sphere().dist``, which has a
-        floor (~0.014 in float32) with a zero gradient near 0.
+        :meth:`within_class_energy` instead. ``1 - <u, w>`` replaces ``geoopt.Sphere().dist``, whose arccos
+        has a float32 floor with a zero gradient near 0.
 
         With ``radius_mode="fixed"`` and ``within_class=0`` the energy is identically zero (a sphere
         baseline without compression pressure).

@@ -45,8 +45,9 @@ class StiefelLinear(nn.Module):
     in_dim, out_dim : int
         ``out_dim <= in_dim``.
     manifold : geoopt.Stiefel, optional
-        Default ``geoopt.EuclideanStiefel()`` (QR retraction; measured to keep :math:`\max|W^\top W - I|`
-        near 6e-7 over 500 float32 Adam steps, 4x faster than ``CanonicalStiefel``).
+        Default ``geoopt.EuclideanStiefel()``: its QR retraction returns an orthonormal :math:`W` to
+        rounding accuracy at every step and costs one QR factorisation, less than the Cayley transform of
+        ``CanonicalStiefel``.
     bias : bool
     """
 
