@@ -142,7 +142,7 @@ def test_checkpoint_is_atomic_and_keeps_last_good(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1.5}
 
 
-# ------------------------------------------------------------------------------------------- issue 15
+# ------------------------------------------------------------------------------ values labelled with their source
 def _cli_config(*argv):
     return config_from_args(build_parser().parse_args(["train", *argv]))
 

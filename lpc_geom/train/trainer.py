@@ -19,7 +19,6 @@ import dataclasses
 import io
 import math
 import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -41,7 +40,14 @@ from lpc_geom.models.backbones import backbone_record
 from lpc_geom.monitor import CollapseMonitor, write_history
 from lpc_geom.optim import build_optimizer, has_manifold_parameters
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json
-from lpc_geom.train.distributed import all_reduce_sum, cleanup, init_distributed, shard_batch
+from lpc_geom.train.distributed import (
+    all_reduce_sum,
+    check_batch_size,
+    cleanup,
+    init_distributed,
+    launched_world_size,
+    shard_batch,
+)
 from lpc_geom.train.run_dir import (
     CHECKPOINT,
     CONFIG,
@@ -52,13 +58,13 @@ from lpc_geom.train.run_dir import (
     ROBUSTNESS_FILES,
     SUMMARY,
     RunWriter,
+    config_differences,
     run_files,
     stamp,
 )
 from lpc_geom.train.schedules import build_gamma_schedule, lr_factor
+from lpc_geom.train.signals import STOP_SIGNALS, StopSignals, TrainingStopped
 
-#: Signals that stop a training at the next step boundary (with a checkpoint) instead of killing it.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: Training samples whose latents the per-epoch history follows (``train_sigma_w_rel`` etc.).
 TRAIN_PROBE_SAMPLES = 2000
 
@@ -74,63 +80,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, message: str, last_good: Path | None = None):
         super().__init__(message)
         self.last_good = last_good
-
-
-class TrainingStopped(KeyboardInterrupt):
-    """A training stopped by a signal (SIGINT, SIGTERM) at a step boundary, after writing a checkpoint.
-
-    A subclass of KeyboardInterrupt, so that ``except Exception`` around a training does not swallow a
-    Ctrl-C. Attributes: ``signum``, ``epoch`` (the epoch in progress), ``checkpoint`` (the file written, or
-    None when a second signal stopped it at once: then the last periodic checkpoint stays) and ``out_dir``.
-    ``train(config, resume=True)`` continues it.
-    """
-
-    def __init__(self, signum: int, epoch: int | None = None, checkpoint: Path | None = None,
-                 out_dir: Path | None = None):
-        super().__init__(signum)
-        self.signum, self.epoch, self.checkpoint, self.out_dir = signum, epoch, checkpoint, out_dir
-
-    def __str__(self) -> str:
-        where = (f"checkpoint written to {self.checkpoint}" if self.checkpoint is not None
-                 else "stopped at once by a second signal, the last checkpoint stays")
-        return (f"{signal.Signals(self.signum).name}: training in {self.out_dir} stopped at epoch {self.epoch}; "
-                f"{where}; resume it with resume=True")
-
-
-class _StopSignals:
-    """Handlers for :data:`STOP_SIGNALS` for the duration of a training; the previous ones come back after.
-
-    The first signal is recorded (the trainer stops at the next step boundary); a second one raises
-    :class:`TrainingStopped` at once. Installed only in the main thread (where Python runs handlers).
-    """
-
-    def __init__(self, signals):
-        self.signals = tuple(signals)
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.signals:
-                # A signal the process ignores (nohup, a sweep worker leaving Ctrl-C to its sweep) stays ignored.
-                if signal.getsignal(signum) is not signal.SIG_IGN:
-                    self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is None:
-            self.received = signum
-            return
-        self.restore()
-        raise TrainingStopped(signum)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        self._previous = {}
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
 
 
 class CollapseToOriginWarning(UserWarning):
@@ -239,6 +188,7 @@ class Trainer:
             config = TrainConfig(**config)
         self.config = config
         self.device = select_device(config.device)
+        check_batch_size(config.batch_size, launched_world_size())  # before joining the process group
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -284,7 +234,7 @@ class Trainer:
         self._warned_origin = False
         self._partial: dict[str, Any] | None = None  # a resumed mid-epoch state (see state_dict)
         self._last_good: dict[str, Any] | None = None  # CPU copy of the state at the end of the last finite epoch
-        self._signals = _StopSignals(())
+        self._signals = StopSignals(())
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -326,9 +276,8 @@ class Trainer:
                    if k not in state]
         if missing:
             raise ValueError(f"{path}: not an lpc_geom training checkpoint (missing {', '.join(missing)}); not loaded")
-        saved, current = state["config"], self.config.to_dict()
         allowed = LAST_GOOD_CHANGES if from_last_good else RESUMABLE_CHANGES
-        differing = sorted(k for k in current if k not in allowed and saved.get(k) != current[k])
+        differing = config_differences(state["config"], self.config.to_dict(), ignore=allowed)
         if differing:
             raise ValueError(
                 f"cannot resume {self.out_dir}: the config differs from the checkpoint's in {differing}; "
@@ -567,7 +516,7 @@ class Trainer:
         bar, started = None, False  # started: the manifest says running (a refused resumption leaves it alone)
         deterministic = torch.are_deterministic_algorithms_enabled()
         try:
-            with _StopSignals(stop_signals) as self._signals:
+            with StopSignals(stop_signals) as self._signals:
                 if resume:
                     self.resume(from_last_good)
                 if writer is not None:
