@@ -11,13 +11,12 @@ import shlex
 import shutil
 import sys
 import traceback
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 from lpc_geom.ablation import ROWS
 from lpc_geom.config import (
-    DEVICES,
-    DTYPES,
     ConfigError,
     TrainConfig,
     check_keys,
@@ -28,16 +27,15 @@ from lpc_geom.config import (
 )
 from lpc_geom.paths import check_writable_directory
 
-#: Flags of ``lpc-geom train`` that map onto TrainConfig keys (flag dest -> config key).
-TRAIN_FLAGS = {
-    "dataset": "dataset", "backbone": "backbone", "row": "row", "latent_dim": "latent_dim",
-    "geometry": "geometry", "gamma_schedule": "gamma_schedule", "optimizer": "optimizer", "lr": "lr",
-    "epochs": "epochs", "batch_size": "batch_size", "seed": "seed", "out": "out_dir", "device": "device",
-    "dtype": "dtype", "checkpoint_every": "checkpoint_every", "final_robustness": "final_robustness_samples",
-    "kfac_damping": "kfac_damping", "kfac_damping_late": "kfac_damping_late",
-    "kfac_update_freq": "kfac_update_freq", "kfac_factor_freq": "kfac_factor_freq", "kfac_fisher": "kfac_fisher",
-    "kfac_start_epoch": "kfac_start_epoch",
-}
+
+def _train_flags() -> dict[str, str]:
+    """Flag dest -> TrainConfig key, for every field whose metadata declares a flag (see ``config._field``)."""
+    return {(f.metadata["cli"]["flag"] or f.name): f.name for f in dataclasses.fields(TrainConfig)
+            if f.metadata.get("cli") is not None}
+
+
+#: Flags of ``lpc-geom train`` that map onto TrainConfig keys (flag dest -> config key), from the fields' metadata.
+TRAIN_FLAGS = _train_flags()
 
 
 class _Registry(Sequence):
@@ -81,54 +79,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
+def _flag_type(hint) -> type | None:
+    """The parser's conversion of a field's annotation: int or float (``int | None`` too); None: the text."""
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    return kinds[0] if kinds[0] in (int, float) else None
+
+
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="TOML/YAML/JSON config file (keys: TrainConfig fields), or the "
                                                   "name of a packaged config (see `lpc-geom configs`)")
     group = parser.add_argument_group("overrides (take precedence over the config file; defaults: TrainConfig's)")
-    group.add_argument("--dataset", type=str.lower, choices=_Registry("dataset"), metavar="NAME",
-                       help="dataset: %(choices)s" + _default("dataset"))
-    group.add_argument("--data-root", help="CIFAR directory (cifar10/cifar100) or .npz file (npz)")
-    group.add_argument("--backbone", type=str.strip, metavar="NAME|MODULE:FACTORY", help=_BACKBONE_HELP
-                       + "; a config file's import path is imported only when given here too or with "
-                         "--trust-backbone" + _default("backbone"))
-    group.add_argument("--trust-backbone", action="store_true",
-                       help="import the backbone import path the config file names (this runs its code)")
-    group.add_argument("--row", help=f"ablation row: {', '.join(ROWS)}" + _default("row"))
-    group.add_argument("--latent-dim", type=int, help="penultimate width (default: the row's width)")
-    group.add_argument("--geometry", choices=_Registry("geometry"), metavar="NAME",
-                       help="latent geometry of the head: %(choices)s" + _default("geometry"))
-    group.add_argument("--gamma-schedule", choices=_Registry("gamma_schedule"), metavar="NAME",
-                       help="gamma schedule: %(choices)s" + _default("gamma_schedule"))
-    group.add_argument("--gamma-start", type=float, help="initial gamma (default: the schedule's; paper: 1e-2)")
-    group.add_argument("--gamma-factor", type=float,
-                       help="growth factor per step (default: the schedule's; paper: 1.05/epoch)")
-    group.add_argument("--gamma-max", type=float, help="largest gamma (default: the schedule's; paper: 1e6)")
-    group.add_argument("--optimizer", choices=_Registry("optimizer"), metavar="NAME",
-                       help="optimiser: %(choices)s; auto: adamw, or riemannian-adam for manifold heads; "
-                            "kfac-* add K-FAC" + _default("optimizer"))
-    group.add_argument("--lr", type=float, help="learning rate" + _default("lr"))
-    group.add_argument("--kfac-damping", type=float, help="K-FAC Tikhonov damping" + _default("kfac_damping"))
-    group.add_argument("--kfac-damping-late", type=float,
-                       help="K-FAC damping once the learning rate starts halving (default: --kfac-damping)")
-    group.add_argument("--kfac-update-freq", type=int,
-                       help="K-FAC: steps between eigendecompositions" + _default("kfac_update_freq"))
-    group.add_argument("--kfac-factor-freq", type=int,
-                       help="K-FAC: steps between curvature statistics" + _default("kfac_factor_freq"))
-    group.add_argument("--kfac-fisher", choices=_Registry("kfac_fisher"), metavar="NAME",
-                       help="K-FAC Fisher type: %(choices)s" + _default("kfac_fisher"))
-    group.add_argument("--kfac-start-epoch", type=int,
-                       help="K-FAC preconditions from this epoch on (before it the base optimiser steps alone)"
-                            + _default("kfac_start_epoch"))
-    group.add_argument("--epochs", type=int, help="epochs" + _default("epochs"))
-    group.add_argument("--batch-size", type=int, help="batch size, at least 2" + _default("batch_size"))
-    group.add_argument("--seed", type=int, help="seed of initialisation and data order" + _default("seed"))
-    group.add_argument("--out", help="run directory (config, history, checkpoints, latents)" + _default("out_dir"))
-    group.add_argument("--device", choices=DEVICES, help=_default("device").strip())
-    group.add_argument("--dtype", choices=DTYPES, help=_default("dtype").strip())
-    group.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints" + _default("checkpoint_every"))
-    group.add_argument("--final-robustness", type=int, metavar="N",
-                       help="after training, DeepFool/Lipschitz/certified radii on N test inputs (robustness.json)"
-                            + _default("final_robustness_samples"))
+    hints = typing.get_type_hints(TrainConfig)
+    for dest, key in TRAIN_FLAGS.items():
+        cli = next(f for f in dataclasses.fields(TrainConfig) if f.name == key).metadata["cli"]
+        group.add_argument(_flag(dest), type=cli["type"] or _flag_type(hints[key]), metavar=cli["metavar"],
+                           choices=_Registry(key) if cli["choices"] else None,
+                           help=cli["help"] + ("" if "default" in cli["help"] else _default(key)))
+        for flag, options in _FLAGS_AFTER.get(key, ()):
+            group.add_argument(flag, **options)
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="any TrainConfig key, value parsed as JSON (e.g. --set gamma_options='{\"every\": 2}')")
     parser.add_argument("--resume", action="store_true",
@@ -142,8 +110,18 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-_BACKBONE_HELP = ("a backbone name (`lpc-geom backbones` lists them) or an import path package.module:factory, "
-                  "factory(input_shape, **backbone_options) -> nn.Module (imported: it runs that module's code)")
+#: The train flags that set no TrainConfig field of their own, each after the flag of the field it belongs to.
+_FLAGS_AFTER = {
+    "dataset": [("--data-root", {"help": "CIFAR directory (cifar10/cifar100) or .npz file (npz)"})],
+    "backbone": [("--trust-backbone", {"action": "store_true", "help": "import the backbone import path the config "
+                                       "file names (this runs its code)"})],
+    "gamma_schedule": [
+        ("--gamma-start", {"type": float, "help": "initial gamma (default: the schedule's; paper: 1e-2)"}),
+        ("--gamma-factor", {"type": float, "help": "growth factor per step (default: the schedule's; paper: "
+                                                   "1.05/epoch)"}),
+        ("--gamma-max", {"type": float, "help": "largest gamma (default: the schedule's; paper: 1e6)"}),
+    ],
+}
 
 
 def _add_backbone_arguments(parser: argparse.ArgumentParser) -> None:

@@ -35,8 +35,9 @@ from typing import Any, Literal, Union
 from lpc_geom.ablation import ROWS, get_row
 from lpc_geom.configs import resolve_config
 
-#: Optimisers that precondition a base optimiser with K-FAC (the trainer maps each onto its base).
-KFAC_OPTIMIZERS = ("kfac-sgd", "kfac-adam", "kfac-riemannian")
+#: Optimisers that precondition a base optimiser with K-FAC: each name -> the base optimiser (a name of
+#: :data:`lpc_geom.optim.OPTIMIZERS`) that steps.
+KFAC_OPTIMIZERS = {"kfac-sgd": "sgd", "kfac-adam": "adamw", "kfac-riemannian": "riemannian-adam"}
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 #: Largest seed: numpy and torch generators both accept every seed in [0, 2**32 - 1].
@@ -117,6 +118,11 @@ def _is_backbone_reference(name: str) -> bool:
     return is_import_path(name) or bool(OBJECT_BACKBONE.match(name))
 
 
+_BACKBONE_HELP = ("a backbone name (`lpc-geom backbones` lists them) or an import path package.module:factory, "
+                  "factory(input_shape, **backbone_options) -> nn.Module (imported: it runs that module's code); "
+                  "a config file's import path is imported only when given here too or with --trust-backbone")
+
+
 def _row_name(name: str) -> str:
     try:
         return get_row(name).name
@@ -124,8 +130,17 @@ def _row_name(name: str) -> str:
         return name
 
 
-def _field(default: Any, **spec: Any) -> Any:
-    return field(default=default, metadata=_spec(**spec))
+def _field(default: Any, *, help: str | None = None, flag: str | None = None, metavar: str | None = None,
+           cli_type: Callable[[str], Any] | None = None, cli_choices: bool = False, **spec: Any) -> Any:
+    """A field with its checks (:func:`_spec`) and, where ``help`` is given, its ``lpc-geom train`` flag.
+
+    The flag is ``--FIELD`` (or ``--FLAG``); ``cli_type`` converts its text (default: the annotation's int or
+    float), ``cli_choices`` lets the parser check the names; the help is followed by the default unless it
+    names one itself.
+    """
+    cli = None if help is None else {"help": help, "flag": flag, "metavar": metavar, "type": cli_type,
+                                     "choices": cli_choices}
+    return field(default=default, metadata={**_spec(**spec), "cli": cli})
 
 
 @dataclass
@@ -138,48 +153,61 @@ class TrainConfig:
     """
 
     # data
-    dataset: str = _field("mnist1d", choices=lambda: tuple(_datasets()), normalise=_lower)
+    dataset: str = _field("mnist1d", choices=lambda: tuple(_datasets()), normalise=_lower, help="dataset: %(choices)s",
+                          metavar="NAME", cli_type=str.lower, cli_choices=True)
     dataset_options: dict[str, Any] = field(default_factory=dict)
     # model
     # a registered name, or an import path package.module:factory (imported when the config is validated)
     backbone: str = _field("mlp", choices=_backbones, normalise=_backbone_name,
-                           also=(_is_backbone_reference, "an import path package.module:factory"))
+                           also=(_is_backbone_reference, "an import path package.module:factory"),
+                           help=_BACKBONE_HELP, metavar="NAME|MODULE:FACTORY", cli_type=str.strip)
     backbone_options: dict[str, Any] = field(default_factory=dict)
-    row: str = _field("LPC", choices=_rows, normalise=_row_name)
-    latent_dim: int | None = _field(None, ge=1)
+    row: str = _field("LPC", choices=_rows, normalise=_row_name, help=f"ablation row: {', '.join(ROWS)}")
+    latent_dim: int | None = _field(None, ge=1, help="penultimate width (default: the row's width)")
     classifier_bias: bool = _field(False)
-    geometry: str = _field("euclidean", choices=_geometries)
+    geometry: str = _field("euclidean", choices=_geometries, help="latent geometry of the head: %(choices)s",
+                           metavar="NAME", cli_choices=True)
     geometry_options: dict[str, Any] = field(default_factory=dict)
     # loss
     # adaptive: grows gamma while a held-out validation accuracy holds (AdaptiveGamma); the paper's by name
-    gamma_schedule: str = _field("adaptive", choices=lambda: tuple(_gamma_schedules()))
+    gamma_schedule: str = _field("adaptive", choices=lambda: tuple(_gamma_schedules()),
+                                 help="gamma schedule: %(choices)s", metavar="NAME", cli_choices=True)
     gamma_options: dict[str, Any] = field(default_factory=dict)
     supcon_weight: float = _field(1.0, ge=0, finite=True)
     temperature: float = _field(0.05, gt=0, finite=True)
     # optimisation
-    optimizer: str = _field("auto", choices=_optimizers)  # adamw, or riemannian-adam for manifold parameters
-    lr: float = _field(1e-3, gt=0, finite=True)
+    optimizer: str = _field("auto", choices=_optimizers, metavar="NAME", cli_choices=True,
+                            help="optimiser: %(choices)s; auto: adamw, or riemannian-adam for manifold heads; "
+                                 "kfac-* add K-FAC")
+    lr: float = _field(1e-3, gt=0, finite=True, help="learning rate")
     weight_decay: float = _field(5e-4, ge=0, finite=True)
     lr_halve_from: int = _field(250, ge=0)
     lr_halve_every: int = _field(50, ge=1)
     lr_halve_classifier: bool = _field(False)  # the paper keeps the classifier's learning rate constant
-    kfac_damping: float = _field(1e-3, gt=0, finite=True)
-    kfac_damping_late: float | None = _field(None, gt=0, finite=True)  # from lr_halve_from on; None: kfac_damping
-    kfac_update_freq: int = _field(10, ge=1)
-    kfac_factor_freq: int = _field(1, ge=1)
-    kfac_fisher: str = _field("mc", choices=_fisher_types)
-    kfac_start_epoch: int = _field(0, ge=0)  # K-FAC preconditions from this epoch on; before it the base optimiser
-    epochs: int = _field(200, ge=1)
-    # Batch norm and the supervised contrastive loss need two samples per batch: the trainer skips smaller
-    # batches, so a batch size of 1 would train nothing.
-    batch_size: int = _field(128, ge=2)
+    kfac_damping: float = _field(1e-3, gt=0, finite=True, help="K-FAC Tikhonov damping")
+    kfac_damping_late: float | None = _field(None, gt=0, finite=True, help="K-FAC damping once the learning rate "
+                                             "starts halving (lr_halve_from; default: --kfac-damping)")
+    kfac_update_freq: int = _field(10, ge=1, help="K-FAC: steps between eigendecompositions")
+    kfac_factor_freq: int = _field(1, ge=1, help="K-FAC: steps between curvature statistics")
+    kfac_fisher: str = _field("mc", choices=_fisher_types, help="K-FAC Fisher type: %(choices)s", metavar="NAME",
+                              cli_choices=True)
+    kfac_start_epoch: int = _field(0, ge=0, help="K-FAC preconditions from this epoch on (before it the base "
+                                                 "optimiser steps alone)")
+    epochs: int = _field(200, ge=1, help="epochs")
+    # Batch norm and the supervised contrastive loss need two samples per batch (per process under DDP, which
+    # the trainer checks): the trainer skips smaller batches, so a batch size of 1 would train nothing.
+    batch_size: int = _field(128, ge=2, help="batch size, at least 2 (2 per process under torchrun)")
     # run
-    seed: int = _field(0, ge=0, le=MAX_SEED)
-    device: str = _field("auto", choices=lambda: DEVICES)
-    dtype: str = _field("float32", choices=lambda: DTYPES)
-    out_dir: str = _field("runs/default")
-    checkpoint_every: int = _field(10, ge=1)
-    final_robustness_samples: int = _field(0, ge=0)  # > 0: DeepFool etc. on this many test inputs after training
+    seed: int = _field(0, ge=0, le=MAX_SEED, help="seed of initialisation and data order")
+    device: str = _field("auto", choices=lambda: DEVICES, cli_choices=True,
+                         help="where to train (auto: CUDA when available)")
+    dtype: str = _field("float32", choices=lambda: DTYPES, cli_choices=True,
+                        help="floating-point type of the model and the inputs")
+    out_dir: str = _field("runs/default", help="run directory (config, history, checkpoints, latents)", flag="out")
+    checkpoint_every: int = _field(10, ge=1, help="epochs between checkpoints")
+    final_robustness_samples: int = _field(0, ge=0, flag="final_robustness", metavar="N",
+                                           help="after training, DeepFool/Lipschitz/certified radii on N test inputs "
+                                                "(robustness.json)")
     progress: bool = _field(True)
 
     def __post_init__(self) -> None:

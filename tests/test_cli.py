@@ -86,3 +86,33 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert all(0.0 <= r["test_acc"] <= 1.0 and r["separation_ratio"] > 0 for r in rows)
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert "| NoPen |" in capsys.readouterr().out
+
+
+def test_train_flags_come_from_the_config_fields_metadata(capsys):
+    import dataclasses
+
+    from lpc_geom.cli import TRAIN_FLAGS, build_parser
+    from lpc_geom.config import TrainConfig
+    from lpc_geom.models.geometry import GEOMETRIES
+    from lpc_geom.optim import OPTIMIZERS
+
+    assert TRAIN_FLAGS["out"] == "out_dir" and TRAIN_FLAGS["final_robustness"] == "final_robustness_samples"
+    assert {"lr", "epochs", "geometry", "optimizer", "kfac_fisher", "device"} <= set(TRAIN_FLAGS.values())
+    assert "progress" not in TRAIN_FLAGS.values()  # --no-progress inverts it
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    listing = text.split("overrides (take precedence")[1]
+    starts = [listing.index(" --" + dest.replace("_", "-") + " ") for dest in TRAIN_FLAGS]
+    assert starts == sorted(starts)  # in the order of the fields
+    for (dest, key), start, end in zip(TRAIN_FLAGS.items(), starts, [*starts[1:], len(listing)], strict=True):
+        entry = listing[start:end]
+        assert f"(default: {defaults[key]})" in entry or "(default: the row's width)" in entry or (
+            "default: --kfac-damping)" in entry), dest
+    assert f"latent geometry of the head: {', '.join(GEOMETRIES)} (default: euclidean)" in text
+    assert f"optimiser: auto, {', '.join(OPTIMIZERS)}, kfac-sgd" in text
+    assert "--device {auto,cpu,cuda}" in text and "--kfac-fisher NAME" in text
+    args = build_parser().parse_args(["train", "--epochs", "3", "--lr", "0.5", "--latent-dim", "7", "--out", "x"])
+    assert (args.epochs, args.lr, args.latent_dim, args.out) == (3, 0.5, 7, "x")
+    assert type(args.lr) is float and type(args.epochs) is int

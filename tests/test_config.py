@@ -142,7 +142,7 @@ def test_checkpoint_is_atomic_and_keeps_last_good(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1.5}
 
 
-# ------------------------------------------------------------------------------------------- issue 15
+# ------------------------------------------------------------------------------ values labelled with their source
 def _cli_config(*argv):
     return config_from_args(build_parser().parse_args(["train", *argv]))
 
@@ -426,3 +426,11 @@ def test_valid_configs_round_trip_through_config_json(values):
         again = load_config(path)
     assert again == config and again.to_dict() == config.to_dict()
     assert json.loads(json.dumps(config.to_dict())) == config.to_dict()
+
+
+def test_kfac_optimizers_name_a_base_optimizer_of_the_factory():
+    from lpc_geom.config import KFAC_OPTIMIZERS
+    from lpc_geom.optim import OPTIMIZERS
+
+    assert set(KFAC_OPTIMIZERS.values()) <= set(OPTIMIZERS)
+    assert TrainConfig(optimizer="kfac-riemannian").optimizer == "kfac-riemannian"

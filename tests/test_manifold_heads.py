@@ -498,3 +498,64 @@ def test_float32_training_over_the_gamma_schedule_stays_finite_and_on_manifold(c
     assert_latents_on_manifold(model.head, out.latents)
     if geometry == "stiefel":
         assert manifold_violation(model.head.weight_manifold, model.head.projection.weight) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------- the head registry
+
+
+def test_every_geometry_head_is_registered_once_for_names_and_manifolds():
+    from lpc_geom.models.build import HEADS, head_factory
+    from lpc_geom.models.geometry import GEOMETRY_HEADS, SUPPORTED_MANIFOLDS
+
+    assert GEOMETRIES == ("euclidean", "sphere", "poincare", "stiefel")
+    assert tuple(HEADS)[: len(GEOMETRIES)] == GEOMETRIES
+    for name, cls in GEOMETRY_HEADS.items():
+        assert cls.geometry == name and head_factory(name.upper()) == cls.from_row
+        assert all(f"({cls.__name__})" in line for line in SUPPORTED_MANIFOLDS if cls.__name__ in line)
+    assert len(SUPPORTED_MANIFOLDS) == 4
+    with pytest.raises(ValueError, match="unknown head geometry 'lorentz'; registered: euclidean, sphere"):
+        head_factory("lorentz")
+
+
+def test_build_model_builds_a_geometry_head_by_name_with_its_options():
+    from lpc_geom.ablation import get_row
+    from lpc_geom.models.build import build_model
+
+    model = build_model("mlp", "LPC", (8,), 3, head="poincare", head_options={"c": 0.5, "classifier": "prototype"},
+                        hidden=(16,))
+    assert type(model.head) is PoincareHead
+    assert math.isclose(float(model.head.manifold.c), 0.5, rel_tol=1e-6)
+    out = model(torch.randn(4, 8))
+    assert out.logits.shape == (4, 3) and out.latents.shape == (4, get_row("LPC").latent_dim(3))
+    with pytest.raises(ValueError, match=r"row NoPen has none \(use a row with one: LinPen, LPC, LPC-Narrow"):
+        build_model("mlp", "NoPen", (8,), 3, head="sphere", hidden=(16,))
+    with pytest.raises(ValueError, match="head_options configure a head that build_model builds"):
+        build_model("mlp", "LPC", (8,), 3, head=SphereHead(16, 4, 3), head_options={"radius": 2.0}, hidden=(16,))
+
+
+def test_a_declared_head_registers_itself_and_is_dispatched_to(monkeypatch):
+    from lpc_geom.models import build
+    from lpc_geom.models.geometry import base
+
+    monkeypatch.setattr(base, "GEOMETRY_HEADS", dict(base.GEOMETRY_HEADS))
+    monkeypatch.setattr(build, "HEADS", dict(build.HEADS))
+
+    class LorentzHead(StiefelHead, geometry="lorentz", manifolds=(geoopt.Lorentz,),
+                      supports=("geoopt.Lorentz, for this test",)):
+        pass
+
+    assert base.GEOMETRY_HEADS["lorentz"] is LorentzHead and build.HEADS["lorentz"] == LorentzHead.from_row
+    assert base.head_class_for(geoopt.Lorentz()) is LorentzHead
+    with pytest.raises(ValueError, match=r"geoopt.Lorentz, for this test \(LorentzHead\)"):
+        ManifoldHead(IN, D, K, manifold=geoopt.Euclidean())
+    with pytest.raises(ValueError, match="geometry 'sphere' is already declared"):
+        class _Again(SphereHead, geometry="sphere", manifolds=(geoopt.Sphere,), supports=("again",)):
+            pass
+    with pytest.raises(TypeError, match="declares the manifolds it serves"):
+        class _Bare(SphereHead, geometry="bare"):
+            pass
+
+    class Variant(SphereHead):  # no declaration: a variant of a registered head, not registered
+        pass
+
+    assert "variant" not in base.GEOMETRY_HEADS and Variant.geometry == "sphere"

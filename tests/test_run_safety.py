@@ -353,3 +353,45 @@ def test_non_finite_latents_after_finite_losses_are_divergence_too(tmp_path):
     state = load_checkpoint(info.value.last_good)
     assert state["epoch"] == epoch - 1 and len(state["history"]) == epoch
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_one_config_comparison_for_resumptions_and_sweeps():
+    from lpc_geom.train.run_dir import LAST_GOOD_CHANGES, RESUMABLE_CHANGES, config_differences
+
+    wanted = TrainConfig(epochs=3, gamma_options={"every": 2}).to_dict()
+    saved = {**wanted, "progress": False, "epochs": 5, "gamma_options": {"every": 2}}
+    assert config_differences(saved, wanted) == ["epochs"]  # progress is a reusable change
+    assert config_differences(saved, wanted, ignore=RESUMABLE_CHANGES) == []
+    del saved["kfac_fisher"]  # a key added after the run was trained counts as its default
+    assert config_differences(saved, wanted, ignore=RESUMABLE_CHANGES) == []
+    saved.update(lr=0.5, seed=3, backbone_options=(("hidden", [16]),))
+    assert config_differences(saved, wanted, ignore=RESUMABLE_CHANGES) == ["backbone_options", "lr", "seed"]
+    assert config_differences(saved, wanted, ignore=LAST_GOOD_CHANGES) == ["backbone_options", "seed"]
+    assert config_differences({**wanted, "removed_key": 1}, wanted) == ["removed_key"]
+    assert config_differences({"latent_dim": [4][0]}, {"latent_dim": 4.0}) == []  # JSON: 4 == 4.0
+
+
+def test_a_sweep_reads_a_run_config_once_and_refuses_a_corrupt_record(tmp_path, monkeypatch):
+    from lpc_geom.experiments import sweep
+    from lpc_geom.train import checkpoint
+
+    job = sweep.Job("r", TrainConfig(out_dir=str(tmp_path / "r"), epochs=1, progress=False))
+    job.run_dir.mkdir()
+    (job.run_dir / "record.json").write_text('{"status": "ok"')
+    with pytest.raises(RunFileError, match=r"record\.json: not loaded: not valid JSON"):
+        sweep.finished_record(job)
+    # a half-trained run of the job: every file of a finished training but a history one epoch short
+    from lpc_geom.train.checkpoint import save_checkpoint
+
+    (job.run_dir / "config.json").write_text(json.dumps(job.config.to_dict()))
+    for name in ("history.json", "summary.json"):
+        (job.run_dir / name).write_text("[]" if name == "history.json" else "{}")
+    (job.run_dir / "latents.npz").write_bytes(b"")
+    save_checkpoint({"epoch": 0}, job.run_dir / "checkpoint.pt")
+    reads = []
+    original = checkpoint.read_json
+    monkeypatch.setattr(sweep, "read_json", lambda path: reads.append(Path(path).name) or original(path))
+    monkeypatch.setattr("lpc_geom.train.train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no training")))
+    record = sweep._run_job(job, None)
+    assert record["status"] == "failed" and "no training" in record["error"] and record["resumed_at_epoch"] == 1
+    assert reads.count("config.json") == 1

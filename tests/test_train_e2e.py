@@ -195,6 +195,35 @@ def test_ddp_two_processes_match_single_process(tmp_path, optimizer):
                 torch.testing.assert_close(pb["layers"][name]["ema"][key], value, rtol=1e-3, atol=1e-6)
 
 
+def test_a_batch_too_small_for_the_processes_is_refused_before_training(tmp_path, monkeypatch):
+    from lpc_geom.train.distributed import check_batch_size
+
+    check_batch_size(4, 2)
+    check_batch_size(2, 1)
+    with pytest.raises(ValueError, match=r"batch_size=3 is too small for 2 processes.*--batch-size 4 or more"):
+        check_batch_size(3, 2)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # refused before the process group is joined
+    with pytest.raises(ValueError, match="batch_size=7 is too small for 4 processes"):
+        train(tiny_config(tmp_path, batch_size=7, epochs=1))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")
+def test_ddp_refuses_a_batch_smaller_than_two_samples_per_process(tmp_path):
+    """Real DDP (torchrun, gloo, 2 CPU processes): a global batch of 3 would give one process one sample."""
+    args = ["train", "--set", f"dataset_options={json.dumps(TINY['dataset_options'])}",
+            "--set", f"backbone_options={json.dumps(TINY['backbone_options'])}", "--dataset", "blobs",
+            "--batch-size", "3", "--epochs", "1", "--no-progress", "--out", str(tmp_path / "ddp")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "lpc_geom", *args]
+    ddp = subprocess.run(torchrun, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert ddp.returncode != 0
+    assert "lpc-geom train: error: batch_size=3 is too small for 2 processes" in ddp.stderr
+    assert not (tmp_path / "ddp" / "history.json").exists()
+
+
 def test_final_robustness_is_written_with_the_summary(tmp_path):
     result = train(tiny_config(tmp_path, epochs=2, final_robustness_samples=30))
     report = json.loads((result.out_dir / "robustness.json").read_text())

@@ -13,7 +13,6 @@ reports at the end.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import traceback
@@ -30,6 +29,7 @@ from lpc_geom.config import TrainConfig
 from lpc_geom.experiments.executors import LocalExecutor, SweepExecutor
 from lpc_geom.train.checkpoint import read_json, write_json
 from lpc_geom.train.run_dir import CONFIG, HISTORY, RECORD, REUSABLE_CHANGES, SUMMARY, TRAINED_FILES
+from lpc_geom.train.run_dir import config_differences as run_config_differences
 
 #: Exit status of a sweep's command line when any run failed (0 when all finished).
 FAILED_EXIT_STATUS = 1
@@ -116,15 +116,16 @@ def _run_job(job: Job, postprocess: Callable[[Job], dict[str, Any]] | None) -> d
     record: dict[str, Any] = {"name": job.name, **job.cell, "seed": job.config.seed,
                               "run_dir": str(job.run_dir)}
     try:
-        trained = finished_training(job)
+        differing = config_differences(job)
+        trained = finished_training(job, differing)
         if trained is None:
-            resume_at = half_trained(job)
+            resume_at = half_trained(job, differing)
             if resume_at is not None:
                 record["resumed_at_epoch"] = resume_at
             # Without a checkpoint to resume, what the directory holds of this same job (a config written by a
             # run killed before its first checkpoint) is stale and replaced; a run of another config is not
             # (the trainer refuses it, and the failure names the directory).
-            stale = resume_at is None and not config_differences(job)
+            stale = resume_at is None and not differing
             result = train(job.config, resume=resume_at is not None, overwrite=stale)
             history, final = result.history, result.final
         else:  # trained before, but its analysis or post-processing failed: only those run again
@@ -148,24 +149,24 @@ def _run_job(job: Job, postprocess: Callable[[Job], dict[str, Any]] | None) -> d
 def config_differences(job: Job) -> list[str] | None:
     """Keys in which the config saved in the job's run directory differs from the job's (None: no config).
 
-    Keys added to :class:`TrainConfig` after the run was trained count as their defaults, values compare
-    as JSON, and :data:`REUSABLE_CHANGES` are ignored.
+    See :func:`lpc_geom.train.run_dir.config_differences` (keys added to :class:`TrainConfig` after the
+    run was trained count as their defaults, values compare as JSON); :data:`REUSABLE_CHANGES` are
+    ignored.
     """
     path = job.run_dir / CONFIG
     if not path.is_file():
         return None
-    saved = {**TrainConfig().to_dict(), **read_json(path)}
-    wanted = json.loads(json.dumps(job.config.to_dict()))
-    return sorted(k for k in set(saved) | set(wanted) if k not in REUSABLE_CHANGES and saved.get(k) != wanted.get(k))
+    return run_config_differences(read_json(path), job.config.to_dict(), ignore=REUSABLE_CHANGES)
 
 
-def finished_training(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+def finished_training(job: Job, differing: list[str] | None) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
     """``(history, summary)`` of a run directory whose training finished with the job's config, else None.
 
     A run whose training completed (all of :data:`TRAINED_FILES`, one history row per epoch, the same
-    config) but whose analysis failed is analysed again without training it again.
+    config) but whose analysis failed is analysed again without training it again. ``differing``: the
+    job's :func:`config_differences` (read once by the caller).
     """
-    if not all((job.run_dir / name).is_file() for name in TRAINED_FILES) or config_differences(job):
+    if not all((job.run_dir / name).is_file() for name in TRAINED_FILES) or differing:
         return None
     history = read_json(job.run_dir / HISTORY)
     if len(history) != job.config.epochs:
@@ -173,18 +174,19 @@ def finished_training(job: Job) -> tuple[list[dict[str, Any]], dict[str, Any]] |
     return history, read_json(job.run_dir / SUMMARY)
 
 
-def half_trained(job: Job) -> int | None:
+def half_trained(job: Job, differing: list[str] | None) -> int | None:
     """The epoch at which a half-trained run of the job would continue, or None when there is none.
 
     A run directory holds a half-trained run of the job when its training did not finish
     (:func:`finished_training` is None) but it has a checkpoint and the job's config (up to
     :data:`REUSABLE_CHANGES`). The epoch is read from the checkpoint (the one after its last epoch).
+    ``differing``: as in :func:`finished_training`.
     """
     from lpc_geom.train.checkpoint import load_checkpoint
     from lpc_geom.train.run_dir import CHECKPOINT
 
     path = job.run_dir / CHECKPOINT
-    if not path.is_file() or config_differences(job) != [] or finished_training(job) is not None:
+    if not path.is_file() or differing != [] or finished_training(job, differing) is not None:
         return None
     return int(load_checkpoint(path)["epoch"]) + 1
 
@@ -198,11 +200,13 @@ def finished_record(job: Job) -> dict[str, Any] | None:
         When the run directory holds a successful run trained with a different config (other than in
         :data:`REUSABLE_CHANGES`): reusing it would report results of another experiment. The message
         names the differing keys.
+    RunFileError
+        When ``record.json`` is not valid JSON (it names the file).
     """
     path = job.run_dir / RECORD
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
+    record = read_json(path)
     if record.get("status") != "ok":
         return None
     differing = config_differences(job)

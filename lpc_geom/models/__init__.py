@@ -4,6 +4,9 @@ Every model returns :class:`HeadOutput` ``(logits, latents, energy)``, so analyz
 without forward hooks and the LPC compression term is ``gamma * energy.mean()``.
 """
 
+# Declaring the geometry heads registers them in HEADS: imported with the package, they are there before any
+# lookup.
+from lpc_geom.models import geometry
 from lpc_geom.models.backbones import (
     BACKBONES,
     MLP,
@@ -19,8 +22,8 @@ from lpc_geom.models.backbones import (
     resnet18,
     resnet50,
 )
-from lpc_geom.models.base import Classifier, HeadOutput, ModelOutput
-from lpc_geom.models.build import HEADS, HeadFactory, build_model, register_head
+from lpc_geom.models.base import Classifier, HeadOutput
+from lpc_geom.models.build import HEADS, HeadFactory, build_model, head_factory, register_head
 from lpc_geom.models.heads import CosineClassifier, EuclideanHead, build_head
 
 __all__ = [
@@ -34,13 +37,14 @@ __all__ = [
     "EuclideanHead",
     "HeadFactory",
     "HeadOutput",
-    "ModelOutput",
     "ResNet",
     "backbone_options",
     "build_backbone",
     "build_head",
     "build_model",
     "feature_dim",
+    "geometry",
+    "head_factory",
     "import_backbone",
     "make_backbone",
     "register_backbone",

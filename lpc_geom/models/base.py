@@ -34,9 +34,6 @@ class HeadOutput(NamedTuple):
     energy: torch.Tensor
 
 
-ModelOutput = HeadOutput
-
-
 class Classifier(nn.Module):
     """``backbone -> head``; ``forward(x)`` returns a :class:`HeadOutput`.
 

@@ -32,12 +32,36 @@ class DistInfo:
         return self.rank == 0
 
 
+def launched_world_size() -> int:
+    """The number of processes torchrun launched (``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_batch_size(batch_size: int, world_size: int) -> None:
+    """Refuse a global batch size that gives a process fewer than two samples of every batch.
+
+    The trainer skips a batch with fewer than two samples per process (batch norm and the supervised
+    contrastive loss need two), so with ``batch_size < 2 * world_size`` it would skip every batch and
+    train nothing.
+
+    Raises
+    ------
+    ValueError
+        Naming the batch size, the number of processes and the smallest batch size that trains.
+    """
+    if batch_size < 2 * world_size:
+        raise ValueError(
+            f"batch_size={batch_size} is too small for {world_size} processes: every step needs two samples per "
+            f"process (batch norm, the supervised contrastive loss), so nothing would be trained; use "
+            f"--batch-size {2 * world_size} or more, or fewer processes")
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1), else a 1-process DistInfo.
 
     Backend: NCCL on CUDA, gloo on CPU.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     if world_size <= 1:
         return DistInfo()
     if not dist.is_initialized():

@@ -17,9 +17,11 @@ import json
 import os
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lpc_geom.config import TrainConfig
 from lpc_geom.train.checkpoint import read_json, write_json
 
 CONFIG = "config.json"
@@ -65,6 +67,21 @@ class RunInUseError(RunDirError):
 
 class RunExistsError(RunDirError):
     """The directory holds another run, and neither resuming it nor overwriting it was asked for."""
+
+
+def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any], *,
+                       ignore: Sequence[str] = REUSABLE_CHANGES) -> list[str]:
+    """The config keys in which a run's saved config differs from ``wanted``, sorted.
+
+    A key either side lacks counts as its :class:`~lpc_geom.config.TrainConfig` default (a key added
+    after the run was trained), values compare as their JSON form (a tuple equals the list ``config.json``
+    holds), and the keys in ``ignore`` are left out (:data:`REUSABLE_CHANGES` by default; a resumption
+    passes :data:`RESUMABLE_CHANGES` or :data:`LAST_GOOD_CHANGES`).
+    """
+    defaults = TrainConfig().to_dict()
+    saved = json.loads(json.dumps({**defaults, **saved}))
+    wanted = json.loads(json.dumps({**defaults, **wanted}))
+    return sorted(k for k in set(saved) | set(wanted) if k not in ignore and saved.get(k) != wanted.get(k))
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -19,7 +19,6 @@ import dataclasses
 import io
 import math
 import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -33,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lpc_geom.ablation import get_row
-from lpc_geom.config import TrainConfig
+from lpc_geom.config import KFAC_OPTIMIZERS, TrainConfig
 from lpc_geom.data import Dataset, load_dataset, stratified_split
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
@@ -41,7 +40,14 @@ from lpc_geom.models.backbones import backbone_record
 from lpc_geom.monitor import CollapseMonitor, write_history
 from lpc_geom.optim import build_optimizer, has_manifold_parameters
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json
-from lpc_geom.train.distributed import all_reduce_sum, cleanup, init_distributed, shard_batch
+from lpc_geom.train.distributed import (
+    all_reduce_sum,
+    check_batch_size,
+    cleanup,
+    init_distributed,
+    launched_world_size,
+    shard_batch,
+)
 from lpc_geom.train.run_dir import (
     CHECKPOINT,
     CONFIG,
@@ -52,13 +58,13 @@ from lpc_geom.train.run_dir import (
     ROBUSTNESS_FILES,
     SUMMARY,
     RunWriter,
+    config_differences,
     run_files,
     stamp,
 )
 from lpc_geom.train.schedules import build_gamma_schedule, lr_factor
+from lpc_geom.train.signals import STOP_SIGNALS, StopSignals, TrainingStopped
 
-#: Signals that stop a training at the next step boundary (with a checkpoint) instead of killing it.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 #: Training samples whose latents the per-epoch history follows (``train_sigma_w_rel`` etc.).
 TRAIN_PROBE_SAMPLES = 2000
 
@@ -74,63 +80,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, message: str, last_good: Path | None = None):
         super().__init__(message)
         self.last_good = last_good
-
-
-class TrainingStopped(KeyboardInterrupt):
-    """A training stopped by a signal (SIGINT, SIGTERM) at a step boundary, after writing a checkpoint.
-
-    A subclass of KeyboardInterrupt, so that ``except Exception`` around a training does not swallow a
-    Ctrl-C. Attributes: ``signum``, ``epoch`` (the epoch in progress), ``checkpoint`` (the file written, or
-    None when a second signal stopped it at once: then the last periodic checkpoint stays) and ``out_dir``.
-    ``train(config, resume=True)`` continues it.
-    """
-
-    def __init__(self, signum: int, epoch: int | None = None, checkpoint: Path | None = None,
-                 out_dir: Path | None = None):
-        super().__init__(signum)
-        self.signum, self.epoch, self.checkpoint, self.out_dir = signum, epoch, checkpoint, out_dir
-
-    def __str__(self) -> str:
-        where = (f"checkpoint written to {self.checkpoint}" if self.checkpoint is not None
-                 else "stopped at once by a second signal, the last checkpoint stays")
-        return (f"{signal.Signals(self.signum).name}: training in {self.out_dir} stopped at epoch {self.epoch}; "
-                f"{where}; resume it with resume=True")
-
-
-class _StopSignals:
-    """Handlers for :data:`STOP_SIGNALS` for the duration of a training; the previous ones come back after.
-
-    The first signal is recorded (the trainer stops at the next step boundary); a second one raises
-    :class:`TrainingStopped` at once. Installed only in the main thread (where Python runs handlers).
-    """
-
-    def __init__(self, signals):
-        self.signals = tuple(signals)
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.signals:
-                # A signal the process ignores (nohup, a sweep worker leaving Ctrl-C to its sweep) stays ignored.
-                if signal.getsignal(signum) is not signal.SIG_IGN:
-                    self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.received is None:
-            self.received = signum
-            return
-        self.restore()
-        raise TrainingStopped(signum)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        self._previous = {}
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
 
 
 class CollapseToOriginWarning(UserWarning):
@@ -160,10 +109,6 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 def split_optimizer_name(name: str, model: nn.Module) -> tuple[str, bool]:
     """``"kfac-adam"`` -> ``("adamw", True)``: the optimiser that steps, and whether K-FAC preconditions.
 
@@ -172,35 +117,24 @@ def split_optimizer_name(name: str, model: nn.Module) -> tuple[str, bool]:
     """
     if name == "auto":
         return ("riemannian-adam" if has_manifold_parameters(model) else "adamw"), False
-    if not name.startswith("kfac-"):
+    if name not in KFAC_OPTIMIZERS:
         return name, False
-    return {"kfac-sgd": "sgd", "kfac-adam": "adamw", "kfac-riemannian": "riemannian-adam"}[name], True
+    return KFAC_OPTIMIZERS[name], True
 
 
 def model_from_config(config: TrainConfig, data: Dataset,
                       backbone: nn.Module | Callable[..., nn.Module] | str | None = None) -> Classifier:
     """The :class:`Classifier` a config describes: backbone, the row's head, in the config's geometry.
 
-    Geometry heads (sphere, Poincaré ball, Stiefel) replace the linear penultimate layer of the LPC rows;
-    rows without a linear penultimate layer exist only in Euclidean geometry. ``backbone`` (a module, a
+    The head is the one :data:`lpc_geom.models.build.HEADS` registers for ``config.geometry``: geometry
+    heads (sphere, Poincaré ball, Stiefel) replace the linear penultimate layer of the LPC rows; rows
+    without a linear penultimate layer exist only in Euclidean geometry. ``backbone`` (a module, a
     factory ``factory(input_shape, **backbone_options)`` or an import path) replaces ``config.backbone``
     (see :func:`lpc_geom.models.backbones.make_backbone`).
     """
-    row = get_row(config.row)
-    head = None
-    if config.geometry != "euclidean":
-        if row.penultimate != "linear":
-            raise ValueError(f"geometry {config.geometry!r} replaces a linear penultimate layer; row {row.name} "
-                             f"has none (use a row with one: LPC, LPC-Narrow, LPC-Wide, LPC-SCL, LinPen)")
-        from lpc_geom.models.geometry import build_geometry_head
-
-        def head(row, in_dim, num_classes, *, latent_dim=None, bias=False):
-            return build_geometry_head(config.geometry, in_dim, latent_dim or row.latent_dim(num_classes),
-                                       num_classes, **config.geometry_options)
-
-    return build_model(config.backbone if backbone is None else backbone, row, data.input_shape, data.num_classes,
-                       latent_dim=config.latent_dim,
-                       bias=config.classifier_bias, head=head, **config.backbone_options)
+    return build_model(config.backbone if backbone is None else backbone, config.row, data.input_shape,
+                       data.num_classes, latent_dim=config.latent_dim, bias=config.classifier_bias,
+                       head=config.geometry, head_options=config.geometry_options, **config.backbone_options)
 
 
 def _with_backbone(config: TrainConfig | Mapping[str, Any], backbone: str) -> TrainConfig:
@@ -254,6 +188,7 @@ class Trainer:
             config = TrainConfig(**config)
         self.config = config
         self.device = select_device(config.device)
+        check_batch_size(config.batch_size, launched_world_size())  # before joining the process group
         self.dist = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -299,7 +234,7 @@ class Trainer:
         self._warned_origin = False
         self._partial: dict[str, Any] | None = None  # a resumed mid-epoch state (see state_dict)
         self._last_good: dict[str, Any] | None = None  # CPU copy of the state at the end of the last finite epoch
-        self._signals = _StopSignals(())
+        self._signals = StopSignals(())
 
     # ----------------------------------------------------------------------------------- state
     def state_dict(self, epoch: int, partial: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -341,9 +276,8 @@ class Trainer:
                    if k not in state]
         if missing:
             raise ValueError(f"{path}: not an lpc_geom training checkpoint (missing {', '.join(missing)}); not loaded")
-        saved, current = state["config"], self.config.to_dict()
         allowed = LAST_GOOD_CHANGES if from_last_good else RESUMABLE_CHANGES
-        differing = sorted(k for k in current if k not in allowed and saved.get(k) != current[k])
+        differing = config_differences(state["config"], self.config.to_dict(), ignore=allowed)
         if differing:
             raise ValueError(
                 f"cannot resume {self.out_dir}: the config differs from the checkpoint's in {differing}; "
@@ -582,7 +516,7 @@ class Trainer:
         bar, started = None, False  # started: the manifest says running (a refused resumption leaves it alone)
         deterministic = torch.are_deterministic_algorithms_enabled()
         try:
-            with _StopSignals(stop_signals) as self._signals:
+            with StopSignals(stop_signals) as self._signals:
                 if resume:
                     self.resume(from_last_good)
                 if writer is not None:

@@ -12,13 +12,18 @@ are Euclidean). Train heads with manifold parameters through
 
 from __future__ import annotations
 
-from lpc_geom.models.geometry.base import SUPPORTED_MANIFOLDS, ManifoldHead, head_class_for
+from lpc_geom.models.geometry.base import GEOMETRY_HEADS, ManifoldHead, head_class_for, supported_manifolds
 from lpc_geom.models.geometry.checks import (
     ManifoldConstraintError,
     check_on_manifold,
     manifold_violation,
     project_manifold_parameters,
 )
+
+# The heads register themselves as their modules are imported: this order is that of GEOMETRIES (and of the
+# names every error and the CLI list).
+from lpc_geom.models.geometry.sphere import SphereClassifier, SphereHead, sphere_normalize  # isort: split
+
 from lpc_geom.models.geometry.poincare import (
     HyperbolicMLR,
     HyperbolicPrototypes,
@@ -28,12 +33,10 @@ from lpc_geom.models.geometry.poincare import (
     hyperbolic_mlr_logits,
     mobius_add,
 )
-from lpc_geom.models.geometry.sphere import SphereClassifier, SphereHead, sphere_normalize
 from lpc_geom.models.geometry.stiefel import StiefelHead, StiefelLinear, random_stiefel
 
-#: The head class of each curved or constrained geometry (its keyword-only parameters are its options).
-GEOMETRY_HEADS: dict[str, type[ManifoldHead]] = {"sphere": SphereHead, "poincare": PoincareHead,
-                                                 "stiefel": StiefelHead}
+#: What :func:`head_class_for` accepts, in the words of the error message.
+SUPPORTED_MANIFOLDS = supported_manifolds()
 #: Geometry names understood by the trainer (and the CLI's ``--geometry``): the reference Euclidean head and
 #: those of :data:`GEOMETRY_HEADS`.
 GEOMETRIES = ("euclidean", *GEOMETRY_HEADS)
@@ -95,4 +98,5 @@ __all__ = [
     "project_manifold_parameters",
     "random_stiefel",
     "sphere_normalize",
+    "supported_manifolds",
 ]

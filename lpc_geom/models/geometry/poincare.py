@@ -241,7 +241,9 @@ class HyperbolicPrototypes(nn.Module):
         return -ball_sqdist(z, self.prototypes(), -self.ball.k) / self.temperature
 
 
-class PoincareHead(ManifoldHead):
+class PoincareHead(ManifoldHead, geometry="poincare", manifolds=(geoopt.Stereographic,),
+                   supports=("geoopt.PoincareBall / geoopt.PoincareBallExact with any c, fixed or learnable",
+                             "geoopt.Stereographic / geoopt.StereographicExact with a fixed k < 0")):
     r"""LPC head on the Poincaré ball: :math:`z = \exp_0(v)`, :math:`v = W_p h + b_p`.
 
     Collapse energy
@@ -280,7 +282,22 @@ class PoincareHead(ManifoldHead):
         Bias of the tangent projection :math:`W_p`.
     """
 
-    geometry = "poincare"
+    @classmethod
+    def refusal(cls, manifold: geoopt.Stereographic) -> str | None:
+        """The ball with any ``c``, or a stereographic model with a fixed ``k < 0``; nothing of ``k >= 0``.
+
+        A learnable ``geoopt.Stereographic`` is refused: its raw ``k`` can cross zero during training,
+        whereas ``geoopt.PoincareBall(c, learnable=True)`` keeps ``c > 0`` through a softplus.
+        """
+        if isinstance(manifold, geoopt.PoincareBall):
+            return None
+        if isinstance(manifold, geoopt.SphereProjection):
+            return "positive-curvature stereographic models have no head"
+        if manifold.k.requires_grad:
+            return "a learnable Stereographic k may change sign; use geoopt.PoincareBall(c, learnable=True)"
+        if not bool(manifold.k < 0):
+            return f"Stereographic with k = {float(manifold.k)} >= 0"
+        return None
 
     def __init__(
         self,

@@ -84,7 +84,8 @@ class SphereClassifier(nn.Module):
         return u @ self.weight.transpose(0, 1)
 
 
-class SphereHead(ManifoldHead):
+class SphereHead(ManifoldHead, geometry="sphere", manifolds=(geoopt.Sphere,),
+                 supports=("geoopt.Sphere / geoopt.SphereExact without a subspace constraint",)):
     r"""LPC head with latents on the unit sphere and cosine logits scaled by a radius.
 
     Forward pass: :math:`u = \mathrm{normalize}(W_p h + b_p)`, :math:`c_{ik} = \langle u_i, w_k\rangle`,
@@ -109,8 +110,8 @@ class SphereHead(ManifoldHead):
         and need labels), and in the forward pass, which has no labels, the *nearest* direction
         (:math:`\max_k`), which is the labelled direction once training accuracy is 100 % -- the regime in
         which the LPC schedules grow :math:`\gamma`. A trainer that has the labels can add
-        :meth:`within_class_energy` instead. ``1 - <u, w>`` replaces ``geoopt.Sphere().dist``, which has a
-        floor (~0.014 in float32) with a zero gradient near 0.
+        :meth:`within_class_energy` instead. ``1 - <u, w>`` replaces ``geoopt.Sphere().dist``, whose arccos
+        has a float32 floor with a zero gradient near 0.
 
         With ``radius_mode="fixed"`` and ``within_class=0`` the energy is identically zero (a sphere
         baseline without compression pressure).
@@ -137,7 +138,12 @@ class SphereHead(ManifoldHead):
         Norm below which a projected row counts as the origin (see :func:`sphere_normalize`).
     """
 
-    geometry = "sphere"
+    @classmethod
+    def refusal(cls, manifold: geoopt.Sphere) -> str | None:
+        """A sphere restricted to a subspace has no head (its projector is not the unit sphere's)."""
+        if manifold.projector is not None:
+            return "a Sphere restricted to a subspace (intersection/complement)"
+        return None
 
     def __init__(
         self,
