@@ -160,3 +160,51 @@ def test_tiny_run_records_decisions_and_resumes_exactly(tmp_path):
     drop = {"epoch_seconds"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history] == \
         [{k: v for k, v in r.items() if k not in drop} for r in full.history]
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=30), st.integers(1, 5000), st.floats(0, 0.2))
+def test_tolerance_is_the_floor_or_two_standard_errors_of_the_best(accuracies, samples, floor):
+    s = AdaptiveGamma(start=1e-2, factor=1.5, gamma_max=10.0, tolerance=floor, patience=2)
+    best = None
+    for epoch, accuracy in enumerate(accuracies):
+        below_before, gamma_before = s.below, s(epoch)
+        decision = s.observe_validation(epoch, accuracy, samples=samples)
+        best = accuracy if best is None else max(best, accuracy)
+        expected = max(floor, 2.0 * (best * (1.0 - best) / samples) ** 0.5)
+        assert s.last_tolerance == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        assert s.last_tolerance >= floor
+        if accuracy >= best - expected:  # within the tolerance: never counted as a drop
+            assert s.below == 0 and decision in (GROW, HOLD)
+        else:
+            assert s.below == below_before + 1 and decision in (HOLD, BACK_OFF)
+            if decision == HOLD:
+                assert s(epoch + 1) == gamma_before
+
+
+def test_a_dip_within_the_noise_of_a_small_split_grows_and_a_large_split_backs_off():
+    # best 0.8 on 240 samples: 2 standard errors = 2 sqrt(0.16 / 240) = 0.0516; a 3-point dip is noise there,
+    # but beyond the tolerance on 24,000 samples (0.0052, floor 0.01)
+    small = AdaptiveGamma(start=1.0, factor=2.0, tolerance=0.01, patience=2)
+    got = [small.observe_validation(e, a, samples=240) for e, a in enumerate([0.8, 0.77, 0.77])]
+    assert got == [GROW] * 3 and small(3) == 8.0
+    assert small.last_tolerance == pytest.approx(2 * (0.8 * 0.2 / 240) ** 0.5)
+    large = AdaptiveGamma(start=1.0, factor=2.0, tolerance=0.01, patience=2)
+    got = [large.observe_validation(e, a, samples=24_000) for e, a in enumerate([0.8, 0.77, 0.77])]
+    assert got == [GROW, HOLD, BACK_OFF] and large(3) == 1.0
+    assert large.last_tolerance == 0.01  # the floor: 2 sqrt(0.16 / 24000) = 0.0052 is below it
+    assert AdaptiveGamma(tolerance=0.03).tolerance_for(1.0, 10) == 0.03  # b = 1: no noise term
+    with pytest.raises(ValueError, match="positive integer"):
+        AdaptiveGamma().observe_validation(0, 0.5, samples=0)
+    with pytest.raises(ValueError, match="positive integer"):
+        AdaptiveGamma().observe_validation(0, 0.5, samples=True)
+
+
+def test_the_trainer_records_the_tolerance_of_its_validation_split(tmp_path):
+    run = train(TrainConfig(**TINY, epochs=3, out_dir=str(tmp_path / "r")))
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    n, best = summary["validation_samples"], 0.0
+    for row in run.history:
+        best = max(best, row["val_acc"])
+        assert row["gamma_tolerance"] == pytest.approx(max(0.01, 2 * (best * (1 - best) / n) ** 0.5))
+    header = (tmp_path / "r" / "history.csv").read_text().splitlines()[0].split(",")
+    assert "gamma_tolerance" in header
