@@ -208,3 +208,40 @@ def test_the_trainer_records_the_tolerance_of_its_validation_split(tmp_path):
         assert row["gamma_tolerance"] == pytest.approx(max(0.01, 2 * (best * (1 - best) / n) ** 0.5))
     header = (tmp_path / "r" / "history.csv").read_text().splitlines()[0].split(",")
     assert "gamma_tolerance" in header
+
+
+def steps(schedule, pairs, samples=None):
+    """(decision, gamma after it) for each (training accuracy, validation accuracy) in turn, as the trainer
+    passes them: observe() then observe_validation()."""
+    out = []
+    for epoch, (train_accuracy, accuracy) in enumerate(pairs):
+        schedule.observe(epoch, train_accuracy)
+        out.append((schedule.observe_validation(epoch, accuracy, samples=samples), schedule(epoch + 1)))
+    return out
+
+
+def test_a_sustained_fall_of_the_training_accuracy_backs_off_while_validation_holds():
+    s = AdaptiveGamma(start=1.0, factor=2.0, tolerance=0.01, patience=2)
+    # validation flat within its (wide, 240-sample) tolerance throughout; training falls 2-3 points
+    got = steps(s, [(0.90, 0.80), (0.95, 0.80), (0.93, 0.79), (0.92, 0.80), (0.99, 0.80)], samples=240)
+    assert got == [(GROW, 2.0), (GROW, 4.0), (HOLD, 4.0), (BACK_OFF, 2.0), (HOLD, 2.0)]
+    assert s.best_train == 0.99 and s.stopped
+
+
+def test_a_training_dip_within_the_floor_or_shorter_than_patience_keeps_growing():
+    s = AdaptiveGamma(start=1.0, factor=2.0, tolerance=0.01, patience=2)
+    got = steps(s, [(0.90, 0.8), (0.895, 0.8), (0.85, 0.8), (0.91, 0.8)], samples=240)
+    assert got == [(GROW, 2.0), (GROW, 4.0), (HOLD, 4.0), (GROW, 8.0)]
+    with pytest.raises(ValueError, match="training accuracy must be a fraction"):
+        s.observe(4, float("nan"))
+
+
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=30), st.integers(0, 29),
+       st.integers(1, 1000))
+def test_round_trip_with_training_accuracies_continues_identically(pairs, cut, samples):
+    cut = min(cut, len(pairs))
+    s = AdaptiveGamma(start=1e-2, factor=1.5, gamma_max=10.0, patience=2)
+    steps(s, pairs[:cut], samples)
+    restored = build_gamma_schedule("adaptive", start=1e-2, factor=1.5, gamma_max=10.0, patience=2)
+    restored.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert steps(restored, pairs[cut:], samples) == steps(s, pairs[cut:], samples)

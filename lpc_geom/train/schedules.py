@@ -119,15 +119,18 @@ class AdaptiveGamma(ExponentialGamma):
         \tau_e = \max\left(\tau_{min},\; z \sqrt{\frac{b_e (1 - b_e)}{n}}\right), \qquad z = 2,
 
     with :math:`\tau_{min}` the ``tolerance`` option (a floor the user sets) and :math:`z` =
-    :data:`NOISE_SIGMAS`. Then:
+    :data:`NOISE_SIGMAS`. The trainer also passes the epoch's training accuracy :math:`t_e` to
+    :meth:`observe` (before the validation accuracy); with :math:`c_e = \max_{e' \le e} t_{e'}`, an
+    epoch *holds* when :math:`a_e \ge b_e - \tau_e` and :math:`t_e \ge c_e - \tau_{min}` (a schedule
+    never given a training accuracy checks the first condition alone). Then:
 
-    * **grow**: while :math:`a_e \ge b_e - \tau_e` (and growth has not stopped), the current gamma is
-      recorded as the last good one, :math:`\gamma_{good} \leftarrow \gamma`, and every ``every``
-      epochs :math:`\gamma \leftarrow \min(f \gamma, \gamma_{max})`;
-    * **hold**: gamma stays, either because growth stopped, or because :math:`a_e < b_e - \tau_e` for
-      fewer than ``patience`` consecutive epochs (a dip that short is within the epoch-to-epoch noise),
-      or because the epoch is not a multiple of ``every``;
-    * **back off**: after ``patience`` consecutive epochs below :math:`b_e - \tau_e`,
+    * **grow**: while the epoch holds (and growth has not stopped), the current gamma is recorded as
+      the last good one, :math:`\gamma_{good} \leftarrow \gamma`, and every ``every`` epochs
+      :math:`\gamma \leftarrow \min(f \gamma, \gamma_{max})`;
+    * **hold**: gamma stays, either because growth stopped, or because fewer than ``patience``
+      consecutive epochs failed to hold (a dip that short is within the epoch-to-epoch noise), or
+      because the epoch is not a multiple of ``every``;
+    * **back off**: after ``patience`` consecutive epochs that do not hold,
       :math:`\gamma \leftarrow \gamma_{good}` and growth stops for the rest of the run.
 
     Why: the compression term trades the classifier's accuracy for collapse, and on a new dataset the
@@ -149,9 +152,17 @@ class AdaptiveGamma(ExponentialGamma):
     (``validation_fraction``) makes it finer. With ``samples=None`` (the accuracy is exact) the tolerance
     is the floor alone.
 
-    State (``state_dict``): ``gamma``, ``good_gamma``, ``best``, ``below`` (consecutive epochs below the
-    tolerance), ``stopped``, ``observed`` (validation observations so far) and ``last_tolerance``
-    (:math:`\tau_e` of the latest observation, recorded in the history beside the decision).
+    Why the training accuracy too: a gamma that grows faster than the network fits makes the penalty
+    undo the fit, which shows first in the accuracy on the data being fitted; the validation accuracy,
+    noisier by :math:`\sqrt{(1 - v) / v}` (3x for ``validation_fraction`` :math:`v = 0.1`), may stay within
+    its wider tolerance meanwhile, while gamma keeps growing. The training accuracy is averaged over every
+    training sample of the epoch, so the floor alone is its tolerance: a sustained fall of a point means
+    the penalty, not the sample, is costing accuracy.
+
+    State (``state_dict``): ``gamma``, ``good_gamma``, ``best``, ``below`` (consecutive epochs that did not
+    hold), ``stopped``, ``observed`` (validation observations so far), ``last_tolerance`` (:math:`\tau_e`
+    of the latest observation, recorded in the history beside the decision), ``train_accuracy``
+    (:math:`t_e`, the latest training accuracy) and ``best_train`` (:math:`c_e`).
     ``__call__`` returns the current gamma whatever the epoch: the schedule is driven by its observations.
     """
 
@@ -165,13 +176,29 @@ class AdaptiveGamma(ExponentialGamma):
     stopped: bool = False
     observed: int = 0
     last_tolerance: float | None = None
+    train_accuracy: float | None = None
+    best_train: float | None = None
     uses_validation: ClassVar[bool] = True
     #: Fields that hold the controller's state, not options.
     STATE: ClassVar[tuple[str, ...]] = ("gamma", "good_gamma", "best", "below", "stopped", "observed",
-                                        "last_tolerance")
+                                        "last_tolerance", "train_accuracy", "best_train")
 
     def __call__(self, epoch: int) -> float:
         return self.start if self.gamma is None else self.gamma
+
+    def observe(self, epoch: int, train_accuracy: float) -> None:
+        """Take the training accuracy of epoch ``epoch``, checked by the next :meth:`observe_validation`.
+
+        Raises
+        ------
+        ValueError
+            If ``train_accuracy`` is not a finite fraction in [0, 1].
+        """
+        if not math.isfinite(train_accuracy) or not 0.0 <= train_accuracy <= 1.0:
+            raise ValueError(f"training accuracy must be a fraction in [0, 1], got {train_accuracy!r}")
+        self.train_accuracy = float(train_accuracy)
+        self.best_train = self.train_accuracy if self.best_train is None else max(self.best_train,
+                                                                                 self.train_accuracy)
 
     def tolerance_for(self, best: float, samples: int | None) -> float:
         r""":math:`\tau = \max(\tau_{min}, z \sqrt{b (1 - b) / n})` for best accuracy ``best`` on ``samples``
@@ -212,7 +239,8 @@ class AdaptiveGamma(ExponentialGamma):
         self.observed += 1
         self.best = accuracy if self.best is None else max(self.best, accuracy)
         self.last_tolerance = self.tolerance_for(self.best, samples)
-        if accuracy >= self.best - self.last_tolerance:
+        fit_holds = self.train_accuracy is None or self.train_accuracy >= self.best_train - self.tolerance
+        if accuracy >= self.best - self.last_tolerance and fit_holds:
             self.below = 0
             if self.stopped:
                 return HOLD
