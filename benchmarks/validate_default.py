@@ -213,7 +213,11 @@ def markdown_tables(rows: Sequence[Mapping[str, Any]], verdicts: Sequence[Mappin
         else:
             cells += [""] * len(CONTROLLER_COLUMNS)
         lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + criteria_table(verdicts)
+
+
+def criteria_table(verdicts: Sequence[Mapping[str, Any]]) -> str:
+    """The per-dataset criteria (differences of means over seeds, PASS/FAIL), as markdown."""
     head = ["dataset", "kind", "LPC − LinPen (pt)", "≥ −1", "LPC − NoPen (pt)", "≥ −2", "sep. LPC / NoPen",
             "≥ 5x", "all"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -222,7 +226,7 @@ def markdown_tables(rows: Sequence[Mapping[str, Any]], verdicts: Sequence[Mappin
             v["dataset"], v["kind"], f"{100 * v['lpc_minus_linpen']:+.1f}", _verdict(v["vs_linpen"]),
             f"{100 * v['lpc_minus_nopen']:+.1f}", _verdict(v["vs_nopen"]), f"{v['separation_factor']:.3g}",
             _verdict(v["separation"]), _verdict(v["all"])]) + " |")
-    return table + "\n\n" + "\n".join(lines)
+    return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -237,6 +241,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a few tiny datasets, tiny backbones, 2 epochs, one seed")
     parser.add_argument("--out", type=Path, default=Path("results/validate_default"), help="runs and tables")
+    parser.add_argument("--previous", type=Path, default=None,
+                        help="the validate.json of an earlier run (e.g. another version of the controller): its "
+                             "LPC rows and criteria are shown beside this run's in the fragment")
+    parser.add_argument("--previous-label", default="the earlier run", help="what --previous was (a phrase)")
     add_results_argument(parser, "validate_default")
     args = parser.parse_args(argv)
     args.datasets = args.datasets or list(QUICK_DATASETS if args.quick else DATASETS)
@@ -287,6 +295,17 @@ def main(argv=None) -> int:
         + f"\n\nCriteria met on {passed} of {len(verdicts)} datasets (LPC within 1 point of LinPen and 2 of "
         "NoPen in test accuracy, training separation >= 5x NoPen's, on means over seeds).\n"
         + (("\n" + "\n".join(failures) + "\n") if failures else ""))
+    if args.previous is not None:
+        previous = read_json(args.previous)
+        lpc = [r for r in previous["rows"] if r["row"] == "LPC"]
+        head = ["dataset", "runs", *(h for h, _, _ in COLUMNS), "final gamma", "backed off"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in lpc:
+            cells = [r["dataset"], str(r["runs"]), *(_cell(r, key, sc) for _, key, sc in COLUMNS),
+                     _cell(r, "final_gamma", 1.0), f"{round(r.get('backed_off_mean', 0) * r['runs'])}/{r['runs']}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        body += (f"\n### For comparison: {args.previous_label}\n\nLPC rows (LinPen and NoPen as above):\n\n"
+                 + "\n".join(lines) + "\n\n" + criteria_table(previous["criteria"]) + "\n")
     write_fragment(args.results_dir, "Validation of the default gamma controller", body,
                    data={"rows": rows, "criteria": verdicts, "epochs": args.epochs, "seeds": args.seeds,
                          "growth_factor": factor, "datasets": {n: DATASETS[n].options for n in args.datasets}},

@@ -49,3 +49,14 @@ def test_quick_run_writes_table_csv_and_fragment_with_numbers(tmp_path):
     assert math.isfinite(verdict["separation_factor"]) and verdict["separation_factor"] > 0
     assert payload["epochs"] == 2 and payload["seeds"] == [0]
     assert f"{100 * verdict['lpc_minus_nopen']:+.1f}" in index
+
+    # a second launch reuses the finished runs and shows an earlier run's table beside its own
+    again = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--datasets", "spirals-npz", "--out", str(out),
+                            "--results-dir", str(fragment), "--previous", str(out / "validate.json"),
+                            "--previous-label", "the first launch"], capture_output=True, text=True, env=env,
+                           timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    index = (fragment / "index.md").read_text()
+    assert "### For comparison: the first launch" in index
+    assert index.count("| spirals-npz | 3 interleaved spirals") == 2  # this run's criteria and the earlier's
+    assert json.loads((out / "runs" / "spirals-npz-LPC-s0" / "record.json").read_text())["status"] == "ok"
