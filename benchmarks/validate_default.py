@@ -295,8 +295,8 @@ def main(argv=None) -> int:
         + f"\n\nCriteria met on {passed} of {len(verdicts)} datasets (LPC within 1 point of LinPen and 2 of "
         "NoPen in test accuracy, training separation >= 5x NoPen's, on means over seeds).\n"
         + (("\n" + "\n".join(failures) + "\n") if failures else ""))
-    if args.previous is not None:
-        previous = read_json(args.previous)
+    previous = None if args.previous is None else {"label": args.previous_label, **read_json(args.previous)}
+    if previous is not None:
         lpc = [r for r in previous["rows"] if r["row"] == "LPC"]
         head = ["dataset", "runs", *(h for h, _, _ in COLUMNS), "final gamma", "backed off"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -308,7 +308,8 @@ def main(argv=None) -> int:
                  + "\n".join(lines) + "\n\n" + criteria_table(previous["criteria"]) + "\n")
     write_fragment(args.results_dir, "Validation of the default gamma controller", body,
                    data={"rows": rows, "criteria": verdicts, "epochs": args.epochs, "seeds": args.seeds,
-                         "growth_factor": factor, "datasets": {n: DATASETS[n].options for n in args.datasets}},
+                         "growth_factor": factor, "datasets": {n: DATASETS[n].options for n in args.datasets},
+                         "previous": previous},
                    load_before=load_before)
     print(f"\nwritten to {out.resolve()} (validate.csv/json/md, validate_runs.json) and {args.results_dir}")
     return exit_status(records)

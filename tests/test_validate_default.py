@@ -60,3 +60,4 @@ def test_quick_run_writes_table_csv_and_fragment_with_numbers(tmp_path):
     assert "### For comparison: the first launch" in index
     assert index.count("| spirals-npz | 3 interleaved spirals") == 2  # this run's criteria and the earlier's
     assert json.loads((out / "runs" / "spirals-npz-LPC-s0" / "record.json").read_text())["status"] == "ok"
+    assert json.loads((fragment / "data.json").read_text())["previous"]["label"] == "the first launch"
