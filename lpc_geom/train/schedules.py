@@ -201,8 +201,19 @@ class AdaptiveGamma(ExponentialGamma):
                                                                                  self.train_accuracy)
 
     def tolerance_for(self, best: float, samples: int | None) -> float:
-        r""":math:`\tau = \max(\tau_{min}, z \sqrt{b (1 - b) / n})` for best accuracy ``best`` on ``samples``
-        validation samples (``None``: an exact accuracy, the floor :math:`\tau_{min}` alone)."""
+        r"""The tolerance :math:`\tau = \max(\tau_{min}, z \sqrt{b (1 - b) / n})` (see the class docstring).
+
+        Parameters
+        ----------
+        best : float
+            The best validation accuracy so far, :math:`b`.
+        samples : int or None
+            The validation size :math:`n`; ``None``: an exact accuracy, the floor :math:`\tau_{min}` alone.
+
+        Returns
+        -------
+        float
+        """
         if samples is None:
             return self.tolerance
         return max(self.tolerance, NOISE_SIGMAS * math.sqrt(best * (1.0 - best) / samples))
