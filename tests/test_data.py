@@ -558,7 +558,7 @@ def test_npz_unreadable_files(tmp_path, rng):
 
 
 def test_registry_names_and_option_errors(tmp_path):
-    assert set(DATASETS) == {"mnist1d", "digits", "blobs", "cifar10", "cifar100", "npz"}
+    assert set(DATASETS) == {"mnist1d", "digits", "blobs", "classification", "spirals", "cifar10", "cifar100", "npz"}
     with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; accepted: \['blobs', 'cifar10'"):
         load_dataset("mnist")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['epochs'\].*accepted: \['num_classes'"):

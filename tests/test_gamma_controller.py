@@ -160,3 +160,88 @@ def test_tiny_run_records_decisions_and_resumes_exactly(tmp_path):
     drop = {"epoch_seconds"}
     assert [{k: v for k, v in r.items() if k not in drop} for r in resumed.history] == \
         [{k: v for k, v in r.items() if k not in drop} for r in full.history]
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=30), st.integers(1, 5000), st.floats(0, 0.2))
+def test_tolerance_is_the_floor_or_two_standard_errors_of_the_best(accuracies, samples, floor):
+    s = AdaptiveGamma(start=1e-2, factor=1.5, gamma_max=10.0, tolerance=floor, patience=2)
+    best = None
+    for epoch, accuracy in enumerate(accuracies):
+        below_before, gamma_before = s.below, s(epoch)
+        decision = s.observe_validation(epoch, accuracy, samples=samples)
+        best = accuracy if best is None else max(best, accuracy)
+        expected = max(floor, 2.0 * (best * (1.0 - best) / samples) ** 0.5)
+        assert s.last_tolerance == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        assert s.last_tolerance >= floor
+        if accuracy >= best - expected:  # within the tolerance: never counted as a drop
+            assert s.below == 0 and decision in (GROW, HOLD)
+        else:
+            assert s.below == below_before + 1 and decision in (HOLD, BACK_OFF)
+            if decision == HOLD:
+                assert s(epoch + 1) == gamma_before
+
+
+def test_a_dip_within_the_noise_of_a_small_split_grows_and_a_large_split_backs_off():
+    # best 0.8 on 240 samples: 2 standard errors = 2 sqrt(0.16 / 240) = 0.0516; a 3-point dip is noise there,
+    # but beyond the tolerance on 24,000 samples (0.0052, floor 0.01)
+    small = AdaptiveGamma(start=1.0, factor=2.0, tolerance=0.01, patience=2)
+    got = [small.observe_validation(e, a, samples=240) for e, a in enumerate([0.8, 0.77, 0.77])]
+    assert got == [GROW] * 3 and small(3) == 8.0
+    assert small.last_tolerance == pytest.approx(2 * (0.8 * 0.2 / 240) ** 0.5)
+    large = AdaptiveGamma(start=1.0, factor=2.0, tolerance=0.01, patience=2)
+    got = [large.observe_validation(e, a, samples=24_000) for e, a in enumerate([0.8, 0.77, 0.77])]
+    assert got == [GROW, HOLD, BACK_OFF] and large(3) == 1.0
+    assert large.last_tolerance == 0.01  # the floor: 2 sqrt(0.16 / 24000) = 0.0052 is below it
+    assert AdaptiveGamma(tolerance=0.03).tolerance_for(1.0, 10) == 0.03  # b = 1: no noise term
+    with pytest.raises(ValueError, match="positive integer"):
+        AdaptiveGamma().observe_validation(0, 0.5, samples=0)
+    with pytest.raises(ValueError, match="positive integer"):
+        AdaptiveGamma().observe_validation(0, 0.5, samples=True)
+
+
+def test_the_trainer_records_the_tolerance_of_its_validation_split(tmp_path):
+    run = train(TrainConfig(**TINY, epochs=3, out_dir=str(tmp_path / "r")))
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    n, best = summary["validation_samples"], 0.0
+    for row in run.history:
+        best = max(best, row["val_acc"])
+        assert row["gamma_tolerance"] == pytest.approx(max(0.01, 2 * (best * (1 - best) / n) ** 0.5))
+    header = (tmp_path / "r" / "history.csv").read_text().splitlines()[0].split(",")
+    assert "gamma_tolerance" in header
+
+
+def steps(schedule, pairs, samples=None):
+    """(decision, gamma after it) for each (training accuracy, validation accuracy) in turn, as the trainer
+    passes them: observe() then observe_validation()."""
+    out = []
+    for epoch, (train_accuracy, accuracy) in enumerate(pairs):
+        schedule.observe(epoch, train_accuracy)
+        out.append((schedule.observe_validation(epoch, accuracy, samples=samples), schedule(epoch + 1)))
+    return out
+
+
+def test_a_sustained_fall_of_the_training_accuracy_backs_off_while_validation_holds():
+    s = AdaptiveGamma(start=1.0, factor=2.0, tolerance=0.01, patience=2)
+    # validation flat within its (wide, 240-sample) tolerance throughout; training falls 2-3 points
+    got = steps(s, [(0.90, 0.80), (0.95, 0.80), (0.93, 0.79), (0.92, 0.80), (0.99, 0.80)], samples=240)
+    assert got == [(GROW, 2.0), (GROW, 4.0), (HOLD, 4.0), (BACK_OFF, 2.0), (HOLD, 2.0)]
+    assert s.best_train == 0.99 and s.stopped
+
+
+def test_a_training_dip_within_the_floor_or_shorter_than_patience_keeps_growing():
+    s = AdaptiveGamma(start=1.0, factor=2.0, tolerance=0.01, patience=2)
+    got = steps(s, [(0.90, 0.8), (0.895, 0.8), (0.85, 0.8), (0.91, 0.8)], samples=240)
+    assert got == [(GROW, 2.0), (GROW, 4.0), (HOLD, 4.0), (GROW, 8.0)]
+    with pytest.raises(ValueError, match="training accuracy must be a fraction"):
+        s.observe(4, float("nan"))
+
+
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=30), st.integers(0, 29),
+       st.integers(1, 1000))
+def test_round_trip_with_training_accuracies_continues_identically(pairs, cut, samples):
+    cut = min(cut, len(pairs))
+    s = AdaptiveGamma(start=1e-2, factor=1.5, gamma_max=10.0, patience=2)
+    steps(s, pairs[:cut], samples)
+    restored = build_gamma_schedule("adaptive", start=1e-2, factor=1.5, gamma_max=10.0, patience=2)
+    restored.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert steps(restored, pairs[cut:], samples) == steps(s, pairs[cut:], samples)

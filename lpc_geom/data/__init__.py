@@ -4,9 +4,13 @@
 * ``"digits"``: :func:`load_digits`, bundled with scikit-learn; ``(64,)``, or ``(1, 8, 8)`` with
   ``flatten=False``.
 * ``"blobs"``: :func:`make_blobs`, Gaussian clusters; ``(dim,)``.
+* ``"classification"``: :func:`make_classification`, scikit-learn's hypercube-cluster families (classes,
+  noise features, label noise); ``(num_features,)``.
+* ``"spirals"``: :func:`make_spirals`, interleaved spiral arms; ``(dim,)``.
 * ``"cifar10"`` / ``"cifar100"``: :func:`load_cifar10` / :func:`load_cifar100`, local python-pickle
   batches (``root=``); ``(3, 32, 32)``, with crop + flip augmentation.
-* ``"npz"``: :func:`load_npz`, a local ``.npz`` file (``path=``); shape as stored.
+* ``"npz"``: :func:`load_npz`, a local ``.npz`` file (``path=``); shape as stored (:func:`save_npz`
+  writes one).
 
 Nothing is ever downloaded.
 """
@@ -21,13 +25,15 @@ from .augment import RandomCropFlip, random_crop_flip
 from .base import Dataset, stratified_split
 from .cifar import load_cifar, load_cifar10, load_cifar100
 from .digits import load_digits
-from .npz import load_npz
-from .synthetic import MNIST1D_GENERATOR_KEYS, load_mnist1d, make_blobs
+from .npz import load_npz, save_npz
+from .synthetic import MNIST1D_GENERATOR_KEYS, load_mnist1d, make_blobs, make_classification, make_spirals
 
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist1d": load_mnist1d,
     "digits": load_digits,
     "blobs": make_blobs,
+    "classification": make_classification,
+    "spirals": make_spirals,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "npz": load_npz,
@@ -84,6 +90,9 @@ __all__ = [
     "load_mnist1d",
     "load_npz",
     "make_blobs",
+    "make_classification",
+    "make_spirals",
     "random_crop_flip",
+    "save_npz",
     "stratified_split",
 ]

@@ -167,3 +167,36 @@ def load_npz(path: str | Path, name: str | None = None) -> Dataset:
         source=str(path.resolve()),
         info=info,
     )
+
+
+def save_npz(dataset: Dataset, path: str | Path) -> Path:
+    """Write ``dataset`` as an ``.npz`` archive that :func:`load_npz` reads back.
+
+    The archive holds the four arrays (inputs as float32, labels as int64) and ``class_names``; the
+    dataset's augmentation, normalisation statistics and ``info`` are not stored.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    path : str or Path
+        Destination (``.npz`` is appended by NumPy when missing); its directory must exist.
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the destination's directory does not exist.
+    """
+    path = Path(path).expanduser()
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: directory {path.parent} does not exist")
+    np.savez(path, x_train=dataset.x_train.cpu().numpy(), y_train=dataset.y_train.cpu().numpy(),
+             x_test=dataset.x_test.cpu().numpy(), y_test=dataset.y_test.cpu().numpy(),
+             class_names=np.asarray(dataset.class_names, dtype=str))
+    return path

@@ -1,12 +1,13 @@
-"""Procedurally generated datasets: MNIST-1D and Gaussian blobs.
+"""Procedurally generated datasets: MNIST-1D, Gaussian blobs, sklearn classification families, spirals.
 
-Both are generated offline and deterministically from a seed. MNIST-1D (Greydanus, 2020) comes from the
+All are generated offline and deterministically from a seed. MNIST-1D (Greydanus, 2020) comes from the
 ``mnist1d`` package's ``make_dataset``; its ``get_dataset`` is never called because it downloads.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -214,4 +215,197 @@ def make_blobs(
         class_names=[f"blob{k}" for k in range(num_classes)],
         source="gaussian blobs",
         info={"seed": int(seed), "separation": separation, "centers": torch.from_numpy(centers).float()},
+    )
+
+
+def _standardised(x: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(x - mean) / std`` per feature with the training rows' statistics (a constant feature keeps std 1)."""
+    mean = x[train_idx].mean(axis=0)
+    std = x[train_idx].std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return (x - mean) / std, mean, std
+
+
+def make_classification(
+    num_classes: int = 5,
+    num_features: int = 20,
+    num_informative: int = 10,
+    num_samples: int = 3_000,
+    clusters_per_class: int = 2,
+    class_sep: float = 1.0,
+    flip_y: float = 0.01,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> Dataset:
+    """A family of tabular problems from ``sklearn.datasets.make_classification`` (Guyon's Madelon design).
+
+    Each class is a union of ``clusters_per_class`` Gaussian clusters centred on vertices of a hypercube
+    of side ``2 * class_sep`` in the ``num_informative``-dimensional informative subspace; then
+    ``min(num_informative, num_features - num_informative) // 2`` redundant features (random linear
+    combinations of the informative ones) and independent standard-normal noise features fill the
+    ``num_features`` columns, which are shuffled. ``flip_y`` is the fraction of labels replaced by a
+    uniformly random class (label noise; it bounds the achievable accuracy near ``1 - flip_y (K-1)/K``).
+    Features are standardised with the training split's per-feature mean and standard deviation.
+
+    Parameters
+    ----------
+    num_classes : int, optional
+        Number of classes ``K`` (>= 2); ``K * clusters_per_class <= 2 ** num_informative``.
+    num_features : int, optional
+        Input dimension (>= ``num_informative``).
+    num_informative : int, optional
+        Dimension of the subspace the classes differ in (>= 1).
+    num_samples : int, optional
+        Total samples (train + test), >= ``2 * num_classes``.
+    clusters_per_class : int, optional
+        Gaussian clusters per class (>= 1): more clusters, a less linear problem.
+    class_sep : float, optional
+        Half the hypercube side (> 0): smaller is harder.
+    flip_y : float, optional
+        Fraction of labels randomised, in [0, 1).
+    seed : int, optional
+        Seed of the generator and of the stratified split.
+    test_fraction : float, optional
+        Fraction of each class held out for testing.
+
+    Returns
+    -------
+    Dataset
+        ``name == "classification"``, ``input_shape == (num_features,)``; ``mean``/``std`` are ``None``
+        (per-feature statistics are in ``info["feature_mean"]`` / ``info["feature_std"]``).
+
+    Raises
+    ------
+    ValueError
+        For sizes or ranges outside the above, naming the option.
+    """
+    from sklearn.datasets import make_classification as _sk_make_classification
+
+    num_classes, num_features, num_informative = int(num_classes), int(num_features), int(num_informative)
+    num_samples, clusters_per_class = int(num_samples), int(clusters_per_class)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if not 1 <= num_informative <= num_features:
+        raise ValueError(f"need 1 <= num_informative <= num_features, got num_informative={num_informative}, "
+                         f"num_features={num_features}")
+    if clusters_per_class < 1 or num_classes * clusters_per_class > 2**num_informative:
+        raise ValueError(f"need clusters_per_class >= 1 and num_classes * clusters_per_class <= "
+                         f"2 ** num_informative = {2**num_informative}, got {num_classes} * {clusters_per_class}")
+    if num_samples < 2 * num_classes:
+        raise ValueError(f"num_samples must be >= 2 * num_classes = {2 * num_classes}, got {num_samples}")
+    class_sep, flip_y = float(class_sep), float(flip_y)
+    if not class_sep > 0.0:
+        raise ValueError(f"class_sep must be > 0, got {class_sep}")
+    if not 0.0 <= flip_y < 1.0:
+        raise ValueError(f"flip_y must be in [0, 1), got {flip_y}")
+    test_fraction = check_fraction(test_fraction)
+    redundant = min(num_informative, num_features - num_informative) // 2
+    x, y = _sk_make_classification(
+        n_samples=num_samples, n_features=num_features, n_informative=num_informative, n_redundant=redundant,
+        n_repeated=0, n_classes=num_classes, n_clusters_per_class=clusters_per_class, flip_y=flip_y,
+        class_sep=class_sep, shuffle=True, random_state=int(seed) % 2**32)
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = stratified_split(y, test_fraction, rng)
+    x, mean, std = _standardised(x, train_idx)
+    return Dataset(
+        name="classification",
+        x_train=as_float32(x[train_idx]),
+        y_train=as_int64(y[train_idx]),
+        x_test=as_float32(x[test_idx]),
+        y_test=as_int64(y[test_idx]),
+        num_classes=num_classes,
+        input_shape=(num_features,),
+        class_names=[f"class{k}" for k in range(num_classes)],
+        source="sklearn.datasets.make_classification",
+        info={"seed": int(seed), "num_informative": num_informative, "num_redundant": redundant,
+              "clusters_per_class": clusters_per_class, "class_sep": class_sep, "flip_y": flip_y,
+              "feature_mean": mean.tolist(), "feature_std": std.tolist()},
+    )
+
+
+def make_spirals(
+    num_classes: int = 3,
+    num_samples: int = 3_000,
+    turns: float = 1.5,
+    noise: float = 0.15,
+    dim: int = 2,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> Dataset:
+    r"""Interleaved Archimedean spirals, one arm per class, optionally embedded in more dimensions.
+
+    A sample of class ``k`` at position :math:`t \sim U(0, 1)` along its arm is
+    :math:`r (\cos\theta, \sin\theta) + \epsilon` with :math:`r = t`, :math:`\theta = 2\pi (\mathrm{turns}
+    \cdot t + k / K)` and :math:`\epsilon \sim N(0, \mathrm{noise}^2 I_2)`: the arms wind around the origin
+    and interleave, so no linear or radial rule separates them, and they touch near the centre (where
+    ``noise`` exceeds the gap between arms), which bounds the achievable accuracy. With ``dim > 2`` the
+    plane is mapped into :math:`\mathbb{R}^{dim}` by a random orthonormal ``(2, dim)`` matrix and every
+    coordinate gets independent :math:`N(0, \mathrm{noise}^2)` noise. Inputs are standardised per feature
+    with the training split's statistics.
+
+    Parameters
+    ----------
+    num_classes : int, optional
+        Number of arms ``K`` (>= 2).
+    num_samples : int, optional
+        Total samples (train + test), >= ``2 * num_classes``; classes are balanced to within one sample.
+    turns : float, optional
+        Revolutions of each arm (> 0): more turns, a harder problem.
+    noise : float, optional
+        Standard deviation of the Gaussian noise (>= 0), in units of the outer radius.
+    dim : int, optional
+        Input dimension (>= 2).
+    seed : int, optional
+        Seed of the positions, noise, embedding and split.
+    test_fraction : float, optional
+        Fraction of each class held out for testing.
+
+    Returns
+    -------
+    Dataset
+        ``name == "spirals"``, ``input_shape == (dim,)``; the per-feature statistics are in
+        ``info["feature_mean"]`` / ``info["feature_std"]``.
+
+    Raises
+    ------
+    ValueError
+        For sizes or ranges outside the above, naming the option.
+    """
+    num_classes, num_samples, dim = int(num_classes), int(num_samples), int(dim)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if num_samples < 2 * num_classes:
+        raise ValueError(f"num_samples must be >= 2 * num_classes = {2 * num_classes}, got {num_samples}")
+    if dim < 2:
+        raise ValueError(f"dim must be >= 2, got {dim}")
+    turns, noise = float(turns), float(noise)
+    if not (turns > 0.0 and math.isfinite(turns)):
+        raise ValueError(f"turns must be a finite number > 0, got {turns}")
+    if not (noise >= 0.0 and math.isfinite(noise)):
+        raise ValueError(f"noise must be a finite number >= 0, got {noise}")
+    test_fraction = check_fraction(test_fraction)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(num_samples) % num_classes
+    t = rng.uniform(0.0, 1.0, num_samples)
+    theta = 2.0 * np.pi * (turns * t + labels / num_classes)
+    plane = t[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+    if dim == 2:
+        x = plane + noise * rng.standard_normal((num_samples, 2))
+    else:
+        basis, _ = np.linalg.qr(rng.standard_normal((dim, 2)))  # (dim, 2), orthonormal columns
+        x = plane @ basis.T + noise * rng.standard_normal((num_samples, dim))
+    train_idx, test_idx = stratified_split(labels, test_fraction, rng)
+    x, mean, std = _standardised(x, train_idx)
+    return Dataset(
+        name="spirals",
+        x_train=as_float32(x[train_idx]),
+        y_train=as_int64(labels[train_idx]),
+        x_test=as_float32(x[test_idx]),
+        y_test=as_int64(labels[test_idx]),
+        num_classes=num_classes,
+        input_shape=(dim,),
+        class_names=[f"arm{k}" for k in range(num_classes)],
+        source="interleaved spirals",
+        info={"seed": int(seed), "turns": turns, "noise": noise, "dim": dim, "feature_mean": mean.tolist(),
+              "feature_std": std.tolist()},
     )

@@ -100,6 +100,9 @@ class ConstantGamma(ExponentialGamma):
 
 #: Decisions :class:`AdaptiveGamma` records in the history (``gamma_decision``).
 GROW, HOLD, BACK_OFF = "grow", "hold", "back off"
+#: Standard errors of the validation accuracy within which :class:`AdaptiveGamma` counts an epoch as
+#: holding the best accuracy (:math:`z` of its tolerance).
+NOISE_SIGMAS = 2.0
 
 
 @dataclass
@@ -107,17 +110,27 @@ class AdaptiveGamma(ExponentialGamma):
     r"""Gamma grown while a held-out validation accuracy holds, backed off when it drops.
 
     The trainer holds out ``validation_fraction`` of the training data (stratified, seeded by the run's
-    seed) and, at the end of every epoch ``e``, passes its accuracy :math:`a_e` to
-    :meth:`observe_validation`, which sets the gamma of the next epoch. With :math:`b_e = \max_{e' \le e}
-    a_{e'}` the best validation accuracy so far and :math:`\tau` the ``tolerance``:
+    seed) and, at the end of every epoch ``e``, passes its accuracy :math:`a_e` on the :math:`n` held-out
+    samples to :meth:`observe_validation`, which sets the gamma of the next epoch. With :math:`b_e =
+    \max_{e' \le e} a_{e'}` the best validation accuracy so far, the tolerance of epoch ``e`` is
 
-    * **grow**: while :math:`a_e \ge b_e - \tau` (and growth has not stopped), the current gamma is
-      recorded as the last good one, :math:`\gamma_{good} \leftarrow \gamma`, and every ``every``
-      epochs :math:`\gamma \leftarrow \min(f \gamma, \gamma_{max})`;
-    * **hold**: gamma stays, either because growth stopped, or because :math:`a_e < b_e - \tau` for fewer
-      than ``patience`` consecutive epochs (a dip of that length is within the epoch-to-epoch noise of
-      a small validation split), or because the epoch is not a multiple of ``every``;
-    * **back off**: after ``patience`` consecutive epochs below :math:`b_e - \tau`,
+    .. math::
+
+        \tau_e = \max\left(\tau_{min},\; z \sqrt{\frac{b_e (1 - b_e)}{n}}\right), \qquad z = 2,
+
+    with :math:`\tau_{min}` the ``tolerance`` option (a floor the user sets) and :math:`z` =
+    :data:`NOISE_SIGMAS`. The trainer also passes the epoch's training accuracy :math:`t_e` to
+    :meth:`observe` (before the validation accuracy); with :math:`c_e = \max_{e' \le e} t_{e'}`, an
+    epoch *holds* when :math:`a_e \ge b_e - \tau_e` and :math:`t_e \ge c_e - \tau_{min}` (a schedule
+    never given a training accuracy checks the first condition alone). Then:
+
+    * **grow**: while the epoch holds (and growth has not stopped), the current gamma is recorded as
+      the last good one, :math:`\gamma_{good} \leftarrow \gamma`, and every ``every`` epochs
+      :math:`\gamma \leftarrow \min(f \gamma, \gamma_{max})`;
+    * **hold**: gamma stays, either because growth stopped, or because fewer than ``patience``
+      consecutive epochs failed to hold (a dip that short is within the epoch-to-epoch noise), or
+      because the epoch is not a multiple of ``every``;
+    * **back off**: after ``patience`` consecutive epochs that do not hold,
       :math:`\gamma \leftarrow \gamma_{good}` and growth stops for the rest of the run.
 
     Why: the compression term trades the classifier's accuracy for collapse, and on a new dataset the
@@ -128,9 +141,29 @@ class AdaptiveGamma(ExponentialGamma):
     reached there and the accuracy. Growth does not resume afterwards: the accuracy at a larger gamma was
     just measured to be lower, and alternating would make gamma oscillate.
 
-    State (``state_dict``): ``gamma``, ``good_gamma``, ``best``, ``below`` (consecutive epochs below the
-    tolerance), ``stopped`` and ``observed`` (validation observations so far). ``__call__`` returns the
-    current gamma whatever the epoch: the schedule is driven by its observations.
+    Why the tolerance grows with the noise: the validation accuracy is a mean of :math:`n` Bernoulli
+    outcomes, so at a true accuracy :math:`p` its standard error is :math:`\sqrt{p (1 - p) / n}`
+    (estimated at :math:`p = b_e`). A fixed tolerance smaller than that (one point, against about 2.5
+    points for :math:`n = 240` at :math:`p = 0.8`) reads sampling noise as a loss of accuracy and stops
+    growth early, leaving little collapse. :math:`z = 2` standard errors makes a single epoch of pure
+    noise fall below the tolerance with probability about 2 %, and two in a row (``patience = 2``) far
+    less. The best so far is itself the maximum of noisy values and sits above the true accuracy, so the
+    rule still backs off on a loss of about :math:`\tau_e` or more; a larger validation split
+    (``validation_fraction``) makes it finer. With ``samples=None`` (the accuracy is exact) the tolerance
+    is the floor alone.
+
+    Why the training accuracy too: a gamma that grows faster than the network fits makes the penalty
+    undo the fit, which shows first in the accuracy on the data being fitted; the validation accuracy,
+    noisier by :math:`\sqrt{(1 - v) / v}` (3x for ``validation_fraction`` :math:`v = 0.1`), may stay within
+    its wider tolerance meanwhile, while gamma keeps growing. The training accuracy is averaged over every
+    training sample of the epoch, so the floor alone is its tolerance: a sustained fall of a point means
+    the penalty, not the sample, is costing accuracy.
+
+    State (``state_dict``): ``gamma``, ``good_gamma``, ``best``, ``below`` (consecutive epochs that did not
+    hold), ``stopped``, ``observed`` (validation observations so far), ``last_tolerance`` (:math:`\tau_e`
+    of the latest observation, recorded in the history beside the decision), ``train_accuracy``
+    (:math:`t_e`, the latest training accuracy) and ``best_train`` (:math:`c_e`).
+    ``__call__`` returns the current gamma whatever the epoch: the schedule is driven by its observations.
     """
 
     tolerance: float = 0.01
@@ -142,27 +175,83 @@ class AdaptiveGamma(ExponentialGamma):
     below: int = 0
     stopped: bool = False
     observed: int = 0
+    last_tolerance: float | None = None
+    train_accuracy: float | None = None
+    best_train: float | None = None
     uses_validation: ClassVar[bool] = True
     #: Fields that hold the controller's state, not options.
-    STATE: ClassVar[tuple[str, ...]] = ("gamma", "good_gamma", "best", "below", "stopped", "observed")
+    STATE: ClassVar[tuple[str, ...]] = ("gamma", "good_gamma", "best", "below", "stopped", "observed",
+                                        "last_tolerance", "train_accuracy", "best_train")
 
     def __call__(self, epoch: int) -> float:
         return self.start if self.gamma is None else self.gamma
 
-    def observe_validation(self, epoch: int, accuracy: float) -> str:
+    def observe(self, epoch: int, train_accuracy: float) -> None:
+        """Take the training accuracy of epoch ``epoch``, checked by the next :meth:`observe_validation`.
+
+        Raises
+        ------
+        ValueError
+            If ``train_accuracy`` is not a finite fraction in [0, 1].
+        """
+        if not math.isfinite(train_accuracy) or not 0.0 <= train_accuracy <= 1.0:
+            raise ValueError(f"training accuracy must be a fraction in [0, 1], got {train_accuracy!r}")
+        self.train_accuracy = float(train_accuracy)
+        self.best_train = self.train_accuracy if self.best_train is None else max(self.best_train,
+                                                                                 self.train_accuracy)
+
+    def tolerance_for(self, best: float, samples: int | None) -> float:
+        r"""The tolerance :math:`\tau = \max(\tau_{min}, z \sqrt{b (1 - b) / n})` (see the class docstring).
+
+        Parameters
+        ----------
+        best : float
+            The best validation accuracy so far, :math:`b`.
+        samples : int or None
+            The validation size :math:`n`; ``None``: an exact accuracy, the floor :math:`\tau_{min}` alone.
+
+        Returns
+        -------
+        float
+        """
+        if samples is None:
+            return self.tolerance
+        return max(self.tolerance, NOISE_SIGMAS * math.sqrt(best * (1.0 - best) / samples))
+
+    def observe_validation(self, epoch: int, accuracy: float, samples: int | None = None) -> str:
         """Take the validation accuracy after epoch ``epoch``, set the next epoch's gamma, return the decision.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch just trained.
+        accuracy : float
+            Its accuracy on the validation split, a fraction in [0, 1].
+        samples : int or None, optional
+            Size :math:`n` of the validation split, which sets the noise part of the tolerance (see the
+            class docstring); ``None``: the accuracy is exact and the tolerance is the ``tolerance`` floor.
 
         Returns
         -------
         str
-            :data:`GROW`, :data:`HOLD` or :data:`BACK_OFF` (see the class docstring).
+            :data:`GROW`, :data:`HOLD` or :data:`BACK_OFF` (see the class docstring); the tolerance it
+            was decided with is :attr:`last_tolerance`.
+
+        Raises
+        ------
+        ValueError
+            If ``accuracy`` is not a finite fraction in [0, 1] or ``samples`` is not a positive integer.
         """
         if not math.isfinite(accuracy) or not 0.0 <= accuracy <= 1.0:
             raise ValueError(f"validation accuracy must be a fraction in [0, 1], got {accuracy!r}")
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"validation samples must be a positive integer or None, got {samples!r}")
         gamma = self(epoch)
         self.observed += 1
         self.best = accuracy if self.best is None else max(self.best, accuracy)
-        if accuracy >= self.best - self.tolerance:
+        self.last_tolerance = self.tolerance_for(self.best, samples)
+        fit_holds = self.train_accuracy is None or self.train_accuracy >= self.best_train - self.tolerance
+        if accuracy >= self.best - self.last_tolerance and fit_holds:
             self.below = 0
             if self.stopped:
                 return HOLD

@@ -454,8 +454,9 @@ class Trainer:
         x_val, y_val = self.validation
         logits, _ = predict(self.model, x_val, self.device, self.dtype)
         accuracy = float((logits.argmax(1) == y_val).float().mean())
-        decision = self.gamma.observe_validation(epoch, accuracy)
-        return {"val_acc": accuracy, "gamma_decision": decision, "gamma_next": self.gamma(epoch + 1)}
+        decision = self.gamma.observe_validation(epoch, accuracy, samples=len(y_val))
+        return {"val_acc": accuracy, "gamma_decision": decision, "gamma_tolerance": self.gamma.last_tolerance,
+                "gamma_next": self.gamma(epoch + 1)}
 
     def _check_origin_collapse(self, row: dict[str, Any]) -> None:
         chance = 1.0 / self.data.num_classes
