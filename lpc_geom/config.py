@@ -35,9 +35,6 @@ from typing import Any, Literal, Union
 from lpc_geom.ablation import ROWS, get_row
 from lpc_geom.configs import resolve_config
 
-#: Optimisers that precondition a base optimiser with K-FAC: each name -> the base optimiser (a name of
-#: :data:`lpc_geom.optim.OPTIMIZERS`) that steps.
-KFAC_OPTIMIZERS = {"kfac-sgd": "sgd", "kfac-adam": "adamw", "kfac-riemannian": "riemannian-adam"}
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 #: Largest seed: numpy and torch generators both accept every seed in [0, 2**32 - 1].
@@ -71,9 +68,9 @@ def _gamma_schedules() -> dict[str, type]:
 
 
 def _optimizers() -> tuple[str, ...]:
-    from lpc_geom.optim import OPTIMIZERS
+    from lpc_geom.optim import optimizer_names
 
-    return ("auto", *OPTIMIZERS, *KFAC_OPTIMIZERS)
+    return optimizer_names()
 
 
 def _fisher_types() -> tuple[str, ...]:

@@ -429,8 +429,7 @@ def test_valid_configs_round_trip_through_config_json(values):
 
 
 def test_kfac_optimizers_name_a_base_optimizer_of_the_factory():
-    from lpc_geom.config import KFAC_OPTIMIZERS
-    from lpc_geom.optim import OPTIMIZERS
+    from lpc_geom.optim import KFAC_OPTIMIZERS, OPTIMIZERS
 
     assert set(KFAC_OPTIMIZERS.values()) <= set(OPTIMIZERS)
     assert TrainConfig(optimizer="kfac-riemannian").optimizer == "kfac-riemannian"

@@ -32,13 +32,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lpc_geom.ablation import get_row
-from lpc_geom.config import KFAC_OPTIMIZERS, TrainConfig
+from lpc_geom.config import TrainConfig
 from lpc_geom.data import Dataset, load_dataset, stratified_split
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
 from lpc_geom.models.backbones import backbone_record
 from lpc_geom.monitor import CollapseMonitor, write_history
-from lpc_geom.optim import build_optimizer, has_manifold_parameters
+from lpc_geom.optim import build_optimizer, resolve_optimizer
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json
 from lpc_geom.train.distributed import (
     all_reduce_sum,
@@ -107,19 +107,6 @@ def select_device(name: str) -> torch.device:
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def split_optimizer_name(name: str, model: nn.Module) -> tuple[str, bool]:
-    """``"kfac-adam"`` -> ``("adamw", True)``: the optimiser that steps, and whether K-FAC preconditions.
-
-    ``"auto"`` is AdamW, or Riemannian Adam (AdamW on the Euclidean parameters) when the model has
-    manifold parameters.
-    """
-    if name == "auto":
-        return ("riemannian-adam" if has_manifold_parameters(model) else "adamw"), False
-    if name not in KFAC_OPTIMIZERS:
-        return name, False
-    return KFAC_OPTIMIZERS[name], True
 
 
 def model_from_config(config: TrainConfig, data: Dataset,
@@ -201,7 +188,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # parameter initialisation; data order has its own generators
         model = model_from_config(config, self.data, backbone).to(device=self.device, dtype=self.dtype)
         self.model = model
-        base_optimizer, use_kfac = split_optimizer_name(config.optimizer, model)
+        base_optimizer, use_kfac = resolve_optimizer(config.optimizer, model)
         self.optimizer = build_optimizer(model, base_optimizer, lr=config.lr, weight_decay=config.weight_decay)
         self.preconditioner = None
         if use_kfac:
