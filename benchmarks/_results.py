@@ -38,6 +38,13 @@ def add_results_argument(parser: argparse.ArgumentParser, name: str) -> None:
     )
 
 
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table; cells are written with ``str`` (format numbers before)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
