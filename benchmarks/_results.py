@@ -39,10 +39,11 @@ def add_results_argument(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
-    """A markdown table; cells are written with ``str`` (format numbers before)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A markdown table; cells are written with ``str`` (format numbers before), ``|`` escaped."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(row) for row in rows)])
 
 
 def _git_commit() -> str:

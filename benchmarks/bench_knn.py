@@ -65,7 +65,8 @@ def main() -> None:
           f"{r['max_rel_diff']:.1e}"] for r in rows],
     )
     text = (
-        f"The {args.k}-th neighbour distance of every point of {args.n:,} latents (the entropy's default "
+        f"The distance of every point of {args.n:,} latents to its k-th nearest neighbour, k = {args.k} "
+        "(the entropy's default "
         "subsample), by lpc_geom's chunked brute force (used for Euclidean latents with d > 16) and by "
         "scipy's exact cKDTree query, on one thread. \"tight classes\": 10 classes of spread 1e-6 far from "
         "their mean, where the Gram identity alone cannot resolve the distances.\n\n" + table + "\n"

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 def _markdown(rows: list[dict], source: str, args: argparse.Namespace) -> str:
     table = markdown_table(
         ["model", "test acc", "per-sample loop s", "batched s", "speed-up (median)", "range", "target",
-         "max rel. diff (float64)", "mean ||r||/||x||", "Lipschitz lower / upper"],
+         "max rel. diff (float64)", "mean ‖r‖/‖x‖", "Lipschitz lower / upper"],
         [[r["model"], f"{r['test_accuracy']:.3f}", f"{r['per_sample_median_s']:.2f}", f"{r['batched_median_s']:.3f}",
           f"{r['speedup_median']:.1f}x", f"{r['speedup_range'][0]:.1f}-{r['speedup_range'][1]:.1f}x",
           f">= {r['target']:.0f}x ({'met' if r['meets_target'] else 'MISSED'})",
