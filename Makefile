@@ -6,7 +6,7 @@ PIP ?= $(PYTHON) -m pip
 TORCH_CPU_SPEC ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install install-test demo test lint bench mutation
+.PHONY: install install-test install-docs demo test lint docs results bench mutation
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU_SPEC)" \
@@ -16,7 +16,12 @@ install:
 install-test:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU_SPEC)" \
 	  || $(PIP) install "$(TORCH_CPU_SPEC)" --index-url $(TORCH_CPU_INDEX)
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test]"  # the test extra includes the docs extra: tests/test_docs.py builds the site
+
+install-docs:
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_CPU_SPEC)" \
+	  || $(PIP) install "$(TORCH_CPU_SPEC)" --index-url $(TORCH_CPU_INDEX)
+	$(PIP) install -e ".[docs]"
 
 demo: install
 	$(PYTHON) -m lpc_geom demo
@@ -27,6 +32,19 @@ test: install-test
 
 lint:
 	$(PYTHON) -m ruff check .
+
+# The documentation, strict: every page re-read (-E), every warning an error (-W); see docs/guide/documentation.md
+docs: install-docs
+	$(PYTHON) -m sphinx -W -E -q -b html docs docs/_build/html
+
+# Every benchmark with its defaults, each writing its results fragment into docs/results (long: the ablation
+# and the comparison grid train for tens of minutes). A benchmark that misses a target or fails is listed at
+# the end; the others still run.
+BENCHMARKS = $(filter-out benchmarks/_%,$(wildcard benchmarks/*.py))
+results:
+	@failed=""; for bench in $(BENCHMARKS) "benchmarks/bench_analyze.py --ratios"; do \
+	  echo "== $(PYTHON) $$bench"; $(PYTHON) $$bench || failed="$$failed; $$bench"; done; \
+	  if [ -n "$$failed" ]; then echo "non-zero exit (a missed target or a failure)$$failed"; exit 1; fi
 
 bench:
 	$(PYTHON) benchmarks/bench_ablation.py

@@ -38,11 +38,21 @@ def add_results_argument(parser: argparse.ArgumentParser, name: str) -> None:
     )
 
 
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table; cells are written with ``str`` (format numbers before), ``|`` escaped."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(row) for row in rows)])
+
+
 def _git_commit() -> str:
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+        # the fragments are outputs: a fragment just written by another benchmark is no local change
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", f":(exclude){RESULTS_DIR.relative_to(REPO).as_posix()}"],
                                capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return "unknown"

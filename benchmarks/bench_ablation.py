@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+from _results import add_results_argument, write_fragment
 from scipy.stats import pearsonr
 
 from lpc_geom.ablation import ROWS
@@ -70,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report the runs of the grid that already finished under --out")
+    add_results_argument(parser, "bench_ablation")
     return parser.parse_args(argv)
 
 
@@ -121,24 +124,27 @@ def separation_robustness_figure(records: list[dict], path: Path) -> dict:
     y = np.array([r[ROBUSTNESS] for r in ok])
     stats = {"pearson_r": float(pearsonr(x, y)[0]), "pearson_r_log": float(pearsonr(np.log(x), np.log(y))[0]),
              "runs": len(ok)}
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for row in dict.fromkeys(r["row"] for r in ok):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^v<>pPhX*"
+    for i, row in enumerate(dict.fromkeys(r["row"] for r in ok)):  # one colour and marker per row
         members = [r for r in ok if r["row"] == row]
         ax.scatter([r["train_separation_ratio"] for r in members], [r[ROBUSTNESS] for r in members],
-                   label=row, s=18)
+                   label=row, s=22, color=colours[(2 * i) % 20 + (2 * i) // 20], marker=markers[i % len(markers)])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("separation ratio (train latents)")
     ax.set_ylabel("DeepFool ||r|| / ||x|| (test)")
     ax.set_title(f"Pearson r = {stats['pearson_r']:.2f} (log-log: {stats['pearson_r_log']:.2f}), "
                  f"{len(ok)} runs")
-    ax.legend(fontsize="x-small", ncol=2)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     save_figure(fig, path)
     return stats
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    load_before = os.getloadavg()
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; accepted: {', '.join(ROWS)}")
@@ -181,6 +187,15 @@ def main(argv=None) -> int:
     write_json(table, out / "ablation.json")
     write_text(csv_text(table), out / "ablation.csv")
     print(f"\nwritten: {out / 'ablation.md'}, ablation.csv/json, ablation_runs.csv/json")
+    figure = out / "separation_vs_robustness.png"
+    fragment = report.replace(f"; figure: {figure}", "")
+    if correlation:
+        fragment += "\n\n![separation ratio against DeepFool robustness, every run](separation_vs_robustness.png)"
+    write_fragment(args.results_dir, f"The ablation rows on {base.dataset}", fragment,
+                   figures={figure.name: figure} if correlation else {},
+                   data={"rows": table, "correlation": correlation,
+                         "acceptance": [{"criterion": n, "pass": ok, "detail": d} for n, ok, d in checks]},
+                   load_before=load_before)
     failures = failure_lines(records)
     if failures:
         print("\n" + "\n".join(failures) + "\nlaunch the same command again to retry them", file=sys.stderr)

@@ -10,8 +10,9 @@ Gaussian classes (means of scale 2, unit noise).
 
 Also timed:
 
-* The ``fisher`` and ``transport`` groups alone: ``analyze(..., groups=[name])`` minus
-  ``analyze(..., groups=[])`` (validation and the shared statistics), i.e. their share of the full report.
+* The ``fisher`` and ``transport`` groups alone: ``analyze(..., groups=["collapse", name])`` minus
+  ``analyze(..., groups=["collapse"])`` (validation, the shared statistics and the collapse figures), i.e.
+  their share of the full report.
   Their modules import geoopt and POT on first use (about 2 s once per process): imported before the
   timings, like the package itself, and the import time is recorded (``fisher_transport_import_s``).
 * ``CollapseAccumulator``: the same data streamed in batches of 4,096, then ``report()``.
@@ -38,7 +39,7 @@ group <= 2x, full report <= 6x, relative error <= 1e-6.
 
     python benchmarks/bench_analyze.py                     # both cases, table + results/bench_analyze.json
     python benchmarks/bench_analyze.py --quick --out /tmp/b.json
-    python benchmarks/bench_analyze.py --ratios --results-dir results/   # ratios.json / .md there
+    python benchmarks/bench_analyze.py --ratios            # its fragment in docs/results/bench_analyze_ratios
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ from pathlib import Path
 # Run from a checkout without installing: the repository root holds the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _results import RESULTS_DIR, add_results_argument, markdown_table, write_fragment
+
 CASES = {"d64_K10": (50_000, 64, 10, 10.0), "d512_K100": (50_000, 512, 100, 30.0)}
 QUICK_CASES = {"d64_K10": (5_000, 64, 10, 10.0), "d512_K100": (5_000, 512, 100, 30.0)}
 
@@ -65,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="results/bench_analyze.json", help="JSON output path (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch / BLAS threads (default: 2; 1 with --ratios)")
     p.add_argument("--ratios", action="store_true", help="issue 18: cost ratios to one Gram product, one run")
-    p.add_argument("--results-dir", type=Path, help="with --ratios: write bench_analyze_ratios.json and .md here")
+    add_results_argument(p, "bench_analyze")  # with --ratios: docs/results/bench_analyze_ratios by default
     p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES), help="cases to run")
     p.add_argument("--quick", action="store_true", help="N = 5,000 instead of 50,000 (smoke test)")
     p.add_argument("--repeat", type=int, default=1, help="timed runs of analyze per case; the best is kept")
@@ -74,7 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gmm", action="store_true", help="also time the opt-in per-unit GMM figures")
     p.add_argument("--no-fisher", action="store_true", help="skip benchmarks/bench_fisher.py (issue 6 figures)")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.ratios and args.results_dir == RESULTS_DIR / "bench_analyze":
+        args.results_dir = RESULTS_DIR / "bench_analyze_ratios"
+    return args
 
 
 def make_data(n, d, k, seed):
@@ -208,10 +214,12 @@ def time_case(name, n, d, k, target, args):
         report = analyze(z, y, classifier=(W, b))
         analyze_s = min(analyze_s, time.perf_counter() - t0)
     group_s = {}
-    for group in ([], ["fisher"], ["transport"]):
+    # analyze needs at least one group: the collapse group (validation, shared statistics) is the base
+    for name, group in (("base", ["collapse"]), ("fisher", ["collapse", "fisher"]),
+                        ("transport", ["collapse", "transport"])):
         t0 = time.perf_counter()
         analyze(z, y, classifier=(W, b), groups=group)
-        group_s[group[0] if group else "base"] = time.perf_counter() - t0
+        group_s[name] = time.perf_counter() - t0
     fisher_s = group_s["fisher"] - group_s["base"]
     transport_s = group_s["transport"] - group_s["base"]
     t0 = time.perf_counter()
@@ -354,7 +362,7 @@ def cost_ratios(args) -> dict:
     }
 
 
-def report_ratios(res: dict, results_dir: Path | None) -> None:
+def report_ratios(res: dict, results_dir: Path) -> None:
     lines = [
         f"analyze cost on {res['N']:,} x {res['d']} float32 latents, {res['K']} classes; torch/BLAS on "
         f"{res['threads']} thread(s); medians of {res['repeat']} interleaved repetitions",
@@ -388,11 +396,22 @@ def report_ratios(res: dict, results_dir: Path | None) -> None:
         )
     text = "\n".join(lines)
     print(text)
-    if results_dir is not None:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        (results_dir / "bench_analyze_ratios.json").write_text(json.dumps(res, indent=2, default=float))
-        (results_dir / "bench_analyze_ratios.md").write_text("# bench_analyze --ratios\n\n```\n" + text + "\n```\n")
-        print(f"wrote {results_dir / 'bench_analyze_ratios.json'} and {results_dir / 'bench_analyze_ratios.md'}")
+    table = markdown_table(
+        ["job", "wall s", "CPU s", "x Gram (wall)", "x Gram (CPU)", "target"],
+        [[labels[name], f"{res['median_wall_s'][name]:.3f}", f"{res['median_cpu_s'][name]:.3f}",
+          f"{res['median_wall_s'][name] / res['median_wall_s']['gram']:.2f}",
+          f"{res['median_cpu_s'][name] / res['median_cpu_s']['gram']:.2f}",
+          f"<= {RATIO_TARGETS[name]:.0f}" if name in RATIO_TARGETS else ""] for name in labels],
+    )
+    markdown = (
+        f"The cost of `lpc_geom.analyze` on {res['N']:,} x {res['d']} float32 latents with {res['K']} classes, as "
+        f"a ratio to one float32 Gram product z^T z of the same latents, in one process on {res['threads']} "
+        f"thread(s); medians of {res['repeat']} interleaved repetitions. CPU time is the process's, less "
+        "sensitive to other processes than wall time.\n\n" + table + "\n\n"
+        + "\n".join(f"- {line}" for line in lines[-1 - len(RATIO_TARGETS):]) + "\n"
+    )
+    write_fragment(results_dir, "Cost of analyze relative to a Gram product", markdown, data=res,
+                   load_before=tuple(res["loadavg_before"]))
 
 
 def main(argv=None) -> int:
@@ -404,6 +423,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     if args.ratios:
         report_ratios(cost_ratios(args), args.results_dir)
         return 0
@@ -467,7 +487,32 @@ def main(argv=None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=float))
     print(f"\nwrote {path}")
+    write_fragment(args.results_dir, "Wall time of analyze", _markdown(results, fisher, args), data=out,
+                   load_before=load_before)
     return 0
+
+
+def _markdown(results: list[dict], fisher: dict | None, args) -> str:
+    table = markdown_table(
+        ["latents", "K", "analyze s", "target s", "Fisher group s", "GW group s", "streaming s",
+         "per-sample loop s", "loop / analyze"],
+        [[f"{r['N']:,} x {r['d']}", r["K"], f"{r['analyze_s']:.2f}", f"{r['target_s']:.0f}",
+          f"{r['fisher_group_s']:.2f}", f"{r['transport_group_s']:.2f}", f"{r['stream_s']:.2f}",
+          f"{r['loop_s']:.1f}" + (" (extrapolated)" if r["loop_extrapolated"] else ""),
+          f"{r['speedup_vs_loop']:.0f}x"] for r in results],
+    )
+    text = (
+        f"The full default report of `lpc_geom.analyze` (with a linear classifier, so the Fisher and "
+        f"Gromov-Wasserstein groups are included; not the opt-in GMM figures) on Gaussian float32 latents, "
+        f"torch on {args.threads} thread(s), best of {max(1, args.repeat)}; the streaming "
+        "`CollapseAccumulator` on the same data in batches of 4,096; and a straightforward per-sample numpy "
+        "loop of the same figures written in the benchmark, run on a subsample and scaled linearly to N "
+        "(marked extrapolated).\n\n" + table + "\n"
+    )
+    if fisher is not None:
+        text += "\n`benchmarks/bench_fisher.py`'s figures in the same run: " + ", ".join(
+            f"{k} {v:.3g}" for k, v in fisher.items() if k.endswith("_s")) + ".\n"
+    return text
 
 
 if __name__ == "__main__":

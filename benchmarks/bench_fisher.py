@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,6 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from _results import add_results_argument, markdown_table, write_fragment
 
 from lpc_geom.analysis.fisher import fisher_pointwise_autograd, fisher_summary
 from lpc_geom.analysis.transport import transport_summary
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", type=str, default=None, help="write the figures to this file")
+    add_results_argument(parser, "bench_fisher")
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     figures = run(args.n, args.d, args.k, args.repeat)
     print(f"torch threads: {torch.get_num_threads()}  N = {args.n}, d = {args.d}, K = {args.k}")
     for key, value in figures.items():
@@ -89,6 +93,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"n": args.n, "d": args.d, "k": args.k, **figures}, fh, indent=2)
+    timings = markdown_table(
+        ["computation", "points", "median s"],
+        [["`fisher_summary` (closed form)", f"{args.n:,}", f"{figures['fisher_summary_s']:.3f}"],
+         ["`fisher_pointwise_autograd` (the manifold heads' path)", f"{int(figures['fisher_autograd_points']):,}",
+          f"{figures['fisher_autograd_s']:.3f}"],
+         ["`transport_summary` of the class means", f"{args.k}", f"{figures['transport_summary_s']:.3f}"]],
+    )
+    values = markdown_table(["figure", "value"], [[f"`{key[len('value_'):]}`", f"{value:.4g}"]
+                                                  for key, value in figures.items() if key.startswith("value_")])
+    text = (
+        f"Gaussian latents, N = {args.n:,}, d = {args.d}, K = {args.k}, a linear classifier aligned with the class "
+        f"means; medians of {args.repeat} runs after a warm-up, torch on {torch.get_num_threads()} thread(s).\n\n"
+        f"{timings}\n\n**fisher_summary: {figures['fisher_summary_s']:.3f} s** (target <= {FISHER_TARGET_S:g} s: "
+        f"{'met' if ok else 'MISSED'}).\n\nThe figures computed (a check that the timed work is the real one):\n\n"
+        f"{values}\n"
+    )
+    write_fragment(args.results_dir, "Fisher-metric and Gromov-Wasserstein figures", text,
+                   data={"n": args.n, "d": args.d, "k": args.k, **figures}, load_before=load_before)
     return 0 if ok else 1
 
 

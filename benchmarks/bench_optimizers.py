@@ -24,8 +24,8 @@ amortised per step), ``opt`` (the optimiser update) and ``other`` (forward, loss
 The targets of issue 18, at the training batch size: ``kfac-adam`` at most 3.0x AdamW's median step,
 ``kfac-adam stats/N`` at most 2.0x; and (part 1) fewer epochs to the target than AdamW in every seed.
 Run ``python benchmarks/bench_optimizers.py`` (3 seeds, 20 epochs) or ``--quick`` for a smoke run;
-``--skip-training`` runs part 2 only; ``--json PATH`` writes every figure, ``--out DIR`` writes
-``DIR/bench_optimizers.json`` and ``DIR/bench_optimizers.md``. The load average before and after is
+``--skip-training`` runs part 2 only; ``--json PATH`` writes every figure, and the documentation's
+results fragment (tables, figure, data) goes to ``--results-dir``. The load average before and after is
 printed and saved with the figures: on a shared machine only ratios measured in one run mean anything.
 """
 
@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _results import add_results_argument, markdown_table, write_fragment
 
 from lpc_geom.config import TrainConfig
 from lpc_geom.data import load_dataset
@@ -207,12 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-training", action="store_true", help="part 2 only")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 3 epochs, 2,000 samples")
     parser.add_argument("--json", type=Path, help="write all figures to this file")
-    parser.add_argument("--out", type=Path, help="results directory: bench_optimizers.json and .md")
+    add_results_argument(parser, "bench_optimizers")
     parser.add_argument(
         "--stats-examples", type=int, default=None, help="part 1: K-FAC MC statistics from this many examples"
     )
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a target is missed")
     args = parser.parse_args(argv)
+    start_load = os.getloadavg()
     if args.quick:
         args.seeds, args.epochs, args.num_samples, args.timing_steps = [0], 3, 2_000, 30
         args.timing_batches = [args.batch_size]
@@ -321,38 +323,72 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=1))
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bench_optimizers.json").write_text(json.dumps(payload, indent=1))
-        (args.out / "bench_optimizers.md").write_text(_markdown(payload, args))
-        print(f"  wrote {args.out / 'bench_optimizers.json'} and {args.out / 'bench_optimizers.md'}")
+    figures = {"test_accuracy.png": _figure(rows)} if rows else {}
+    write_fragment(args.results_dir, "K-FAC against AdamW", _markdown(payload, args), figures=figures, data=payload,
+                   load_before=start_load)
     return 0 if ok or not args.check else 1
 
 
+def _figure(rows: list[dict[str, Any]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    names = sorted({r["name"] for r in rows}, key=[r["name"] for r in rows].index)
+    for colour, name in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"], names, strict=False):
+        for i, r in enumerate(r for r in rows if r["name"] == name):
+            epochs = range(1, len(r["test_acc"]) + 1)
+            ax.plot(epochs, [100 * a for a in r["test_acc"]], color=colour, alpha=0.8,
+                    label=name if i == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Test accuracy per epoch, every seed")
+    ax.legend(loc="lower right")
+    return fig
+
+
 def _markdown(payload: dict[str, Any], args: argparse.Namespace) -> str:
+    step = markdown_table(
+        ["batch", "variant", "median step ms", "x AdamW", "mean x AdamW", *(f"{p} ms" for p in PARTS)],
+        [[n, name, f"{res['median_step_ms']:.1f}", f"{res['ratio']:.2f}", f"{res['mean_ratio']:.2f}",
+          *(f"{res.get(p, float('nan')):.1f}" for p in PARTS)]
+         for n, table in payload["step_time"].items() for name, res in table.items()],
+    )
     lines = [
-        "# bench_optimizers",
+        f"MNIST-1D, MLP + LPC head, K-FAC fisher={args.fisher}, damping {args.damping}, inverses every "
+        f"{args.update_freq} steps, torch on {args.threads} thread(s).",
         "",
-        f"MNIST-1D MLP + LPC head, torch on {args.threads} thread(s), K-FAC fisher={args.fisher}, "
-        f"inverses every {args.update_freq} steps; load average {payload['loadavg_before'][0]:.2f} before, "
-        f"{payload['loadavg_after'][0]:.2f} after part 2 ({os.cpu_count()} CPUs).",
+        f"**Step time.** The variants step in turn on the same batches ({args.timing_steps} steps each); medians, "
+        "as ratios to the AdamW step of the same rounds (mean ratios include the periodic refreshes). "
+        "`stats`: the extra Fisher backward and factor products; `precond`: preconditioning on steps that reuse "
+        "the inverses; `refresh`: the inverse refreshes, amortised per step; `opt`: the optimiser update; "
+        "`other`: forward, loss, backward.",
         "",
-        "| batch | variant | median step ms | ratio | mean ratio | " + " | ".join(PARTS) + " |",
-        "|---:|---|---:|---:|---:|" + "---:|" * len(PARTS),
+        step,
+        "",
+        *(f"- {v}" for v in payload["verdicts"]),
     ]
-    for n, table in payload["step_time"].items():
-        for name, res in table.items():
-            parts = " | ".join(f"{res.get(p, float('nan')):.1f}" for p in PARTS)
-            head = f"| {n} | {name} | {res['median_step_ms']:.1f} | {res['ratio']:.2f} | {res['mean_ratio']:.2f}"
-            lines.append(f"{head} | {parts} |")
-    lines += ["", *(f"- {v}" for v in payload["verdicts"])]
     if payload["training"]:
-        lines += ["", "| seed | optimizer | final test acc | target | epochs to target |", "|---:|---|---:|---:|---:|"]
-        for r in payload["training"]:
-            lines.append(
-                f"| {r['seed']} | {r['name']} | {r['test_acc'][-1]:.4f} | {r['target']:.4f} | "
-                f"{r['epochs_to_target'] or 'never'} |"
-            )
+        training = markdown_table(
+            ["seed", "optimiser", "final test acc %", "target %", "epochs to target", "seconds to target"],
+            [[r["seed"], r["name"], f"{100 * r['test_acc'][-1]:.2f}", f"{100 * r['target']:.2f}",
+              r["epochs_to_target"] or "never",
+              f"{r['seconds_to_target']:.1f}" if r["seconds_to_target"] is not None else "-"]
+             for r in payload["training"]],
+        )
+        lines += [
+            "",
+            f"**Convergence.** Each optimiser trains with the project's trainer for {args.epochs} epochs per seed; "
+            "the target is the AdamW run's final test accuracy.",
+            "",
+            training,
+            "",
+            "![test accuracy per epoch, every optimiser and seed](test_accuracy.png)",
+        ]
+    else:
+        lines += ["", "(Convergence part skipped: `--skip-training`.)"]
     return "\n".join(lines) + "\n"
 
 
