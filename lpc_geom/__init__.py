@@ -34,19 +34,22 @@ _LAZY = {
     "ConstantGamma": "lpc_geom.train.schedules",
     "build_gamma_schedule": "lpc_geom.train.schedules",
     "TrainConfig": "lpc_geom.config",
-    "train": "lpc_geom.train",
 }
+# `lpc_geom.train` is the training package, callable as the trainer: `lpc_geom.train(config)`.
+_SUBPACKAGES = ("train",)
 
 
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'lpc_geom' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+    return sorted({*globals(), *_LAZY, *_SUBPACKAGES})

@@ -230,3 +230,22 @@ def test_final_robustness_is_written_with_the_summary(tmp_path):
     assert report["n_samples"] == 30
     assert result.final["robust_deepfool_mean_relative_norm"] == pytest.approx(report["deepfool_mean_relative_norm"])
     assert json.loads((result.out_dir / "summary.json").read_text())["robust_n_samples"] == 30
+
+
+def test_lpc_geom_train_is_the_trainer_whether_or_not_the_package_was_imported_first(tmp_path):
+    """`lpc_geom.train(config)` trains even after a submodule import bound `lpc_geom.train` to the package."""
+    settings = json.dumps({**TINY, "epochs": 2})
+    code = (
+        "import json, sys, lpc_geom\n"
+        "import lpc_geom.train.schedules\n"  # binds lpc_geom.train to the package
+        "from lpc_geom import TrainConfig\n"
+        "assert lpc_geom.train is sys.modules['lpc_geom.train']\n"
+        f"config = TrainConfig(**{{**json.loads({settings!r}), 'out_dir': sys.argv[1]}})\n"
+        "result = lpc_geom.train(config)\n"
+        "print(type(result).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "RunResult"
+    assert (tmp_path / "run" / "config.json").is_file()
