@@ -359,6 +359,8 @@ def analyze(
         ``bimodality_threshold`` outside (0, 1), ``fisher_min_prob`` outside [0, 1), ``entropy_floor`` not
         positive, NaN/Inf in any of them; an empty or unknown ``groups`` (the accepted names are listed).
 
+    Notes
+    -----
     Every option is checked before any work (by :class:`~lpc_geom.analysis.options.AnalyzeOptions`, with the
     validators of :mod:`lpc_geom.analysis._validation`): a ``TypeError`` for the wrong kind of value (a string
     or number where a bool is expected, a bool or float where a count is expected: ``gmm="no"``,
