@@ -470,3 +470,15 @@ def test_non_finite_factors_fail_clearly_in_float64(damping_mode, message):
     with pytest.raises(torch.linalg.LinAlgError, match=f"^{message}"):
         pc.step()
     assert pc.float64_retries == 0  # already float64: no retry counted
+
+
+def test_a_zero_input_factor_keeps_pi_at_one():
+    """``pi = sqrt(mean diag A / mean diag G)`` needs both means positive; an all-zero ``A`` (a bias-free layer
+    fed zeros) keeps ``pi = 1`` and gets the plain damped inverse ``(0 + sqrt(lambda) I)^-1``."""
+    model = nn.Linear(3, 2, bias=False).to(D64)
+    pc = KFAC(model, fisher="exact", damping=1e-2, kl_clip=None)
+    _step(model, pc, torch.zeros(5, 3, dtype=D64), torch.tensor([0, 1, 0, 1, 0]))
+    st = pc._state[""]
+    assert st.pi == 1.0
+    torch.testing.assert_close(st.cache["inv_A"], torch.eye(3, dtype=D64) / math.sqrt(1e-2), rtol=1e-12, atol=0)
+    assert torch.equal(model.weight.grad, torch.zeros(2, 3, dtype=D64))

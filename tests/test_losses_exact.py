@@ -94,28 +94,34 @@ def test_supcon_refusals_and_the_temperature_boundary():
         supcon_loss(features, labels[:3])
 
 
-def test_supcon_normalises_every_row_above_the_epsilon_exactly():
-    """Each latent enters as ``z / max(||z||, 1e-8)``: a row just above the floor is a unit vector."""
+def supcon_from_directions(u: torch.Tensor, labels: torch.Tensor, tau: float) -> float:
+    """Khosla et al.'s L^sup_out from given (normalised) rows ``u``, anchor by anchor."""
+    sim = (u @ u.T) / tau
+    n, terms = len(labels), []
+    for i in range(n):
+        others = [a for a in range(n) if a != i]
+        pos = [p for p in others if labels[p] == labels[i]]
+        if pos:
+            log_den = torch.logsumexp(sim[i, others], dim=0)
+            terms.append(-sum(float(sim[i, p] - log_den) for p in pos) / len(pos))
+    return sum(terms) / len(terms)
+
+
+def test_supcon_normalises_by_the_norm_floored_at_1e_8():
+    """Each latent enters as ``z / max(||z||, 1e-8)``: a unit vector above the floor, shorter below it."""
     g = torch.Generator().manual_seed(3)
     features = torch.randn(6, 4, generator=g, dtype=torch.float64)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    tiny = features.clone()
-    tiny[1] *= (1e-8 * (1 + 5e-9)) / float(features[1].norm())  # norm 1.000000005e-8
-    torch.testing.assert_close(supcon_loss(tiny, labels, 0.3), supcon_loss(features, labels, 0.3),
+    for norm in (1e-8 * (1 + 5e-9), 1e-10, 0.0):
+        x = features.clone()
+        x[1] *= norm / float(features[1].norm())
+        u = x / x.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        assert float(supcon_loss(x, labels, 0.3)) == pytest.approx(supcon_from_directions(u, labels, 0.3),
+                                                                 rel=1e-12), norm
+    just_above = features.clone()
+    just_above[1] *= 1e-8 * (1 + 5e-9) / float(features[1].norm())
+    torch.testing.assert_close(supcon_loss(just_above, labels, 0.3), supcon_loss(features, labels, 0.3),
                                rtol=1e-12, atol=0)
-    # Below the floor the row shrinks with its norm instead: a zero row has similarity 0 with everything.
-    zero = features.clone()
-    zero[1] = 0.0
-    u = F.normalize(features, dim=1)
-    sim = (u @ u.T) / 0.3
-    sim[1, :] = sim[:, 1] = 0.0
-    expected = []
-    for i in range(6):
-        others = [a for a in range(6) if a != i]
-        log_den = torch.logsumexp(sim[i, others], dim=0)
-        pos = [p for p in others if labels[p] == labels[i]]
-        expected.append(-sum(sim[i, p] - log_den for p in pos) / len(pos))
-    assert float(supcon_loss(zero, labels, 0.3)) == pytest.approx(float(sum(expected) / 6), rel=1e-12)
 
 
 def test_supcon_default_temperature_is_the_papers():
