@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -395,3 +396,38 @@ def test_a_sweep_reads_a_run_config_once_and_refuses_a_corrupt_record(tmp_path, 
     record = sweep._run_job(job, None)
     assert record["status"] == "failed" and "no training" in record["error"] and record["resumed_at_epoch"] == 1
     assert reads.count("config.json") == 1
+
+
+def test_a_signal_during_a_checkpoint_write_is_delivered_after_the_file_is_whole(tmp_path, monkeypatch):
+    """submitit's requeue handler raises SystemExit wherever it lands; inside torch.save that lost the file."""
+    import torch
+
+    from lpc_geom.train import checkpoint
+
+    received = []
+
+    def requeue(signum, _frame):
+        received.append(signum)
+        raise SystemExit(0)
+
+    real_save = torch.save
+
+    def save_and_get_signalled(obj, handle):
+        os.kill(os.getpid(), signal.SIGUSR2)  # arrives mid-write, as near a time limit
+        time.sleep(0.05)
+        assert received == []  # not yet: the write goes on
+        real_save(obj, handle)
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        monkeypatch.setattr(checkpoint.torch, "save", save_and_get_signalled)
+        state = {"epoch": 3, "weights": torch.arange(1000.0)}
+        with pytest.raises(SystemExit):
+            checkpoint.save_checkpoint(state, tmp_path / "checkpoint.pt")
+        assert received == [signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) is requeue
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    loaded = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert loaded["epoch"] == 3 and torch.equal(loaded["weights"], state["weights"])
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]

@@ -1,19 +1,25 @@
 """Run files: atomic writes that honour the umask, and reads that never execute code from a file.
 
 Writes go to a temporary file in the same directory, are fsynced and renamed over the target, so a crash
-while writing never replaces the last good file. Checkpoints are read with ``torch.load(weights_only=True)``
-(tensors, numbers, strings, lists and dicts only), archives with ``numpy.load(allow_pickle=False)``: a file
-that holds anything else, or that is truncated, is refused with a :class:`RunFileError` naming it.
+while writing never replaces the last good file; a signal whose Python handler would run during a write
+(submitit's requeue handler exits the process from wherever it lands) is delivered right after it.
+Checkpoints are read with ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists and dicts
+only), archives with ``numpy.load(allow_pickle=False)``: a file that holds anything else, or that is
+truncated, is refused with a :class:`RunFileError` naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import re
 import secrets
+import signal
+import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +40,42 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back the Python signal handlers of this process while the block runs, then deliver what came.
+
+    A handler runs between any two bytecodes of the main thread, also inside ``torch.save``'s pickler; one
+    that raises there (``SystemExit`` from submitit's requeue, ``KeyboardInterrupt``) surfaces as a torch
+    error and the write is lost. Outside the main thread no handler can be replaced and none runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved = {}
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler):
+            saved[signum] = handler
+            signal.signal(signum, lambda received, _frame: pending.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
+
+
 def _atomic_write(path: Path, write) -> None:
+    with signals_deferred():
+        _write_and_rename(path, write)
+
+
+def _write_and_rename(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     # os.open with mode 0o666: the kernel applies the umask, like any other tool's files (mkstemp makes 0600)
