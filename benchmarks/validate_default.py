@@ -188,6 +188,14 @@ def criteria(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> list[di
     return out
 
 
+def shown(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The rows limited to the cell, the run counts and the mean and std of the tabulated figures (the
+    fragment's data; ``validate.csv`` keeps every field)."""
+    keys = [key for _, key, _ in (*COLUMNS, *CONTROLLER_COLUMNS)] + ["peak_gamma", "best_val_acc"]
+    return [{k: v for k, v in r.items() if k in ("dataset", "row", "runs", "failed")
+             or any(k == f"{key}_{stat}" for key in keys for stat in ("mean", "std"))} for r in rows]
+
+
 def _verdict(value: bool | None) -> str:
     return "n/a" if value is None else ("PASS" if value else "FAIL")
 
@@ -295,7 +303,10 @@ def main(argv=None) -> int:
         + f"\n\nCriteria met on {passed} of {len(verdicts)} datasets (LPC within 1 point of LinPen and 2 of "
         "NoPen in test accuracy, training separation >= 5x NoPen's, on means over seeds).\n"
         + (("\n" + "\n".join(failures) + "\n") if failures else ""))
-    previous = None if args.previous is None else {"label": args.previous_label, **read_json(args.previous)}
+    previous = None
+    if args.previous is not None:
+        earlier = read_json(args.previous)
+        previous = {"label": args.previous_label, "rows": shown(earlier["rows"]), "criteria": earlier["criteria"]}
     if previous is not None:
         lpc = [r for r in previous["rows"] if r["row"] == "LPC"]
         head = ["dataset", "runs", *(h for h, _, _ in COLUMNS), "final gamma", "backed off"]
@@ -307,7 +318,7 @@ def main(argv=None) -> int:
         body += (f"\n### For comparison: {args.previous_label}\n\nLPC rows (LinPen and NoPen as above):\n\n"
                  + "\n".join(lines) + "\n\n" + criteria_table(previous["criteria"]) + "\n")
     write_fragment(args.results_dir, "Validation of the default gamma controller", body,
-                   data={"rows": rows, "criteria": verdicts, "epochs": args.epochs, "seeds": args.seeds,
+                   data={"rows": shown(rows), "criteria": verdicts, "epochs": args.epochs, "seeds": args.seeds,
                          "growth_factor": factor, "datasets": {n: DATASETS[n].options for n in args.datasets},
                          "previous": previous},
                    load_before=load_before)
