@@ -76,11 +76,10 @@ def conv_matrix_norm(weight: torch.Tensor, input_size: Sequence[int], *, stride:
     With :math:`S^{(d)}_{j}[o, i] = \mathbb 1[i = o s_d - p_d + j \delta_d]` the selection of the input
     that tap ``j`` reads for output ``o`` along dimension ``d``, the layer's matrix is
 
-    .. math:: A = \sum_{j} K[:, :, j] \otimes igotimes_d S^{(d)}_{j_d},
+    .. math:: A = \sum_{j} K[:, :, j] \otimes \bigotimes_d S^{(d)}_{j_d},
 
-    (block-diagonal over groups), and :math:`\lVert A
-Vert_2` is the root of the largest eigenvalue of
-    its smaller Gram matrix. Cost :math:`O(|	ext{taps}|\, D_{in} D_{out} + \min(D_{in}, D_{out})^3)`:
+    (block-diagonal over groups), and :math:`\lVert A \rVert_2` is the root of the largest eigenvalue of
+    its smaller Gram matrix. Cost :math:`O(|\text{taps}|\, D_{in} D_{out} + \min(D_{in}, D_{out})^3)`:
     exact and cheaper than :func:`conv_operator_norm` on 1x1 or 2x2 maps (the last ResNet stage).
 
     Parameters
