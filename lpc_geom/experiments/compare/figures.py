@@ -28,8 +28,9 @@ def _grid(first: Mapping[tuple[str, str], Any]):
 
     geometries = list(dict.fromkeys(g for g, _ in first))
     optimizers = list(dict.fromkeys(o for _, o in first))
-    fig, axes = plt.subplots(len(optimizers), len(geometries), figsize=(3.6 * len(geometries),
-                                                                        3.4 * len(optimizers)), squeeze=False)
+    fig, axes = plt.subplots(len(optimizers), len(geometries), figsize=(3.8 * len(geometries) + 1.2,
+                                                                        3.6 * len(optimizers)), squeeze=False,
+                             layout="constrained")
     return fig, axes, geometries, optimizers
 
 
@@ -42,7 +43,8 @@ def _is_disk(run: _LoadedRun) -> bool:
 
 def figure_latents(loaded: Sequence[_LoadedRun]):
     """2-D views of the training latents, one panel per cell (its first seed): PCA, or the native Poincaré
-    disk (scaled to the unit disk, :math:`\\sqrt c\\, z`) for 2-D ball latents."""
+    disk (scaled to the unit disk, :math:`\\sqrt c\\, z`) for 2-D ball latents. One class legend, to the
+    right of the panels."""
     from lpc_geom.experiments.plots import plot_latents_2d
 
     first = _first_runs(loaded)
@@ -50,32 +52,41 @@ def figure_latents(loaded: Sequence[_LoadedRun]):
     for (geometry, optimizer), run in first.items():
         ax = axes[optimizers.index(optimizer), geometries.index(geometry)]
         sep = run.record.get("train_separation_ratio", math.nan)
-        title = f"{geometry} / {optimizer}\nseed {run.record['seed']}, sep. ratio {sep:.3g}"
+        title = f"{geometry} / {optimizer}\nseed {run.record['seed']}, separation ratio {sep:.3g}"
         if _is_disk(run):
             scale = math.sqrt(-float(run.manifold.k))
-            plot_latents_2d(ax, scale * run.latents, run.labels, disk=True, title=title + " (disk)")
+            plot_latents_2d(ax, scale * run.latents, run.labels, disk=True, title=title + " (disk)", legend=False)
         else:
-            plot_latents_2d(ax, run.latents, run.labels, title=title)
+            plot_latents_2d(ax, run.latents, run.labels, title=title, legend=False)
+        ax.xaxis.label.set_fontsize("small")
+        ax.yaxis.label.set_fontsize("small")
     for ax in axes.flat:
         if not ax.has_data():
             ax.set_axis_off()
-    fig.suptitle("training latents (PCA; native disk for 2-D Poincaré), coloured by class")
+    handles, labels = next(ax for ax in axes.flat if ax.has_data()).get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", title="class", markerscale=3, frameon=False,
+               fontsize="small")
+    fig.suptitle("training latents (principal components; native disk for 2-D Poincaré), coloured by class")
     return fig
 
 
 def figure_histograms(loaded: Sequence[_LoadedRun]):
-    """Per-unit histograms of the training latents (binary encoding shows as two spikes at ±1)."""
+    """Per-unit histograms of the training latents, one row per unit, each unit marked two-valued or not
+    (:func:`~lpc_geom.experiments.plots.plot_unit_histograms`; binary encoding shows as two-valued units
+    with spikes at ±1)."""
     from lpc_geom.experiments.plots import plot_unit_histograms
 
     first = _first_runs(loaded)
     fig, axes, geometries, optimizers = _grid(first)
     for (geometry, optimizer), run in first.items():
         ax = axes[optimizers.index(optimizer), geometries.index(geometry)]
-        plot_unit_histograms(ax, run.latents, title=f"{geometry} / {optimizer}")
+        plot_unit_histograms(ax, run.latents, title=f"{geometry} / {optimizer}\n")
+        ax.title.set_fontsize("medium")
     for ax in axes.flat:
         if not ax.has_data():
             ax.set_axis_off()
-    fig.suptitle("first 8 latent units, each scaled to its max |value| (training latents)")
+    fig.suptitle("first 8 latent units of the training latents, each scaled to its max |value|; "
+                 "b: bimodality coefficient (1 for two values)")
     return fig
 
 
@@ -105,57 +116,84 @@ def mean_histories(loaded: Sequence[_LoadedRun]) -> dict[tuple[str, str], list[d
 
 def figure_history(loaded: Sequence[_LoadedRun]):
     """Collapse over training (``history.json``: figures of the trainer's fixed training subsample, and test
-    accuracy; mean over seeds), one row per optimiser."""
+    accuracy; mean over seeds), one row per optimiser, one legend of the geometries per row."""
     import matplotlib.pyplot as plt
 
-    from lpc_geom.experiments.plots import plot_history
+    from lpc_geom.experiments.plots import legend_outside, plot_history, quantity_label
 
     means = mean_histories(loaded)
     optimizers = list(dict.fromkeys(o for _, o in means))
-    fig, axes = plt.subplots(len(optimizers), len(HISTORY_KEYS), figsize=(5 * len(HISTORY_KEYS),
-                                                                           3.6 * len(optimizers)), squeeze=False)
+    fig, axes = plt.subplots(len(optimizers), len(HISTORY_KEYS), figsize=(5 * len(HISTORY_KEYS) + 1.5,
+                                                                           3.6 * len(optimizers)), squeeze=False,
+                             layout="constrained")
     for i, optimizer in enumerate(optimizers):
         histories = {g: rows for (g, o), rows in means.items() if o == optimizer}
         for j, (key, log) in enumerate(HISTORY_KEYS):
-            plot_history(axes[i, j], histories, key, log=log, title=f"{key}, {optimizer}")
+            plot_history(axes[i, j], histories, key, log=log, title=f"{quantity_label(key)}\n{optimizer}",
+                         legend=j == len(HISTORY_KEYS) - 1)
+            axes[i, j].title.set_fontsize("medium")
+            axes[i, j].yaxis.label.set_fontsize("small")
+        legend_outside(axes[i, -1], title="geometry")
     return fig
 
 
 def figure_scatter(records: Sequence[Mapping[str, Any]], correlation: Mapping[str, Any]):
-    """Training separation ratio against DeepFool robustness, one point per run, with the correlation."""
-    import matplotlib.pyplot as plt
+    """Training separation ratio against DeepFool robustness, one point per run, with the correlation.
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    Colour: the geometry cell; marker: the optimiser cell; the legend sits outside the data.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from lpc_geom.experiments.plots import MARKERS, class_colours, legend_outside, readable_log_axis
+
+    fig, ax = plt.subplots(figsize=(7.6, 4.8), layout="constrained")
     geometries = list(dict.fromkeys(r["geometry"] for r in records))
-    markers = {"default": "o", "kfac": "^"}
-    colours = {g: plt.get_cmap("tab10")(i % 10) for i, g in enumerate(geometries)}
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in records))
+    markers = {o: MARKERS[i] for i, o in enumerate(optimizers)}
+    colours = class_colours(geometries)
     for r in records:
         x, y = r.get("train_separation_ratio"), r.get("robust_deepfool_mean_relative_norm")
         if r.get("status") != "ok" or not (_number(x) and _number(y) and x > 0):
             continue
-        ax.scatter(x, y, color=colours[r["geometry"]], marker=markers.get(r["optimizer"], "s"), s=36,
+        ax.scatter(x, y, color=colours[r["geometry"]], marker=markers[r["optimizer"]], s=36,
                    edgecolors="k", linewidths=0.4)
-    for g in geometries:
-        ax.scatter([], [], color=colours[g], marker="o", label=g)
-    for name, marker in markers.items():
-        ax.scatter([], [], color="0.6", marker=marker, label=f"optimiser: {name}")
+    handles = [Line2D([], [], color=colours[g], marker="o", linestyle="none", label=g) for g in geometries]
+    handles += [Line2D([], [], color="0.6", marker=markers[o], linestyle="none", label=f"optimiser: {o}")
+                for o in optimizers]
     ax.set_xscale("log")
-    ax.set_xlabel("separation ratio (training latents)")
-    ax.set_ylabel("DeepFool ‖r‖/‖x‖ (test inputs)")
+    readable_log_axis(ax.xaxis)
+    ax.set_xlabel("separation ratio of the training latents (between- / within-class spread)")
+    ax.set_ylabel("DeepFool distance ‖r‖/‖x‖ on test inputs")
+    ax.grid(alpha=0.3)
     ax.set_title(f"Pearson r = {correlation['pearson']:.2f} (log10 ratio: {correlation['pearson_log']:.2f}), "
                  f"n = {correlation['n']} runs", fontsize="medium")
-    ax.legend(fontsize="x-small")
+    legend_outside(ax, handles, [h.get_label() for h in handles])
     return fig
 
 
+def seed_noise_level(entry: Mapping[str, Any]) -> float:
+    """The seed-vs-seed level of a GW matrix of :func:`~lpc_geom.experiments.compare.gw_matrices`: the mean
+    of its finite diagonal (each geometry's seeds against each other); NaN without two seeds of a geometry.
+
+    Entries between geometries at or below this level are within the variation of retraining one geometry.
+    """
+    diagonal = np.diag(np.array(entry["matrix"], dtype=float))
+    finite = diagonal[np.isfinite(diagonal)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
 def figure_gw(gw: Mapping[str, Mapping[str, Any]]):
-    """Heat maps of the GW matrices of :func:`gw_matrices`, one per optimiser, values annotated."""
+    """Heat maps of the GW matrices of :func:`gw_matrices`, one per optimiser, values annotated, with the
+    seed-vs-seed level (:func:`seed_noise_level`) marked on each colour bar: entries between geometries
+    at or below it are printed in brackets (within the noise of retraining)."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(gw), figsize=(5.6 * len(gw), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(gw), figsize=(6.4 * len(gw), 5.4), squeeze=False, layout="constrained")
     for ax, (optimizer, entry) in zip(axes[0], gw.items(), strict=True):
         matrix = np.array(entry["matrix"], dtype=float)
         names = entry["geometries"]
+        noise = seed_noise_level(entry)
         image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis")
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize="small")
         ax.set_yticks(range(len(names)), names, fontsize="small")
@@ -163,11 +201,20 @@ def figure_gw(gw: Mapping[str, Mapping[str, Any]]):
         middle = (finite.max() + finite.min()) / 2 if finite.size else 0.0
         for (i, j), value in np.ndenumerate(matrix):
             text = "n/a" if not math.isfinite(value) else f"{value:.2g}"
+            if i != j and math.isfinite(value) and value <= noise:
+                text = f"({text})"
             ax.text(j, i, text, ha="center", va="center", fontsize="x-small",
                     color="w" if math.isfinite(value) and value < middle else "k")
-        fig.colorbar(image, ax=ax, fraction=0.046)
-        ax.set_title(f"GW between class-centre configurations\n({optimizer}; diagonal: seed vs seed)",
+        bar = fig.colorbar(image, ax=ax, fraction=0.046)
+        if math.isfinite(noise):
+            bar.ax.axhline(noise, color="red", lw=2)
+            bar.set_label("GW discrepancy (red line: seed-vs-seed level)", fontsize="small")
+            caption = f"seed-vs-seed level {noise:.2g}: values in brackets are within it"
+        else:
+            caption = "one seed per geometry: no seed-vs-seed level"
+        ax.set_title(f"GW between class-centre configurations, {optimizer}\n(diagonal: seed vs seed)",
                      fontsize="medium")
+        ax.set_xlabel(caption, fontsize="small")
     return fig
 
 
