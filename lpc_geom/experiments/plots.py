@@ -10,6 +10,7 @@ scatter has its own colour and its own marker.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -34,6 +35,7 @@ __all__ = [
     "quantity_label",
     "readable_log_axis",
     "save_figure",
+    "suptitle",
     "unit_bimodality",
 ]
 
@@ -183,6 +185,8 @@ def unit_bimodality(latents: np.ndarray) -> np.ndarray:
     from lpc_geom.analysis.hypercube import bimodality_coefficients
 
     latents = np.asarray(latents, dtype=np.float64)
+    if latents.ndim == 2 and latents.shape[1] == 1:  # the analyzers take d >= 2; a constant unit is NaN
+        return unit_bimodality(np.column_stack([latents, np.zeros(len(latents))]))[:1]
     # the unit moments are over all samples: any labelling with two classes gives the same b
     halves = np.arange(len(latents)) % 2
     return bimodality_coefficients(as_statistics(latents, halves, None)).numpy()
@@ -297,6 +301,13 @@ def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Seq
         ax.set_title(title, fontsize="medium")
     legend_outside(ax)
     return fig
+
+
+def suptitle(fig, text: str, *, fontsize: float = 12.0):
+    """A figure title wrapped to the figure's width (about 0.6 em per character), so that a grid of few
+    panels does not cut it off; returns the title's ``Text``."""
+    per_line = max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    return fig.suptitle(textwrap.fill(text, per_line), fontsize=fontsize)
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:

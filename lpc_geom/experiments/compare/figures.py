@@ -45,7 +45,7 @@ def figure_latents(loaded: Sequence[_LoadedRun]):
     """2-D views of the training latents, one panel per cell (its first seed): PCA, or the native Poincaré
     disk (scaled to the unit disk, :math:`\\sqrt c\\, z`) for 2-D ball latents. One class legend, to the
     right of the panels."""
-    from lpc_geom.experiments.plots import plot_latents_2d
+    from lpc_geom.experiments.plots import plot_latents_2d, suptitle
 
     first = _first_runs(loaded)
     fig, axes, geometries, optimizers = _grid(first)
@@ -66,7 +66,7 @@ def figure_latents(loaded: Sequence[_LoadedRun]):
     handles, labels = next(ax for ax in axes.flat if ax.has_data()).get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", title="class", markerscale=3, frameon=False,
                fontsize="small")
-    fig.suptitle("training latents (principal components; native disk for 2-D Poincaré), coloured by class")
+    suptitle(fig, "training latents (principal components; native disk for 2-D Poincaré), coloured by class")
     return fig
 
 
@@ -74,7 +74,7 @@ def figure_histograms(loaded: Sequence[_LoadedRun]):
     """Per-unit histograms of the training latents, one row per unit, each unit marked two-valued or not
     (:func:`~lpc_geom.experiments.plots.plot_unit_histograms`; binary encoding shows as two-valued units
     with spikes at ±1)."""
-    from lpc_geom.experiments.plots import plot_unit_histograms
+    from lpc_geom.experiments.plots import plot_unit_histograms, suptitle
 
     first = _first_runs(loaded)
     fig, axes, geometries, optimizers = _grid(first)
@@ -85,8 +85,8 @@ def figure_histograms(loaded: Sequence[_LoadedRun]):
     for ax in axes.flat:
         if not ax.has_data():
             ax.set_axis_off()
-    fig.suptitle("first 8 latent units of the training latents, each scaled to its max |value|; "
-                 "b: bimodality coefficient (1 for two values)")
+    suptitle(fig, "first 8 latent units of the training latents, each scaled to its max |value|; "
+                  "b: bimodality coefficient (1 for two values)")
     return fig
 
 
