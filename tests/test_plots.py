@@ -157,17 +157,18 @@ def test_log_tick_labels_of_a_separation_axis_do_not_collide():
     assert {"5", "10", "20", "50"} <= set(texts)
 
 
-@given(low=st.floats(0.05, 50.0), decades=st.floats(0.3, 4.0))
-@settings(max_examples=8, deadline=None)
+@given(low=st.floats(1e-9, 50.0), decades=st.floats(0.1, 9.0))
+@settings(max_examples=10, deadline=None)
 def test_readable_log_axis_never_collides(low, decades):
     fig, ax = plt.subplots(figsize=(5, 3), layout="constrained")
     ax.set_xscale("log")
     ax.set_xlim(low, low * 10**decades)
     plots.readable_log_axis(ax.xaxis)
-    labels = _visible_tick_labels(ax.xaxis)
     fig.canvas.draw()
+    labels = _visible_tick_labels(ax.xaxis)
     renderer = fig.canvas.get_renderer()
     boxes = [label.get_window_extent(renderer) for label in labels]
+    assert labels, "no labelled tick"
     assert all(not _boxes_overlap(a, b) for a, b in itertools.combinations(boxes, 2)), [t.get_text() for t in labels]
     plt.close(fig)
 
@@ -290,17 +291,30 @@ def _gw_entry(diagonal: float):
 
 def test_gw_matrix_marks_the_seed_vs_seed_level():
     fig = figures.figure_gw({"default": _gw_entry(0.1), "kfac": _gw_entry(math.nan)})
-    assert figures.seed_noise_level(_gw_entry(0.1)) == pytest.approx(0.1)
+    assert figures.seed_noise_levels(_gw_entry(0.1)).tolist() == pytest.approx([0.1, 0.1, 0.1])
     heat, bar = fig.axes[0], fig.axes[2]  # matplotlib adds each colour bar's axes after the heat maps
     level_lines = [line for line in bar.lines if np.allclose(line.get_ydata(), 0.1)]
     assert len(level_lines) == 1
-    assert "seed-vs-seed level 0.1" in heat.get_xlabel()
+    assert "seed vs seed: 0.1;" in heat.get_xlabel()
     cells = {t.get_text() for t in heat.texts}
     assert "(0.05)" in cells and "0.3" in cells and "0.1" in cells  # below the level: in brackets
     assert "seed-vs-seed" in bar.get_ylabel()
     # one seed per geometry: no level, and the figure says so
     assert "no seed-vs-seed level" in fig.axes[1].get_xlabel()
     assert not _texts_outside_figure(fig)
+
+
+def test_gw_brackets_use_the_level_of_the_two_geometries_compared():
+    # a collapsed head repeats itself (tiny diagonal), a noisy one does not: their distance is within the
+    # noisy head's seed-vs-seed level, and two collapsed heads far apart are told apart
+    matrix = [[1e-4, 4e-3, 2e-2], [4e-3, 5e-3, 3e-2], [2e-2, 3e-2, 2e-4]]
+    fig = figures.figure_gw({"kfac": {"geometries": ["euclidean-LPC", "euclidean-NoPen", "sphere"],
+                                      "matrix": matrix}})
+    heat, bar = fig.axes
+    cells = {t.get_text() for t in heat.texts}
+    assert "(0.004)" in cells and "0.02" in cells and "0.03" in cells
+    assert sorted(round(float(line.get_ydata()[0]), 6) for line in bar.lines) == [1e-4, 5e-3]
+    assert "seed vs seed: 0.0001 to 0.005" in heat.get_xlabel()
 
 
 # --------------------------------------------------------------------------------------------- demo

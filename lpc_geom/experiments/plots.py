@@ -10,6 +10,8 @@ scatter has its own colour and its own marker.
 
 from __future__ import annotations
 
+import itertools
+import math
 import textwrap
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -19,9 +21,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 __all__ = [
+    "LOG_TICK_MULTIPLES",
     "MARKERS",
     "PALETTE",
     "TWO_VALUED",
@@ -118,11 +121,53 @@ def legend_outside(ax, handles=None, labels=None, *, title: str | None = None, *
     return ax.legend(handles, labels, title=title, **options)
 
 
+#: Tick multiples :func:`readable_log_axis` tries, densest first.
+LOG_TICK_MULTIPLES = (tuple(float(k) for k in range(1, 10)), (1.0, 2.0, 3.0, 5.0), (1.0, 2.0, 5.0), (1.0, 3.0),
+                      (1.0,))
+
+
+def _log_ticks(lo: float, hi: float, subs: Sequence[float]) -> list[float]:
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    ticks = (m * 10.0**k for k in range(first, last + 1) for m in subs)
+    return sorted(t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9))
+
+
 def readable_log_axis(axis) -> None:
-    """Label a log ``axis`` (``ax.xaxis`` / ``ax.yaxis``) at 1, 2 and 5 times the powers of ten only, as
-    plain numbers (``20``, ``0.5``), with unlabelled minor ticks, so that labels do not collide."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    """Label a log ``axis`` (``ax.xaxis`` / ``ax.yaxis``) with plain numbers (``20``, ``0.5``, ``1e-08``) at
+    the densest of the :data:`LOG_TICK_MULTIPLES` of the powers of ten whose labels keep apart on the
+    axis's length (or at every few powers of ten when even those would not), minor ticks unlabelled.
+    Call it once the data (or the limits) are set: it reads the view and the axes' size.
+    """
+    lo, hi = sorted(abs(float(v)) for v in axis.get_view_interval())
+    ax = axis.axes
+    position = ax.get_position()
+    # a layout engine may still shrink the axes (legends outside): plan for a third less room
+    length = (position.width * ax.figure.get_figwidth() if axis.axis_name == "x"
+              else position.height * ax.figure.get_figheight()) / 1.5
+    points = matplotlib.font_manager.FontProperties(size=matplotlib.rcParams[f"{axis.axis_name}tick.labelsize"]
+                                                    ).get_size_in_points()
+    formatter = FuncFormatter(lambda value, _: f"{value:g}")
+    locator = None
+    if lo > 0 and math.isfinite(hi / lo) and hi > lo and len(_log_ticks(lo, hi, LOG_TICK_MULTIPLES[0])) < 2:
+        locator = MaxNLocator(nbins=4)  # a view narrower than two successive digits: evenly spaced values
+    elif lo > 0 and math.isfinite(hi / lo) and hi > lo:
+        per_decade = length / math.log10(hi / lo)  # inches
+        for subs in LOG_TICK_MULTIPLES:
+            ticks = _log_ticks(lo, hi, subs)
+            gaps = [per_decade * math.log10(b / a) for a, b in itertools.pairwise(ticks)]
+            if axis.axis_name == "x":
+                needed = [0.6 * points / 72 * (len(f"{a:g}") + len(f"{b:g}")) / 2 + 0.08
+                          for a, b in itertools.pairwise(ticks)]
+            else:
+                needed = [1.4 * points / 72] * len(gaps)
+            if len(ticks) >= 2 and all(g >= n for g, n in zip(gaps, needed, strict=True)):
+                locator = LogLocator(base=10, subs=subs)
+                break
+        if locator is None:  # powers of ten, thinned to as many labels as fit
+            width = 0.6 * points / 72 * 6 + 0.08 if axis.axis_name == "x" else 1.4 * points / 72
+            locator = LogLocator(base=10, numticks=max(2, int(length / width)))
+    axis.set_major_locator(locator if locator is not None else LogLocator(base=10))
+    axis.set_major_formatter(formatter)
     axis.set_minor_locator(LogLocator(base=10, subs=np.arange(1, 10)))
     axis.set_minor_formatter(NullFormatter())
 
@@ -253,6 +298,8 @@ def plot_history(ax, histories: Mapping[str, Sequence[Mapping[str, float]]], key
         ax.plot(epochs, series, label=name)
     if log:
         ax.set_yscale("log")
+        if ax.lines:
+            readable_log_axis(ax.yaxis)
     ax.set_xlabel("epoch")
     ax.set_ylabel(quantity_label(key))
     ax.set_title(title if title is not None else quantity_label(key))

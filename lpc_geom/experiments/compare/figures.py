@@ -172,28 +172,28 @@ def figure_scatter(records: Sequence[Mapping[str, Any]], correlation: Mapping[st
     return fig
 
 
-def seed_noise_level(entry: Mapping[str, Any]) -> float:
-    """The seed-vs-seed level of a GW matrix of :func:`~lpc_geom.experiments.compare.gw_matrices`: the mean
-    of its finite diagonal (each geometry's seeds against each other); NaN without two seeds of a geometry.
+def seed_noise_levels(entry: Mapping[str, Any]) -> np.ndarray:
+    """The seed-vs-seed levels of a GW matrix of :func:`~lpc_geom.experiments.compare.gw_matrices`: its
+    diagonal, each geometry's seeds against each other (NaN for a geometry with one seed).
 
-    Entries between geometries at or below this level are within the variation of retraining one geometry.
+    An entry between geometries ``a`` and ``b`` at or below ``max(level[a], level[b])`` is within the
+    variation of retraining one of them: it does not tell the two geometries apart.
     """
-    diagonal = np.diag(np.array(entry["matrix"], dtype=float))
-    finite = diagonal[np.isfinite(diagonal)]
-    return float(finite.mean()) if finite.size else math.nan
+    return np.diag(np.array(entry["matrix"], dtype=float)).copy()
 
 
 def figure_gw(gw: Mapping[str, Mapping[str, Any]]):
     """Heat maps of the GW matrices of :func:`gw_matrices`, one per optimiser, values annotated, with the
-    seed-vs-seed level (:func:`seed_noise_level`) marked on each colour bar: entries between geometries
-    at or below it are printed in brackets (within the noise of retraining)."""
+    seed-vs-seed levels (:func:`seed_noise_levels`) marked: red lines on each colour bar at the smallest
+    and largest of them, and entries between geometries within the level of their two geometries printed
+    in brackets."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(gw), figsize=(6.4 * len(gw), 5.4), squeeze=False, layout="constrained")
     for ax, (optimizer, entry) in zip(axes[0], gw.items(), strict=True):
         matrix = np.array(entry["matrix"], dtype=float)
         names = entry["geometries"]
-        noise = seed_noise_level(entry)
+        levels = seed_noise_levels(entry)
         image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis")
         ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize="small")
         ax.set_yticks(range(len(names)), names, fontsize="small")
@@ -201,15 +201,22 @@ def figure_gw(gw: Mapping[str, Mapping[str, Any]]):
         middle = (finite.max() + finite.min()) / 2 if finite.size else 0.0
         for (i, j), value in np.ndenumerate(matrix):
             text = "n/a" if not math.isfinite(value) else f"{value:.2g}"
-            if i != j and math.isfinite(value) and value <= noise:
+            with np.errstate(invalid="ignore"):
+                level = np.nanmax([levels[i], levels[j]]) if np.isfinite([levels[i], levels[j]]).any() else math.nan
+            if i != j and math.isfinite(value) and value <= level:
                 text = f"({text})"
             ax.text(j, i, text, ha="center", va="center", fontsize="x-small",
                     color="w" if math.isfinite(value) and value < middle else "k")
         bar = fig.colorbar(image, ax=ax, fraction=0.046)
-        if math.isfinite(noise):
-            bar.ax.axhline(noise, color="red", lw=2)
-            bar.set_label("GW discrepancy (red line: seed-vs-seed level)", fontsize="small")
-            caption = f"seed-vs-seed level {noise:.2g}: values in brackets are within it"
+        known = levels[np.isfinite(levels)]
+        if known.size:
+            for value in sorted({float(known.min()), float(known.max())}):
+                bar.ax.axhline(value, color="red", lw=2)
+            bar.set_label("GW discrepancy (red: seed-vs-seed levels)", fontsize="small")
+            span = (f"{known.min():.2g}" if known.min() == known.max()
+                    else f"{known.min():.2g} to {known.max():.2g}")
+            caption = (f"seed vs seed: {span}; in brackets: within the seed-vs-seed\n"
+                       "level of its two geometries (not told apart)")
         else:
             caption = "one seed per geometry: no seed-vs-seed level"
         ax.set_title(f"GW between class-centre configurations, {optimizer}\n(diagonal: seed vs seed)",
