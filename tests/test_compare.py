@@ -192,8 +192,31 @@ def test_cli_help_explains_itself(monkeypatch, capsys):
         runpy.run_path(str(REPO / "benchmarks" / "compare_manifolds.py"), run_name="__main__")
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for words in ("--geometries", "--executor", "submitit", "Finished runs are reused", "table.md"):
+    for words in ("--geometries", "--executor", "submitit", "Finished runs are reused", "table.md", "--results-dir"):
         assert words in text
+
+
+@pytest.mark.slow
+def test_benchmark_writes_the_documentation_fragment_from_its_run(tmp_path, monkeypatch):
+    bench = runpy.run_path(str(REPO / "benchmarks" / "compare_manifolds.py"))
+    results = tmp_path / "docs" / "compare_manifolds"
+    argv = [*TINY, "--geometries", "euclidean-LPC", "euclidean-NoPen", "--optimizers", "default", "--seeds", "0",
+            "--out", str(tmp_path / "cmp"), "--workers", "1", "--results-dir", str(results)]
+    monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / "compare_manifolds.py"), *argv])  # as launched
+    assert bench["main"](argv) == 0
+    text = (results / "index.md").read_text()
+    table = (tmp_path / "cmp" / "table.md").read_text()
+    assert text.startswith("## Geometries and optimisers") and "Produced by `python " in text
+    assert table.strip() in text  # the run's own table, LPC vs NoPen and correlations, not a copy typed twice
+    assert "| FMN ‖r‖/‖x‖ | FMN median |" in text and "Euclidean LPC vs NoPen" in text and "FMN x" in text
+    assert "separation ratio vs FMN robustness" in text
+    for name in compare.FRAGMENT_FIGURES:
+        assert f"]({name})" in text and (results / name).stat().st_size > 10_000
+    data = json.loads((results / "data.json").read_text())
+    assert data["provenance"]["command"].startswith("python benchmarks/compare_manifolds.py --dataset blobs")
+    assert len(data["provenance"]["loadavg_before"]) == 3
+    assert [(c["geometry"], c["runs"]) for c in data["cells"]] == [("euclidean-LPC", 1), ("euclidean-NoPen", 1)]
+    assert set(data["separation_vs_robustness_by_attack"]) == set(compare.ATTACKS)
 
 
 # ------------------------------------------------------------------------------------------ executors

@@ -78,10 +78,12 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def demo_figure(histories: dict, latents: dict):
-    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+    """The demo's figure: per row (NoPen, LPC) its training latents in 2-D and its per-unit values; on the
+    right, the separation ratio and the within-class spread of both rows over training."""
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), layout="constrained")
     for i, (name, (z, y)) in enumerate(latents.items()):
         plot_latents_2d(axes[i, 0], z, y, title=f"{name}: training latents (PCA)")
-        plot_unit_histograms(axes[i, 1], z, title=f"{name}: per-unit values (binary encoding?)")
-    plot_history(axes[0, 2], histories, "train_separation_ratio", title="separation ratio (training subsample)")
-    plot_history(axes[1, 2], histories, "train_sigma_w_rel", title="within-class / total variance (training subsample)")
+        plot_unit_histograms(axes[i, 1], z, title=f"{name}: per-unit values")
+    plot_history(axes[0, 2], histories, "train_separation_ratio", title="separation ratio over training")
+    plot_history(axes[1, 2], histories, "train_sigma_w_rel", title="within-class / total spread over training")
     return fig

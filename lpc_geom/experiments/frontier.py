@@ -169,7 +169,10 @@ def draw_frontier(rows: Sequence[Mapping[str, Any]], path: Path, *, title: str =
         values = [r[f"{key}_mean"] for r in rows if r[f"{key}_mean"] > 0]
         log = bool(values) and max(values) > LOG_SPAN * min(values)  # a narrower span reads better linearly
         if log:
+            from lpc_geom.experiments.plots import readable_log_axis
+
             ax.set_xscale("log")
+            readable_log_axis(ax.xaxis)
         ax.set_xlabel(f"separation ratio of the {'training' if split == 'train' else 'test'} latents\n"
                       f"(between-class / within-class spread{', log scale' if log else ''})")
         ax.grid(alpha=0.3)
