@@ -238,7 +238,7 @@ def unit_bimodality(latents: np.ndarray) -> np.ndarray:
 
 
 def plot_unit_histograms(ax, latents: np.ndarray, *, units: int = 8, bins: int = 60, title: str = "") -> np.ndarray:
-    r"""Histograms of the first ``units`` latent coordinates, one row per unit, each scaled to its max |value|.
+    r"""Histograms of the first ``units`` latent coordinates, one row per unit, each over its largest magnitude.
 
     Each row is annotated with the unit's bimodality coefficient :math:`b` (:func:`unit_bimodality`) and
     whether it is two-valued (:math:`b \ge` :data:`TWO_VALUED`): binary encoding (class points on
