@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import codecs
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from string import Template
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +36,8 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core import multiarray as _np_multiarray
     from numpy.core import numeric as _np_numeric
+
+F = TypeVar("F", bound=Callable)
 
 _IMAGE_SHAPE = (3, 32, 32)
 _ROW_SIZE = 3 * 32 * 32
@@ -277,35 +281,44 @@ def load_cifar(root: str | Path, num_classes: int = 10, augment: bool = True) ->
     )
 
 
-def load_cifar10(root: str | Path, augment: bool = True) -> Dataset:
-    """CIFAR-10; see :func:`load_cifar`.
-
-    Parameters
+# The parameters of the one-CIFAR loaders below, substituted for ``${parameters}`` in their docstrings
+# (``string.Template``; ``$dirname`` is the layout's batch directory).
+_VARIANT_PARAMETERS = Template("""Parameters
     ----------
     root : str or Path
-        Directory containing ``cifar-10-batches-py``, or that directory itself.
+        Directory containing ``$dirname``, or that directory itself.
     augment : bool, optional
         Attach the random crop + flip training augmentation.
 
     Returns
     -------
-    Dataset
+    Dataset""")
+
+
+def _variant_docs(num_classes: int) -> Callable[[F], F]:
+    """Fill a one-CIFAR loader's ``${parameters}`` with :data:`_VARIANT_PARAMETERS` for that layout."""
+    parameters = _VARIANT_PARAMETERS.substitute(dirname=_LAYOUTS[num_classes].dirname)
+
+    def decorate(fn: F) -> F:
+        fn.__doc__ = Template(fn.__doc__).substitute(parameters=parameters)
+        return fn
+
+    return decorate
+
+
+@_variant_docs(10)
+def load_cifar10(root: str | Path, augment: bool = True) -> Dataset:
+    """CIFAR-10; see :func:`load_cifar`.
+
+    ${parameters}
     """
     return load_cifar(root, num_classes=10, augment=augment)
 
 
+@_variant_docs(100)
 def load_cifar100(root: str | Path, augment: bool = True) -> Dataset:
     """CIFAR-100 with its 100 fine labels; see :func:`load_cifar`.
 
-    Parameters
-    ----------
-    root : str or Path
-        Directory containing ``cifar-100-python``, or that directory itself.
-    augment : bool, optional
-        Attach the random crop + flip training augmentation.
-
-    Returns
-    -------
-    Dataset
+    ${parameters}
     """
     return load_cifar(root, num_classes=100, augment=augment)

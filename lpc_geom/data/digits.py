@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Dataset, as_float32, as_int64, stratified_split
+from .base import Dataset, stratified_split
+from .synthetic import _split_dataset
 
 
 def load_digits(seed: int = 0, test_fraction: float = 0.25, flatten: bool = True) -> Dataset:
@@ -40,15 +41,8 @@ def load_digits(seed: int = 0, test_fraction: float = 0.25, flatten: bool = True
     x = (x - mean) / std
     shape = (64,) if flatten else (1, 8, 8)
     x = x.reshape((-1, *shape))
-    return Dataset(
-        name="digits",
-        x_train=as_float32(x[train_idx]),
-        y_train=as_int64(y[train_idx]),
-        x_test=as_float32(x[test_idx]),
-        y_test=as_int64(y[test_idx]),
-        num_classes=10,
-        input_shape=shape,
-        class_names=[str(k) for k in range(10)],
+    return _split_dataset(
+        "digits", x, y, train_idx, test_idx, [str(k) for k in range(10)],
         mean=(mean,),
         std=(std,),
         source="sklearn.datasets.load_digits",

@@ -204,26 +204,80 @@ def make_blobs(
     labels = np.arange(num_samples) % num_classes
     x = centers[labels] + rng.standard_normal((num_samples, dim))
     train_idx, test_idx = stratified_split(labels, test_fraction, rng)
-    return Dataset(
-        name="blobs",
-        x_train=as_float32(x[train_idx]),
-        y_train=as_int64(labels[train_idx]),
-        x_test=as_float32(x[test_idx]),
-        y_test=as_int64(labels[test_idx]),
-        num_classes=num_classes,
-        input_shape=(dim,),
-        class_names=[f"blob{k}" for k in range(num_classes)],
+    return _split_dataset(
+        "blobs", x, labels, train_idx, test_idx, [f"blob{k}" for k in range(num_classes)],
         source="gaussian blobs",
         info={"seed": int(seed), "separation": separation, "centers": torch.from_numpy(centers).float()},
     )
 
 
-def _standardised(x: np.ndarray, train_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(x - mean) / std`` per feature with the training rows' statistics (a constant feature keeps std 1)."""
+def _split_dataset(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    class_names: list[str],
+    **fields: Any,
+) -> Dataset:
+    """The :class:`Dataset` of rows ``train_idx`` / ``test_idx`` of in-memory arrays.
+
+    Parameters
+    ----------
+    name : str
+        Registry name of the dataset.
+    x : ndarray, shape (N, *input_shape)
+        Inputs, already normalised; copied into float32 tensors.
+    y : ndarray of int, shape (N,)
+        Labels in ``[0, len(class_names))``; copied into int64 tensors.
+    train_idx, test_idx : ndarray of int
+        Rows of the two splits (e.g. from :func:`~lpc_geom.data.base.stratified_split`).
+    class_names : list of str
+        One name per class; their number is ``num_classes``.
+    **fields
+        The remaining :class:`Dataset` fields (``source``, ``info``, ``mean``, ``std``, ...).
+
+    Returns
+    -------
+    Dataset
+        ``input_shape == x.shape[1:]``.
+    """
+    return Dataset(
+        name=name,
+        x_train=as_float32(x[train_idx]),
+        y_train=as_int64(y[train_idx]),
+        x_test=as_float32(x[test_idx]),
+        y_test=as_int64(y[test_idx]),
+        num_classes=len(class_names),
+        input_shape=x.shape[1:],
+        class_names=class_names,
+        **fields,
+    )
+
+
+def _standardised_split(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    test_fraction: float,
+    rng: np.random.Generator,
+    class_names: list[str],
+    source: str,
+    info: dict[str, Any],
+) -> Dataset:
+    """Stratified split, then ``(x - mean) / std`` per feature with the training rows' statistics.
+
+    A constant feature keeps std 1. The statistics are appended to ``info`` as ``"feature_mean"`` and
+    ``"feature_std"`` (lists); the dataset's ``mean``/``std`` stay ``None``.
+    """
+    train_idx, test_idx = stratified_split(y, test_fraction, rng)
     mean = x[train_idx].mean(axis=0)
     std = x[train_idx].std(axis=0)
     std = np.where(std > 0, std, 1.0)
-    return (x - mean) / std, mean, std
+    return _split_dataset(
+        name, (x - mean) / std, y, train_idx, test_idx, class_names, source=source,
+        info={**info, "feature_mean": mean.tolist(), "feature_std": std.tolist()},
+    )
 
 
 def make_classification(
@@ -304,22 +358,11 @@ def make_classification(
         n_samples=num_samples, n_features=num_features, n_informative=num_informative, n_redundant=redundant,
         n_repeated=0, n_classes=num_classes, n_clusters_per_class=clusters_per_class, flip_y=flip_y,
         class_sep=class_sep, shuffle=True, random_state=int(seed) % 2**32)
-    rng = np.random.default_rng(seed)
-    train_idx, test_idx = stratified_split(y, test_fraction, rng)
-    x, mean, std = _standardised(x, train_idx)
-    return Dataset(
-        name="classification",
-        x_train=as_float32(x[train_idx]),
-        y_train=as_int64(y[train_idx]),
-        x_test=as_float32(x[test_idx]),
-        y_test=as_int64(y[test_idx]),
-        num_classes=num_classes,
-        input_shape=(num_features,),
-        class_names=[f"class{k}" for k in range(num_classes)],
-        source="sklearn.datasets.make_classification",
-        info={"seed": int(seed), "num_informative": num_informative, "num_redundant": redundant,
-              "clusters_per_class": clusters_per_class, "class_sep": class_sep, "flip_y": flip_y,
-              "feature_mean": mean.tolist(), "feature_std": std.tolist()},
+    return _standardised_split(
+        "classification", x, y, test_fraction, np.random.default_rng(seed),
+        [f"class{k}" for k in range(num_classes)], "sklearn.datasets.make_classification",
+        {"seed": int(seed), "num_informative": num_informative, "num_redundant": redundant,
+         "clusters_per_class": clusters_per_class, "class_sep": class_sep, "flip_y": flip_y},
     )
 
 
@@ -394,18 +437,7 @@ def make_spirals(
     else:
         basis, _ = np.linalg.qr(rng.standard_normal((dim, 2)))  # (dim, 2), orthonormal columns
         x = plane @ basis.T + noise * rng.standard_normal((num_samples, dim))
-    train_idx, test_idx = stratified_split(labels, test_fraction, rng)
-    x, mean, std = _standardised(x, train_idx)
-    return Dataset(
-        name="spirals",
-        x_train=as_float32(x[train_idx]),
-        y_train=as_int64(labels[train_idx]),
-        x_test=as_float32(x[test_idx]),
-        y_test=as_int64(labels[test_idx]),
-        num_classes=num_classes,
-        input_shape=(dim,),
-        class_names=[f"arm{k}" for k in range(num_classes)],
-        source="interleaved spirals",
-        info={"seed": int(seed), "turns": turns, "noise": noise, "dim": dim, "feature_mean": mean.tolist(),
-              "feature_std": std.tolist()},
+    return _standardised_split(
+        "spirals", x, labels, test_fraction, rng, [f"arm{k}" for k in range(num_classes)],
+        "interleaved spirals", {"seed": int(seed), "turns": turns, "noise": noise, "dim": dim},
     )
