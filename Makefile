@@ -35,6 +35,7 @@ lint:
 
 # The documentation, strict: every page re-read (-E), every warning an error (-W); see docs/guide/documentation.md
 docs: install-docs
+	rm -rf docs/_build/html  # pages of modules that no longer exist would stay and keep their old links
 	$(PYTHON) -m sphinx -W -E -q -b html docs docs/_build/html
 
 # Every benchmark with its defaults, each writing its results fragment into docs/results (long: the ablation

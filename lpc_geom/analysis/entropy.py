@@ -51,7 +51,7 @@ from scipy.special import digamma, gammaln
 from lpc_geom.analysis._validation import UndefinedMetricError, check_entropy_options, check_latents
 from lpc_geom.analysis.geometry import Geometry, geometry_from_manifold, kth_neighbour_distance
 
-__all__ = ["EntropyEstimate", "check_entropy_options", "kl_entropy", "log_unit_ball_volume"]
+__all__ = ["EntropyEstimate", "kl_entropy", "log_unit_ball_volume"]
 
 
 class EntropyEstimate(NamedTuple):
