@@ -250,13 +250,10 @@ def statistics_from_arrays(
             unit_mean, power_sums = block_mean, block_sums
         seen += nb
     offset = sums / counts.clamp_min(1)[:, None].to(u.dtype)
-    means = shift + offset
     within_sum = torch.zeros((), **f64)
     for rows in blocks:
         r = zc[rows].sub_(offset.index_select(0, codes[rows])).view(-1)
         within_sum += torch.dot(r, r)
-    within_trace = float(within_sum) / n
-    unit_m2, unit_m3, unit_m4 = (m / n for m in power_sums)
 
     def within_quad(V: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(V.shape[1], **f64)
@@ -274,23 +271,21 @@ def statistics_from_arrays(
         d=d,
         classes=enc.classes,
         counts=counts.to(torch.float64),
-        means=means,
-        within_trace=within_trace,
+        means=shift + offset,
+        within_trace=float(within_sum) / n,
         within_quad=within_quad,
         norm_mean=norm_mean,
         norm_var=norm_var,
         unit_mean=unit_mean,
-        unit_m2=unit_m2,
-        unit_m3=unit_m3,
-        unit_m4=unit_m4,
+        unit_m2=power_sums[0] / n,
+        unit_m3=power_sums[1] / n,
+        unit_m4=power_sums[2] / n,
         sign_pos=sign_pos.double(),
         sign_neg=sign_neg.double(),
         abs_max=abs_max,
         eps=eps,
-        latents=z,
-        chart=u,
-        codes=codes,
-        residuals=zc,
+        # The in-memory fields, which the distance-based figures read.
+        latents=z, chart=u, codes=codes, residuals=zc,
     )
 
 

@@ -394,9 +394,8 @@ def analyze(
         align_to_classes(L.shape[1], enc, "logits", out_classes)
     if out_classes is not None and head is None and L is None:
         raise ValueError("classes names the classes of a classifier's outputs: pass it with classifier= or logits=")
-    stats = statistics_from_arrays(geom, z, eps, enc, codes)
     ctx = AnalysisContext(
-        stats=stats,
+        stats=statistics_from_arrays(geom, z, eps, enc, codes),
         encoded=enc,
         classifier=clf,
         head=head,

@@ -17,22 +17,8 @@ from lpc_geom.analysis._validation import (
     check_int,
     check_seed,
 )
-from lpc_geom.analysis.fisher._common import (
-    _DEFAULT_AUTOGRAD_CHUNK,
-    _DTYPE,
-    DEFAULT_MIN_PROB,
-    RANK_RTOL,
-    FisherPointwise,
-    _check_min_prob,
-    _check_planes,
-    _chunks,
-    _gaussian_pairs,
-    _latents,
-    _orthonormalise,
-    _plane_area_ok,
-    _PlaneResults,
-    _PointwiseBuffers,
-)
+from lpc_geom.analysis.fisher import _common as shared
+from lpc_geom.analysis.fisher._common import DEFAULT_MIN_PROB, FisherPointwise
 from lpc_geom.analysis.fisher._docs import share_docs
 from lpc_geom.analysis.transport import check_points_on_manifold
 
@@ -54,7 +40,7 @@ def _latent_chart(manifold) -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 
 def _check_autograd_input(latents, logits_fn, manifold) -> tuple[torch.Tensor, int]:
-    z = _latents(latents)
+    z = shared._latents(latents)
     _latent_chart(manifold)
     check_points_on_manifold(z, manifold, "latents")
     if not callable(logits_fn):
@@ -63,7 +49,7 @@ def _check_autograd_input(latents, logits_fn, manifold) -> tuple[torch.Tensor, i
         out = logits_fn(z[:1])
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
         raise ValueError("logits_fn must map a (n, d) tensor to a (n, K) tensor of logits")
-    if out.dtype != _DTYPE:
+    if out.dtype != shared._DTYPE:
         raise ValueError(
             f"logits_fn returned {out.dtype} for float64 input; pass a float64 copy of the head "
             "(e.g. copy.deepcopy(head).double()) so that the geometry is computed in float64"
@@ -113,7 +99,7 @@ def _phi_derivatives(
 
 @share_docs
 def pullback_metric_autograd(
-    latents, logits_fn, *, manifold=None, chunk_size: int = _DEFAULT_AUTOGRAD_CHUNK
+    latents, logits_fn, *, manifold=None, chunk_size: int = shared._DEFAULT_AUTOGRAD_CHUNK
 ) -> np.ndarray:
     r"""Pull-back Fisher metric :math:`G = J^\top(\mathrm{diag}\,p - pp^\top)J` of a differentiable head.
 
@@ -132,8 +118,8 @@ def pullback_metric_autograd(
     ndarray, shape (N, d, d)
     """
     z, _ = _check_autograd_input(latents, logits_fn, manifold)
-    out = torch.empty(z.shape[0], z.shape[1], z.shape[1], dtype=_DTYPE)
-    for sl in _chunks(z.shape[0], chunk_size):
+    out = torch.empty(z.shape[0], z.shape[1], z.shape[1], dtype=shared._DTYPE)
+    for sl in shared._chunks(z.shape[0], chunk_size):
         _, J, _ = _phi_derivatives(z[sl], logits_fn, hessian=False, manifold=manifold)
         out[sl] = J.transpose(-1, -2) @ J
     return out.detach().numpy()
@@ -142,7 +128,7 @@ def pullback_metric_autograd(
 def _frame(J: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SVD of J_phi with a per-point rank mask: U (n,K,m), s (n,m), Vh (n,m,d), mask (n,m)."""
     U, s, Vh = torch.linalg.svd(J, full_matrices=False)
-    keep = s > RANK_RTOL * s[..., :1]
+    keep = s > shared.RANK_RTOL * s[..., :1]
     return U, s, Vh, keep
 
 
@@ -166,7 +152,7 @@ def fisher_pointwise_autograd(
     manifold=None,
     min_prob: float = DEFAULT_MIN_PROB,
     curvature: bool = True,
-    chunk_size: int = _DEFAULT_AUTOGRAD_CHUNK,
+    chunk_size: int = shared._DEFAULT_AUTOGRAD_CHUNK,
 ) -> FisherPointwise:
     r"""Fisher quantities of a differentiable head (manifold heads) through autograd.
 
@@ -199,19 +185,19 @@ def fisher_pointwise_autograd(
         Bad shapes, latents off ``manifold``, a ``logits_fn`` that does not return float64 (n, K) logits, or
         non-finite logits or derivatives (for instance at a latent outside the Poincaré ball).
     """
-    min_prob = _check_min_prob(min_prob)
+    min_prob = shared._check_min_prob(min_prob)
     curvature = check_bool(curvature, "curvature")
     z, K = _check_autograd_input(latents, logits_fn, manifold)
     N, d = z.shape
-    out = _PointwiseBuffers(N, K, curvature)
-    for sl in _chunks(N, chunk_size):
+    out = shared._PointwiseBuffers(N, K, curvature)
+    for sl in shared._chunks(N, chunk_size):
         logp, J, H = _phi_derivatives(z[sl], logits_fn, hessian=curvature, manifold=manifold)
         p = logp.exp()
         ok = p.min(dim=-1).values >= min_prob
         if H is not None and not torch.isfinite(H[ok]).all():
             raise ValueError("logits_fn produced non-finite second derivatives at unmasked latents")
         U, s, Vh, keep = _frame(J)
-        logs = torch.where(keep, s.clamp_min(torch.finfo(_DTYPE).tiny).log(), 0.0).sum(dim=-1)
+        logs = torch.where(keep, s.clamp_min(torch.finfo(shared._DTYPE).tiny).log(), 0.0).sum(dim=-1)
         out.fill(sl, p, s, keep.sum(dim=-1), logs, ok)
         if curvature and ok.any():
             Uo, so, Vho, ko = U[ok], s[ok], Vh[ok], keep[ok]
@@ -231,7 +217,7 @@ def sectional_curvature_autograd(
     n_planes: int = 1,
     seed: int = 0,
     min_prob: float = DEFAULT_MIN_PROB,
-    chunk_size: int = _DEFAULT_AUTOGRAD_CHUNK,
+    chunk_size: int = shared._DEFAULT_AUTOGRAD_CHUNK,
 ) -> np.ndarray:
     r"""Sectional curvature of the pull-back Fisher metric of a differentiable head (Gauss equation).
 
@@ -266,16 +252,16 @@ def sectional_curvature_autograd(
     UndefinedMetricError
         Random planes requested at an unmasked point where the metric has rank < 2.
     """
-    min_prob = _check_min_prob(min_prob)
+    min_prob = shared._check_min_prob(min_prob)
     z, K = _check_autograd_input(latents, logits_fn, manifold)
     N, d = z.shape
     if planes is not None:
-        u_all, v_all = _check_planes(planes, N, d)
+        u_all, v_all = shared._check_planes(planes, N, d)
     else:
         n_planes, seed = check_int(n_planes, "n_planes", minimum=1), check_seed(seed)
-        frame_a, frame_b = _gaussian_pairs((N, n_planes, min(K, d)), seed)
-    out = _PlaneResults(N, planes is not None, n_planes)
-    for sl in _chunks(N, chunk_size):
+        frame_a, frame_b = shared._gaussian_pairs((N, n_planes, min(K, d)), seed)
+    out = shared._PlaneResults(N, planes is not None, n_planes)
+    for sl in shared._chunks(N, chunk_size):
         logp, J, H = _phi_derivatives(z[sl], logits_fn, hessian=True, manifold=manifold)
         ok = logp.exp().min(dim=-1).values >= min_prob
         if not ok.any():
@@ -287,7 +273,7 @@ def sectional_curvature_autograd(
         if planes is not None:
             u, v = u_all[sl][ok].unsqueeze(1), v_all[sl][ok].unsqueeze(1)
             Ju, Jv = u @ J.transpose(-1, -2), v @ J.transpose(-1, -2)
-            if not _plane_area_ok(Ju, Jv).all():
+            if not shared._plane_area_ok(Ju, Jv).all():
                 raise ValueError(
                     "a given plane is degenerate for the Fisher metric at some latents "
                     "(its image under the Jacobian is a line or a point)"
@@ -297,11 +283,11 @@ def sectional_curvature_autograd(
             if (keep.sum(dim=-1) < 2).any():
                 raise UndefinedMetricError("the Fisher metric has rank < 2 at some latents: no 2-planes there")
             mask = keep.unsqueeze(1)
-            a, c = _orthonormalise(frame_a[sl][ok] * mask, frame_b[sl][ok] * mask)
+            a, c = shared._orthonormalise(frame_a[sl][ok] * mask, frame_b[sl][ok] * mask)
             # frame coordinates -> latent vectors: e_a = V_a / s_a on the kept singular directions
             to_latent = Vh.transpose(-1, -2) * torch.where(keep, 1.0 / s, 0.0).unsqueeze(-2)
             u, v = a @ to_latent.transpose(-1, -2), c @ to_latent.transpose(-1, -2)
-            denom = torch.ones(u.shape[:2], dtype=_DTYPE)
+            denom = torch.ones(u.shape[:2], dtype=shared._DTYPE)
         II_uu = _normal_hessian(H, U, keep, u, u)
         II_vv = _normal_hessian(H, U, keep, v, v)
         II_uv = _normal_hessian(H, U, keep, u, v)

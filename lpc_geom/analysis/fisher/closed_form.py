@@ -6,22 +6,8 @@ import numpy as np
 import torch
 
 from lpc_geom.analysis._validation import UndefinedMetricError, check_array, check_bool, check_int, check_seed
-from lpc_geom.analysis.fisher._common import (
-    _DEFAULT_CHUNK,
-    _DTYPE,
-    DEFAULT_MIN_PROB,
-    RANK_RTOL,
-    FisherPointwise,
-    _check_min_prob,
-    _check_planes,
-    _chunks,
-    _gaussian_pairs,
-    _latents,
-    _orthonormalise,
-    _plane_area_ok,
-    _PlaneResults,
-    _PointwiseBuffers,
-)
+from lpc_geom.analysis.fisher import _common as shared
+from lpc_geom.analysis.fisher._common import DEFAULT_MIN_PROB, FisherPointwise
 from lpc_geom.analysis.fisher._docs import share_docs
 
 __all__ = [
@@ -34,7 +20,7 @@ __all__ = [
 
 
 def _check_linear(latents, W, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    z = _latents(latents)
+    z = shared._latents(latents)
     Wt = check_array(W, "W", 2)
     K, d = Wt.shape
     if K < 2:
@@ -42,7 +28,7 @@ def _check_linear(latents, W, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     if z.shape[1] != d:
         raise ValueError(f"latents have dimension {z.shape[1]} but W has {d} columns")
     if b is None:
-        bt = torch.zeros(K, dtype=_DTYPE)
+        bt = torch.zeros(K, dtype=shared._DTYPE)
     else:
         bt = check_array(b, "b", 1)
         if bt.shape[0] != K:
@@ -58,7 +44,7 @@ def _range_basis(W: torch.Tensor) -> torch.Tensor:
         raise UndefinedMetricError(
             "the classifier is constant in z (all rows of W are equal): the Fisher metric is zero everywhere"
         )
-    r = int((s > RANK_RTOL * s[0]).sum())
+    r = int((s > shared.RANK_RTOL * s[0]).sum())
     return Vh[:r].T.contiguous()
 
 
@@ -85,7 +71,7 @@ def _projector_scalar_curvature(U: torch.Tensor, p: torch.Tensor) -> torch.Tenso
 
 
 def _numerical_rank(s: torch.Tensor) -> torch.Tensor:
-    return (s > RANK_RTOL * s[..., :1]).sum(dim=-1)
+    return (s > shared.RANK_RTOL * s[..., :1]).sum(dim=-1)
 
 
 def _probs_linear(z: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -159,7 +145,7 @@ def fisher_pointwise(
     *,
     min_prob: float = DEFAULT_MIN_PROB,
     curvature: bool = True,
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int = shared._DEFAULT_CHUNK,
 ) -> FisherPointwise:
     r"""Rank, trace, log-volume and scalar curvature of the Fisher metric of a linear softmax head.
 
@@ -197,15 +183,15 @@ def fisher_pointwise(
         A classifier that is constant in ``z`` (all rows of ``W`` equal: the metric is zero); a
         ``ValueError`` subclass.
     """
-    min_prob = _check_min_prob(min_prob)
+    min_prob = shared._check_min_prob(min_prob)
     curvature = check_bool(curvature, "curvature")
     z, Wt, bt = _check_linear(latents, W, b)
     basis = _range_basis(Wt)
     r = basis.shape[1]
     Wr = Wt @ basis
     N = z.shape[0]
-    out = _PointwiseBuffers(N, Wt.shape[0], curvature)
-    for sl in _chunks(N, chunk_size):
+    out = shared._PointwiseBuffers(N, Wt.shape[0], curvature)
+    for sl in shared._chunks(N, chunk_size):
         p = _probs_linear(z[sl], Wt, bt)
         U, s, _ = torch.linalg.svd(p.sqrt().unsqueeze(-1) * _centred_rows(p, Wr), full_matrices=False)
         ok = p.min(dim=-1).values >= min_prob
@@ -247,7 +233,7 @@ def sectional_curvature(
     n_planes: int = 1,
     seed: int = 0,
     min_prob: float = DEFAULT_MIN_PROB,
-    chunk_size: int = _DEFAULT_CHUNK,
+    chunk_size: int = shared._DEFAULT_CHUNK,
 ) -> np.ndarray:
     r"""Sectional curvature of the pull-back Fisher metric of a linear softmax head.
 
@@ -285,7 +271,7 @@ def sectional_curvature(
     UndefinedMetricError
         The metric has rank < 2 (no 2-planes, e.g. K = 2), or the classifier is constant in ``z``.
     """
-    min_prob = _check_min_prob(min_prob)
+    min_prob = shared._check_min_prob(min_prob)
     z, Wt, bt = _check_linear(latents, W, b)
     basis = _range_basis(Wt)
     r = basis.shape[1]
@@ -296,9 +282,9 @@ def sectional_curvature(
         )
     N, d = z.shape
     if planes is not None:
-        u_in, v_in = _check_planes(planes, N, d)
+        u_in, v_in = shared._check_planes(planes, N, d)
         u, v = u_in @ basis, v_in @ basis
-        bad = ~_plane_area_ok(u, v, (u_in, v_in))
+        bad = ~shared._plane_area_ok(u, v, (u_in, v_in))
         if bad.any():
             raise ValueError(
                 f"{int(bad.sum())} plane(s) do not span a 2-plane in the range of the Fisher metric "
@@ -307,9 +293,9 @@ def sectional_curvature(
     else:
         n_planes, seed = check_int(n_planes, "n_planes", minimum=1), check_seed(seed)
     Wr = Wt @ basis
-    out = _PlaneResults(N, planes is not None, n_planes)
-    frame = None if planes is not None else _orthonormalise(*_gaussian_pairs((N, n_planes, r), seed))
-    for sl in _chunks(N, chunk_size):
+    out = shared._PlaneResults(N, planes is not None, n_planes)
+    frame = None if planes is not None else shared._orthonormalise(*shared._gaussian_pairs((N, n_planes, r), seed))
+    for sl in shared._chunks(N, chunk_size):
         p = _probs_linear(z[sl], Wt, bt)
         ok = p.min(dim=-1).values >= min_prob
         if not ok.any():

@@ -44,8 +44,10 @@ with respect to the inputs only, so the parameters' ``.grad`` are never touched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from string import Template
+from typing import ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -62,6 +64,22 @@ from lpc_geom.analysis.robustness._common import (
 )
 
 __all__ = ["DeepFoolResult", "deepfool"]
+
+F = TypeVar("F", bound=Callable)
+
+# The ``model`` entry of the minimal-perturbation attacks' parameter lists (deepfool, fmn), substituted
+# for ``${model}`` by :func:`attack_docs`.
+_MODEL_DOC = """model : nn.Module
+        Returns logits of shape (N, K) or an object with ``.logits`` (e.g. a
+        :class:`~lpc_geom.models.base.HeadOutput`). Runs on the device and in the dtype of its
+        parameters; ``inputs`` are moved there."""
+
+
+def attack_docs(fn: F) -> F:
+    """Substitute the shared ``${model}`` entry into ``fn.__doc__`` (an unknown ``${name}`` raises ``KeyError``)."""
+    fn.__doc__ = Template(fn.__doc__).substitute(model=_MODEL_DOC)
+    return fn
+
 
 # The push past the linearised boundary of the reference implementation.
 _STEP_PUSH = 1e-4
@@ -131,6 +149,7 @@ class DeepFoolResult(AttackResult):
         return extra
 
 
+@attack_docs
 def deepfool(model: nn.Module, inputs: torch.Tensor, *, candidates: int = 10, overshoot: float = 0.02,
              max_iter: int = 50, batch_size: int = 512,
              bounds: tuple[Bound, Bound] | None = None, refine_steps: int = 0,
@@ -144,10 +163,7 @@ def deepfool(model: nn.Module, inputs: torch.Tensor, *, candidates: int = 10, ov
 
     Parameters
     ----------
-    model : nn.Module
-        Returns logits of shape (N, K) or an object with ``.logits`` (e.g. a
-        :class:`~lpc_geom.models.base.HeadOutput`). Runs on the device and in the dtype of its
-        parameters; ``inputs`` are moved there.
+    ${model}
     inputs : Tensor, shape (N, *input_shape)
         Clean inputs :math:`x_0`, in the space the model reads (normalised, for the paper's figure).
     candidates : int, default 10

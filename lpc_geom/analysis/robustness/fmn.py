@@ -81,17 +81,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from lpc_geom.analysis.robustness._common import (
-    AttackResult,
-    Bound,
-    as_model_input,
-    bisect_to_boundary,
-    evaluation_mode,
-    logits_of,
-    margin,
-    prepare_bounds,
-)
-from lpc_geom.analysis.robustness.deepfool import deepfool
+from lpc_geom.analysis.robustness import _common as shared
+from lpc_geom.analysis.robustness._common import AttackResult, Bound
+from lpc_geom.analysis.robustness.deepfool import attack_docs, deepfool
 
 __all__ = ["FMNResult", "fmn"]
 
@@ -161,6 +153,7 @@ class FMNResult(AttackResult):
         lambda t: torch.quantile(t, 0.5) if t.numel() else t.new_tensor(math.nan))
 
 
+@attack_docs
 def fmn(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None, *, steps: int = 100,
         step_size: float | None = None, final_step_size: float | None = None, gamma: float = 0.05,
         final_gamma: float = 0.001, batch_size: int = 512, bounds: tuple[Bound, Bound] | None = None,
@@ -174,10 +167,7 @@ def fmn(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = No
 
     Parameters
     ----------
-    model : nn.Module
-        Returns logits of shape (N, K) or an object with ``.logits`` (e.g. a
-        :class:`~lpc_geom.models.base.HeadOutput`). Runs on the device and in the dtype of its
-        parameters; ``inputs`` are moved there.
+    ${model}
     inputs : Tensor, shape (N, *input_shape)
         Clean inputs :math:`x_0`, in the space the model reads (normalised). Nothing is clipped unless
         ``bounds`` are given.
@@ -240,20 +230,20 @@ def fmn(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = No
             raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
     if not (isinstance(tolerance, (int, float)) and 0 <= tolerance < 1):
         raise ValueError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
-    x_all = as_model_input(inputs, model)
+    x_all = shared.as_model_input(inputs, model)
     n = x_all.shape[0]
     if labels is not None:
         labels = torch.as_tensor(labels, device=x_all.device)
         if labels.shape != (n,) or labels.is_floating_point() or labels.is_complex():
             raise ValueError(f"labels must be integers of shape ({n},), got {labels.dtype} {tuple(labels.shape)}")
         labels = labels.long()
-    box = prepare_bounds(bounds, x_all, "FMN")
+    box = shared.prepare_bounds(bounds, x_all, "FMN")
     starts = _starting_points(model, x_all, init, batch_size, bounds)
     options = {"steps": steps, "step_size": step_size, "final_step_size": final_step_size, "gamma": float(gamma),
                "final_gamma": float(final_gamma), "box": box, "refine_steps": refine_steps,
                "tolerance": float(tolerance), "keep": return_perturbations}
     parts: list[dict] = []
-    with evaluation_mode(model), torch.enable_grad():
+    with shared.evaluation_mode(model), torch.enable_grad():
         for first in range(0, n, batch_size):
             rows = slice(first, first + batch_size)
             x0 = x_all[rows]
@@ -323,7 +313,7 @@ def _fmn_batch(model: nn.Module, x0: torch.Tensor, given: torch.Tensor | None, s
     shape = (-1,) + (1,) * (x0.dim() - 1)
     tiny = torch.finfo(x0.dtype).tiny
     x = x0.clone().requires_grad_(True)
-    clean_logits = logits_of(model(x))
+    clean_logits = shared.logits_of(model(x))
     if clean_logits.shape[1] < 2:
         raise ValueError(f"FMN needs at least 2 classes, the model returns {clean_logits.shape[1]}")
     if given is not None and bool(((given < 0) | (given >= clean_logits.shape[1])).any()):
@@ -332,7 +322,7 @@ def _fmn_batch(model: nn.Module, x0: torch.Tensor, given: torch.Tensor | None, s
     # A point counts as adversarial only when its margin is below -tol, so that rounding differences
     # (another batch, another device) cannot put it back on the label's side.
     tol = tolerance * clean_logits.detach().abs().amax(dim=1)
-    gap0 = margin(clean_logits, labels)
+    gap0 = shared.margin(clean_logits, labels)
     (grad0,) = torch.autograd.grad(gap0.sum(), x)
     grad0_norm = grad0.flatten(1).norm(dim=1)
     zero_gradient = (gap0.detach() >= -tol) & (grad0_norm == 0)
@@ -353,7 +343,7 @@ def _fmn_batch(model: nn.Module, x0: torch.Tensor, given: torch.Tensor | None, s
 
     for k in range(steps):
         x = (x0 + delta).requires_grad_(True)
-        gap = margin(logits_of(model(x)), labels)
+        gap = shared.margin(shared.logits_of(model(x)), labels)
         (grad,) = torch.autograd.grad(gap.sum(), x)
         gap = gap.detach()
         adversarial = gap < -tol
@@ -381,12 +371,12 @@ def _fmn_batch(model: nn.Module, x0: torch.Tensor, given: torch.Tensor | None, s
     if refine_steps:
         # Rows at distance 0 (misclassified inputs) have no segment to shorten.
         segment = found & (best_norm > 0)
-        t = bisect_to_boundary(model, x0, torch.where(segment.view(shape), best_x, x0), labels, segment,
-                               refine_steps, tol)
+        t = shared.bisect_to_boundary(model, x0, torch.where(segment.view(shape), best_x, x0), labels, segment,
+                                      refine_steps, tol)
         moved = segment & (t < 1)
         best_x[moved] = x0[moved] + t[moved].view(shape) * (best_x[moved] - x0[moved])
     with torch.no_grad():  # the whole batch, as in the attack's own evaluations
-        final_pred = logits_of(model(torch.where(found.view(shape), best_x, x0))).argmax(dim=1)
+        final_pred = shared.logits_of(model(torch.where(found.view(shape), best_x, x0))).argmax(dim=1)
     success = found & (final_pred != labels)
     best_x[~success] = math.nan
     final_pred[~success] = -1
@@ -424,6 +414,6 @@ def _warm_start(model: nn.Module, x0: torch.Tensor, start: torch.Tensor, labels:
     start = torch.where(finite.view(shape), start, x0)
     if box is not None:
         start = torch.clamp(start, box[0], box[1])
-    usable = finite & (margin(logits_of(model(start)), labels) < -tol)
-    t = bisect_to_boundary(model, x0, start, labels, usable, _WARM_START_HALVINGS, tol)
+    usable = finite & (shared.margin(shared.logits_of(model(start)), labels) < -tol)
+    t = shared.bisect_to_boundary(model, x0, start, labels, usable, _WARM_START_HALVINGS, tol)
     return torch.where(usable.view(shape), t.view(shape) * (start - x0), torch.zeros_like(x0))
