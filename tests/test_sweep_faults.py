@@ -73,7 +73,8 @@ class Sweep:
         self.log = out.parent / f"{out.name}.{time.monotonic_ns()}.log"
         out.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, str(REPO / "benchmarks" / "compare_manifolds.py"), *TINY,
-                   "--geometries", *geometries, "--workers", str(workers), "--out", str(out), *extra]
+                   "--geometries", *geometries, "--workers", str(workers), "--out", str(out),
+                   "--results-dir", str(out.parent / f"{out.name}.fragment"), *extra]  # not the checkout's docs
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         with open(self.log, "w") as handle:
             self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
