@@ -10,21 +10,19 @@ truncated, is refused with a :class:`RunFileError` naming it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pickle
 import re
 import secrets
-import signal
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from lpc_geom.train.signals import signals_deferred
 
 
 class RunFileError(ValueError):
@@ -38,36 +36,6 @@ class UnsafeFileError(RunFileError):
 def temporary_name(path: Path) -> Path:
     """The temporary file a write of ``path`` goes through (``.NAME.<random>.tmp`` in the same directory)."""
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold back the Python signal handlers of this process while the block runs, then deliver what came.
-
-    A handler runs between any two bytecodes of the main thread, also inside ``torch.save``'s pickler; one
-    that raises there (``SystemExit`` from submitit's requeue, ``KeyboardInterrupt``) surfaces as a torch
-    error and the write is lost. Outside the main thread no handler can be replaced and none runs.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pending: list[int] = []
-    saved = {}
-    for signum in signal.valid_signals():
-        try:
-            handler = signal.getsignal(signum)
-        except (OSError, ValueError):
-            continue
-        if callable(handler):
-            saved[signum] = handler
-            signal.signal(signum, lambda received, _frame: pending.append(received))
-    try:
-        yield
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(pending):
-            signal.raise_signal(signum)
 
 
 def _atomic_write(path: Path, write) -> None:

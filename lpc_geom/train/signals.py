@@ -2,16 +2,19 @@
 
 :class:`StopSignals` holds the handlers while :meth:`lpc_geom.train.Trainer.fit` runs; the trainer polls
 ``received`` at each step boundary and raises :class:`TrainingStopped` after writing its checkpoint.
+:func:`signals_deferred` holds every Python handler back while a run file is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "StopSignals", "TrainingStopped"]
+__all__ = ["STOP_SIGNALS", "StopSignals", "TrainingStopped", "signals_deferred"]
 
 #: Signals that stop a training at the next step boundary (with a checkpoint) instead of killing it.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -72,3 +75,33 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back the Python signal handlers of this process while the block runs, then deliver what came.
+
+    A handler runs between any two bytecodes of the main thread, also inside ``torch.save``'s pickler; one
+    that raises there (``SystemExit`` from submitit's requeue, ``KeyboardInterrupt``) surfaces as a torch
+    error and the write is lost. Outside the main thread no handler can be replaced and none runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    saved = {}
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        if callable(handler):
+            saved[signum] = handler
+            signal.signal(signum, lambda received, _frame: pending.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(pending):
+            signal.raise_signal(signum)
