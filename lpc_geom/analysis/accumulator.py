@@ -40,7 +40,14 @@ from lpc_geom.analysis._validation import (
     class_order,
     labels_to_array,
 )
-from lpc_geom.analysis.collapse import ClassStatistics, central_power_sums, class_abs_max, merge_central_moments
+from lpc_geom.analysis.collapse import (
+    ClassStatistics,
+    UnitStatistics,
+    central_power_sums,
+    centred_means_svd,
+    class_abs_max,
+    merge_central_moments,
+)
 from lpc_geom.analysis.geometry import class_means, geometry_from_manifold
 from lpc_geom.analysis.options import AnalyzeOptions
 from lpc_geom.analysis.report import CollapseReport, build_report
@@ -188,9 +195,8 @@ class CollapseAccumulator:
         check_min_class_size(count.cpu().numpy(), classes, min_class_size)
         scatter = self._scatter
         n = self.n
-
-        def within_quad(V: torch.Tensor) -> torch.Tensor:
-            return ((V.T @ scatter) * V.T).sum(1) / n
+        means = self._mean[idx]
+        svals, axes = centred_means_svd(means)
 
         has_norm = self._geom.has_origin
         return ClassStatistics(
@@ -199,18 +205,22 @@ class CollapseAccumulator:
             d=self._d,
             classes=classes,
             counts=count,
-            means=self._mean[idx],
+            means=means,
             within_trace=float(torch.diagonal(scatter).sum()) / n,
-            within_quad=within_quad,
+            mean_svals=svals,
+            mean_axes=axes,
+            within_axes=((axes @ scatter) * axes).sum(1) / n,
             norm_mean=self._r_mean if has_norm else None,
             norm_var=self._r_m2 / n if has_norm else None,
-            unit_mean=self._u_mean,
-            unit_m2=self._u_m[0] / n,
-            unit_m3=self._u_m[1] / n,
-            unit_m4=self._u_m[2] / n,
-            sign_pos=self._pos[idx],
-            sign_neg=self._neg[idx],
-            abs_max=self._abs_max[idx],
+            unit_source=UnitStatistics(
+                unit_mean=self._u_mean,
+                unit_m2=self._u_m[0] / n,
+                unit_m3=self._u_m[1] / n,
+                unit_m4=self._u_m[2] / n,
+                sign_pos=self._pos[idx],
+                sign_neg=self._neg[idx],
+                abs_max=self._abs_max[idx],
+            ),
             eps=self._eps,
         )
 

@@ -52,6 +52,7 @@ __all__ = [
     "ClassStatistics",
     "SeparationRatio",
     "UndefinedMetricError",
+    "UnitStatistics",
     "class_statistics",
     "etf_distance",
     "nc1",
@@ -67,6 +68,30 @@ __all__ = [
 ]
 
 _EPS64 = float(np.finfo(np.float64).eps)
+
+
+@dataclass(frozen=True, eq=False)
+class UnitStatistics:
+    """Per-unit and per-class sign statistics read by the hypercube figures (float64, chart coordinates).
+
+    Attributes
+    ----------
+    unit_mean, unit_m2, unit_m3, unit_m4 : Tensor, shape (d,)
+        Per-unit mean and population central moments of order 2-4 over all samples.
+    sign_pos, sign_neg : Tensor, shape (K, d)
+        Per class and unit, the number of samples with a positive / negative coordinate.
+    abs_max : Tensor, shape (K, d)
+        Per class and unit, :math:`\\max_{i \\in c} |u_{ij}|`: the scale of the rounding error of the class
+        mean (see :func:`~lpc_geom.analysis.hypercube.class_codes`).
+    """
+
+    unit_mean: torch.Tensor
+    unit_m2: torch.Tensor
+    unit_m3: torch.Tensor
+    unit_m4: torch.Tensor
+    sign_pos: torch.Tensor
+    sign_neg: torch.Tensor
+    abs_max: torch.Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,22 +114,24 @@ class ClassStatistics:
         Class means in chart coordinates.
     within_trace : float
         :math:`\\operatorname{Tr}\\Sigma_W`.
-    within_quad : callable
-        ``within_quad(V)`` with ``V`` of shape (d, r) returns ``diag(V^T Sigma_W V)``, shape (r,).
+    mean_svals, mean_axes : Tensor, shapes (m,) and (m, d)
+        Thin SVD of the centred means :math:`M = U S V^\\top` (:func:`centred_means_svd`,
+        :math:`m = \\min(K, d)`): the singular values and the rows of :math:`V^\\top`.
+    within_axes : Tensor, shape (m,)
+        :math:`v_i^\\top \\Sigma_W v_i` for the rows :math:`v_i` of ``mean_axes`` (the within-class
+        spread along the directions of the class means, which NC1 needs).
     norm_mean, norm_var : float or None
         Mean and population variance of the distances to the origin (``None`` on the sphere).
-    unit_mean, unit_m2, unit_m3, unit_m4 : Tensor, shape (d,)
-        Per-unit mean and population central moments of order 2-4 over all samples.
-    sign_pos, sign_neg : Tensor, shape (K, d)
-        Per class and unit, the number of samples with a positive / negative coordinate.
-    abs_max : Tensor, shape (K, d)
-        Per class and unit, :math:`\\max_{i \\in c} |u_{ij}|`: the scale of the rounding error of the class
-        mean (see :func:`~lpc_geom.analysis.hypercube.class_codes`).
+    unit_source : UnitStatistics or callable
+        The per-unit statistics of the hypercube figures, or a function computing them from the in-memory
+        latents on first use (:attr:`units`; the collapse figures do not need them). Their fields are
+        also read as attributes of this object (``unit_mean``, ``unit_m2`` ... ``abs_max``).
     eps : float
         Machine epsilon of the input dtype.
-    latents, chart, codes, residuals : Tensor or None
-        In memory only: the (checked) latents, their chart coordinates, the class codes and the chart
-        residuals ``chart - means[codes]``, needed by the distance-based figures.
+    latents, chart, codes, own_norms : Tensor or None
+        In memory only: the (checked) latents and their chart coordinates (float64, or float32 for float32
+        input on a flat geometry), the class codes, and on flat geometries the residual norms
+        :math:`\\|u_i - \\mu_{y_i}\\|` (the own-class distances), needed by the distance-based figures.
     """
 
     geometry: Geometry
@@ -114,21 +141,32 @@ class ClassStatistics:
     counts: torch.Tensor
     means: torch.Tensor
     within_trace: float
-    within_quad: Callable[[torch.Tensor], torch.Tensor]
+    mean_svals: torch.Tensor
+    mean_axes: torch.Tensor
+    within_axes: torch.Tensor
     norm_mean: float | None
     norm_var: float | None
-    unit_mean: torch.Tensor
-    unit_m2: torch.Tensor
-    unit_m3: torch.Tensor
-    unit_m4: torch.Tensor
-    sign_pos: torch.Tensor
-    sign_neg: torch.Tensor
-    abs_max: torch.Tensor
+    unit_source: UnitStatistics | Callable[[], UnitStatistics]
     eps: float
     latents: torch.Tensor | None = None
     chart: torch.Tensor | None = None
     codes: torch.Tensor | None = None
-    residuals: torch.Tensor | None = None
+    own_norms: torch.Tensor | None = None
+
+    @property
+    def units(self) -> UnitStatistics:
+        """The :class:`UnitStatistics`, computed on first use when given as a function."""
+        if not isinstance(self.unit_source, UnitStatistics):
+            object.__setattr__(self, "unit_source", self.unit_source())
+        return self.unit_source
+
+    unit_mean = property(lambda self: self.units.unit_mean, doc="See :class:`UnitStatistics`.")
+    unit_m2 = property(lambda self: self.units.unit_m2, doc="See :class:`UnitStatistics`.")
+    unit_m3 = property(lambda self: self.units.unit_m3, doc="See :class:`UnitStatistics`.")
+    unit_m4 = property(lambda self: self.units.unit_m4, doc="See :class:`UnitStatistics`.")
+    sign_pos = property(lambda self: self.units.sign_pos, doc="See :class:`UnitStatistics`.")
+    sign_neg = property(lambda self: self.units.sign_neg, doc="See :class:`UnitStatistics`.")
+    abs_max = property(lambda self: self.units.abs_max, doc="See :class:`UnitStatistics`.")
 
     @property
     def n_classes(self) -> int:
@@ -151,9 +189,13 @@ class ClassStatistics:
 
 
 def prepare_inputs(latents, labels, manifold, min_class_size: int = 2):
-    """Validate the public inputs once: returns ``(geometry, z, eps, encoded_labels, codes_tensor)``."""
+    """Validate the public inputs once: returns ``(geometry, z, eps, encoded_labels, codes_tensor)``.
+
+    ``z`` is float64, except float32 latents on a flat geometry, which are kept as they are (the statistics
+    convert row blocks to float64, so the whole array is never copied).
+    """
     geom = geometry_from_manifold(manifold)
-    z, eps = check_latents(latents)
+    z, eps = check_latents(latents, keep_float32=geom.is_flat)
     enc = encode_labels(labels, z.shape[0])
     check_min_class_size(np.bincount(enc.codes, minlength=enc.n_classes), enc.classes, min_class_size)
     z = geom.check_points(z, eps)
@@ -205,61 +247,62 @@ def central_power_sums(x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor
     return mean, [m2, m3, pw.square_().sum(0)]
 
 
+def centred_means_svd(means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values (m,) and right singular vectors (m, d) of the centred means :math:`M = [\\mu_c - \\mu_G]_c`."""
+    _, svals, vh = torch.linalg.svd(means - means.mean(0, keepdim=True), full_matrices=False)
+    return svals, vh
+
+
 def statistics_from_arrays(
     geom: Geometry, z: torch.Tensor, eps: float, enc: EncodedLabels, codes: torch.Tensor
 ) -> ClassStatistics:
-    """:class:`ClassStatistics` of validated arrays (float64).
+    r""":class:`ClassStatistics` of validated arrays (float64 results).
 
-    One pass over the data, in row blocks that stay in cache, gathers per class the sums of the rows
-    shifted by the class's first member (see :func:`~lpc_geom.analysis.geometry.class_means`; the shifted
-    rows are kept), the sign counts and the largest magnitudes, the norms, and the per-unit central moments
-    (block moments merged by :func:`merge_central_moments`); a second pass over the kept rows subtracts the
-    class offsets, giving the residuals ``u - mu_c`` with the same arithmetic per row as the whole-array
-    formulas (a class of identical points still has exactly that point as its mean and zero residuals).
+    Two passes over the data in row blocks that stay in cache, each block converted to float64 on its own
+    (never the whole array).
+
+    1. Per class, the sums of the rows shifted by the class's first member :math:`s_c`
+       (see :func:`~lpc_geom.analysis.geometry.class_means`), and the norms. The means are
+       :math:`\mu_c = s_c + o_c` with :math:`o_c = \frac{1}{n_c}\sum_{i \in c}(u_i - s_c)`.
+    2. With the thin SVD :math:`M = U S V^\top` of the centred means, the residuals
+       :math:`e_i = (u_i - s_c) - o_c` (the same arithmetic per row as the whole-array formulas: a class
+       of identical points has exactly that point as its mean and zero residuals) give
+       :math:`\operatorname{Tr}\Sigma_W = \frac1N\sum_i \|e_i\|^2`, the within-class spread along the
+       mean directions :math:`v_a^\top\Sigma_W v_a = \frac1N\sum_i (e_i^\top v_a)^2` and, on flat
+       geometries, the own-class distances :math:`\|e_i\|`. Every product is taken in float64 on the
+       centred residuals, so the error is relative to the spread itself, however collapsed the classes,
+       and float32 input gives the figures of its float64 copy.
+
+    The hypercube figures' :class:`UnitStatistics` take a third pass, on first use
+    (:func:`unit_statistics`).
     """
     n, d = z.shape
     k = enc.n_classes
     u = geom.to_chart(z)
     f64 = {"dtype": torch.float64, "device": u.device}
-    counts = torch.bincount(codes, minlength=k)
-    shift = class_first_members(u, codes, k)
+    counts = torch.bincount(codes, minlength=k).to(torch.float64)
+    shift = class_first_members(u, codes, k).to(torch.float64)
     sums = torch.zeros(k, d, **f64)
-    # int32 counts are exact and move a quarter of the bytes of float64 indicators.
-    sign_pos = torch.zeros(k, d, dtype=torch.int32, device=u.device)
-    sign_neg = torch.zeros(k, d, dtype=torch.int32, device=u.device)
-    abs_max = torch.zeros(k, d, **f64)
     has_norm = geom.has_origin
     norms = torch.empty(n, **f64) if has_norm else None
-    zc = torch.empty_like(u)
-    seen, unit_mean, power_sums = 0, None, None
     blocks = _row_blocks(n, d)
     for rows in blocks:
-        ub, cb, r = u[rows], codes[rows], zc[rows]
-        torch.sub(ub, shift.index_select(0, cb), out=r)
-        sums.index_add_(0, cb, r)
-        sign_pos.index_add_(0, cb, (ub > 0).int())
-        sign_neg.index_add_(0, cb, (ub < 0).int())
-        abs_max.scatter_reduce_(0, cb[:, None].expand(-1, d), ub.abs(), reduce="amax")
+        ub, cb = u[rows].to(torch.float64), codes[rows]
+        sums.index_add_(0, cb, ub - shift.index_select(0, cb))
         if has_norm:
-            norms[rows] = geom.origin_norm(z[rows])
-        block_mean, block_sums = central_power_sums(ub)
-        nb = ub.shape[0]
-        if seen:
-            unit_mean, power_sums = merge_central_moments(seen, unit_mean, power_sums, nb, block_mean, block_sums)
-        else:
-            unit_mean, power_sums = block_mean, block_sums
-        seen += nb
-    offset = sums / counts.clamp_min(1)[:, None].to(u.dtype)
-    within_sum = torch.zeros((), **f64)
-    for rows in blocks:
-        r = zc[rows].sub_(offset.index_select(0, codes[rows])).view(-1)
-        within_sum += torch.dot(r, r)
+            norms[rows] = torch.linalg.vector_norm(ub, dim=1)  # the chart norm is the distance to the origin
+    offset = sums / counts.clamp_min(1)[:, None]
+    means = shift + offset
+    svals, axes = centred_means_svd(means)
 
-    def within_quad(V: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(V.shape[1], **f64)
-        for rows in blocks:
-            out += (zc[rows] @ V).square_().sum(0)
-        return out / n
+    axes_t = axes.T.contiguous()
+    within_axes = torch.zeros(axes.shape[0], **f64)
+    res_norms = torch.empty(n, **f64)
+    for rows in blocks:
+        cb = codes[rows]
+        e = u[rows].to(torch.float64, copy=True).sub_(shift.index_select(0, cb)).sub_(offset.index_select(0, cb))
+        res_norms[rows] = torch.linalg.vector_norm(e, dim=1)
+        within_axes += (e @ axes_t).square_().sum(0)
 
     norm_mean = norm_var = None
     if norms is not None:
@@ -270,22 +313,59 @@ def statistics_from_arrays(
         n=n,
         d=d,
         classes=enc.classes,
-        counts=counts.to(torch.float64),
-        means=shift + offset,
-        within_trace=float(within_sum) / n,
-        within_quad=within_quad,
+        counts=counts,
+        means=means,
+        within_trace=float(res_norms.square().sum()) / n,
+        mean_svals=svals,
+        mean_axes=axes,
+        within_axes=within_axes / n,
         norm_mean=norm_mean,
         norm_var=norm_var,
+        unit_source=lambda: unit_statistics(u, codes, counts, means),
+        eps=eps,
+        # The in-memory fields, which the distance-based figures read.
+        latents=z, chart=u, codes=codes, own_norms=res_norms if geom.is_flat else None,
+    )
+
+
+def unit_statistics(u: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, means: torch.Tensor) -> UnitStatistics:
+    r""":class:`UnitStatistics` of chart coordinates ``u`` (N, d) with class ``codes``, class ``counts`` and
+    ``means`` (float64), in one pass over row blocks converted to float64.
+
+    The central moments are sums of the powers 2-4 of :math:`u_i - \bar u` about the grand mean
+    :math:`\bar u = \sum_c (n_c/N)\mu_c`. The sign counts follow from the sign sums
+    :math:`S_{cj} = \sum_{i \in c}\operatorname{sign} u_{ij}` and the zero counts :math:`Z_{cj}` as
+    :math:`n_{\pm} = (n_c - Z_{cj} \pm S_{cj})/2`.
+    """
+    n, d = u.shape
+    k = counts.shape[0]
+    f64 = {"dtype": torch.float64, "device": u.device}
+    signs = torch.zeros(k, d, **f64)
+    abs_max = torch.zeros(k, d, **f64)
+    # zero coordinates (ReLU latents) need counts of their own; most float latents have none
+    zeros = torch.zeros(k, d, **f64) if int(torch.count_nonzero(u)) < n * d else None
+    unit_mean = (counts / n) @ means
+    power_sums = [torch.zeros(d, **f64) for _ in range(3)]
+    for rows in _row_blocks(n, d):
+        ub, cb = u[rows].to(torch.float64), codes[rows]
+        signs.index_add_(0, cb, torch.sign(ub))
+        if zeros is not None:
+            zeros.index_add_(0, cb, (ub == 0).to(torch.float64))
+        abs_max.scatter_reduce_(0, cb[:, None].expand(-1, d), ub.abs(), reduce="amax")
+        dev = ub - unit_mean
+        pw = dev * dev
+        power_sums[0] += pw.sum(0)
+        power_sums[1] += dev.mul_(pw).sum(0)
+        power_sums[2] += pw.square_().sum(0)
+    nonzero = counts[:, None] - (0.0 if zeros is None else zeros)
+    return UnitStatistics(
         unit_mean=unit_mean,
         unit_m2=power_sums[0] / n,
         unit_m3=power_sums[1] / n,
         unit_m4=power_sums[2] / n,
-        sign_pos=sign_pos.double(),
-        sign_neg=sign_neg.double(),
+        sign_pos=(nonzero + signs) * 0.5,
+        sign_neg=(nonzero - signs) * 0.5,
         abs_max=abs_max,
-        eps=eps,
-        # The in-memory fields, which the distance-based figures read.
-        latents=z, chart=u, codes=codes, residuals=zc,
     )
 
 
@@ -374,14 +454,12 @@ def nc1(latents, labels=None, *, manifold=None) -> float:
     means coincide (:math:`\Sigma_B = 0`).
     """
     s = as_statistics(latents, labels, manifold)
-    M = s.centred_means()
-    _, svals, vh = torch.linalg.svd(M, full_matrices=False)
+    svals = s.mean_svals
     tol = max(s.n_classes, s.d) * _EPS64 * max(float(svals[0]), float(s.means.norm(dim=1).max()))
     keep = svals > tol
     if not bool(keep.any()):
         raise UndefinedMetricError("all class means coincide (Sigma_B = 0): NC1 is undefined")
-    V = vh[keep].T
-    return float((s.within_quad(V) / svals[keep] ** 2).sum())
+    return float((s.within_axes[keep] / svals[keep] ** 2).sum())
 
 
 # -- NC2 / ETF ----------------------------------------------------------------------------------------
@@ -476,10 +554,8 @@ def centre_distances(s: ClassStatistics) -> torch.Tensor:
         raise UndefinedMetricError(
             f"class(es) {names} have no extrinsic mean on the sphere (their mean direction vector is ~0)"
         )
-    own = None
-    if s.residuals is not None and s.geometry.is_flat:
-        own = torch.linalg.vector_norm(s.residuals, dim=1)  # the chart is the space itself
-    return distances_to_centres(s.geometry, s.latents, centres, s.codes, own=own)
+    # on flat geometries the chart is the space itself: the residual norms are the own-class distances
+    return distances_to_centres(s.geometry, s.latents, centres, s.codes, own=s.own_norms)
 
 
 def separation_from_distances(D: torch.Tensor, codes: torch.Tensor) -> SeparationRatio:

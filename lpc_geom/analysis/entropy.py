@@ -98,12 +98,13 @@ def entropy_from_arrays(
     seed: int = 0,
     floor: float | None = None,
 ) -> EntropyEstimate:
-    """:func:`kl_entropy` on validated float64 latents and options (points already checked to lie on the
-    manifold; the options by :func:`check_entropy_options`)."""
+    """:func:`kl_entropy` on validated latents (float64, or float32 converted after subsampling) and options
+    (points already checked to lie on the manifold; the options by :func:`check_entropy_options`)."""
     n = z.shape[0]
     if n > max_samples:
         idx = np.sort(np.random.default_rng(seed).choice(n, size=int(max_samples), replace=False))
         z = z[torch.from_numpy(idx).to(z.device)]
+    z = z.to(torch.float64)
     n_used = z.shape[0]
     if n_used <= k:
         raise UndefinedMetricError(

@@ -264,17 +264,17 @@ def distances_to_centres(
     chunk: int = 8192,
     own: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Geodesic distances (N, K) from every latent to every class centre.
+    """Geodesic distances (N, K, in the centres' dtype) from every latent to every class centre.
 
     The other-class columns use the Gram identity (memory N x K, never N x N); the own-class column is
     recomputed from direct differences so that collapsed classes keep their tiny distances exactly
     (or taken from ``own`` when the caller already has them).
     """
     n = z.shape[0]
-    out = torch.empty(n, centres.shape[0], dtype=z.dtype, device=z.device)
+    out = torch.empty(n, centres.shape[0], dtype=centres.dtype, device=z.device)
     c_sq = (centres * centres).sum(1)
     for s in range(0, n, chunk):
-        zb = z[s : s + chunk]
+        zb = z[s : s + chunk].to(centres.dtype)  # float32 latents: one block at a time
         sq = pairwise_sqdist(zb, centres)
         out[s : s + chunk] = geom.dist_from_sqdist(sq, (zb * zb).sum(1, keepdim=True), c_sq[None, :])
     if own is None:

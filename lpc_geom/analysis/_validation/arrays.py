@@ -25,7 +25,7 @@ def _float_eps(dtype) -> float:
 
 
 def check_latents(
-    latents, *, name: str = "latents", min_dim: int = 2, min_samples: int = 2
+    latents, *, name: str = "latents", min_dim: int = 2, min_samples: int = 2, keep_float32: bool = False
 ) -> tuple[torch.Tensor, float]:
     """Validate an (N, d) array of real numbers and return it as a float64 tensor.
 
@@ -39,10 +39,13 @@ def check_latents(
         Smallest accepted ``d`` (the analyzers need ``d >= 2``).
     min_samples : int
         Smallest accepted ``N`` (2 for an analysis; a streamed batch may hold 1).
+    keep_float32 : bool
+        Return float32 input as it is (no float64 copy; a numpy array's memory is shared, never written):
+        for callers that convert row blocks to float64 themselves.
 
     Returns
     -------
-    z : torch.Tensor, float64, shape (N, d)
+    z : torch.Tensor, float64 (or float32 with ``keep_float32``), shape (N, d)
         On the input's device (CPU for numpy input and for MPS tensors).
     eps : float
         Machine epsilon of the input dtype: the relative resolution the input was stored with.
@@ -79,9 +82,12 @@ def check_latents(
             f"{name} has d = {d}; the analyzers need d >= {min_dim} (angles, ETF and hypercube figures "
             "are undefined in one dimension)"
         )
-    # A sum in float64 is finite when every entry is (NaN/Inf propagate); it can also overflow on finite
-    # float64 entries, so only a non-finite sum leads to the entrywise check (in the input dtype).
-    if t.is_floating_point() and not math.isfinite(float(t.sum(dtype=torch.float64))):
+    # A sum is finite when every entry is (NaN/Inf propagate); it can also overflow on finite entries, so
+    # only a non-finite sum leads to the entrywise check (in the input dtype). The sum runs in the input's
+    # own dtype (float32 for the half types, whose range a sum overflows at once): a float64 sum of float32
+    # entries would convert every entry first.
+    sum_dtype = torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else None
+    if t.is_floating_point() and not math.isfinite(float(t.sum(dtype=sum_dtype))):
         finite = torch.isfinite(t)
         if not bool(finite.all()):
             bad_rows = (~finite).any(dim=1)
@@ -90,7 +96,7 @@ def check_latents(
                 f"{name} contains {int((~finite).sum())} NaN/Inf entries in {int(bad_rows.sum())} rows "
                 f"(first at row {first})"
             )
-    z = t.to(torch.float64)
+    z = t if keep_float32 and t.dtype == torch.float32 else t.to(torch.float64)
     # Only float64 can hold such entries (the float32 maximum is 3.4e38); aminmax makes no |z| copy.
     if t.dtype == torch.float64 and z.numel():
         lo, hi = torch.aminmax(z)
@@ -206,12 +212,18 @@ class ClassifierHead:
         return self.module is None
 
     def logits(self, z: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-        """Float64 logits (N, K_out) of float64 latents ``z`` (N, d), on ``z``'s device."""
+        """Float64 logits (N, K_out) of latents ``z`` (N, d; float64, or float32 converted in row blocks), on
+        ``z``'s device."""
         if self.module is None:
-            out = z @ self.weight.T
-            return out if self.bias is None else out + self.bias
+            if z.dtype == torch.float64:
+                out = z @ self.weight.T
+            else:
+                out = torch.empty(z.shape[0], self.n_out, dtype=torch.float64, device=z.device)
+                for s in range(0, z.shape[0], chunk):
+                    torch.matmul(z[s : s + chunk].to(torch.float64), self.weight.T, out=out[s : s + chunk])
+            return out if self.bias is None else out.add_(self.bias)
         with torch.no_grad():
-            parts = [self.module(z[s : s + chunk].cpu()) for s in range(0, z.shape[0], chunk)]
+            parts = [self.module(z[s : s + chunk].cpu().to(torch.float64)) for s in range(0, z.shape[0], chunk)]
         L = torch.cat(parts).to(z.device)
         if not bool(torch.isfinite(L).all()):
             raise ValueError("the classifier module returned NaN/Inf logits at the given latents")
@@ -234,7 +246,7 @@ def check_head(classifier, z: torch.Tensor) -> ClassifierHead:
     classifier : tuple, array, torch.nn.Module or object with ``.weight``
         As accepted by :func:`lpc_geom.analyze`.
     z : torch.Tensor, shape (N, d)
-        The validated float64 latents (the first row is used to check a module's output).
+        The validated latents, float64 or float32 (the first row is used to check a module's output).
 
     Returns
     -------
@@ -261,7 +273,7 @@ def check_head(classifier, z: torch.Tensor) -> ClassifierHead:
             f"classifier module {type(classifier).__name__} could not be copied and converted to float64: {err}"
         ) from err
     with torch.no_grad():
-        out = module(z[:1].cpu())
+        out = module(z[:1].cpu().to(torch.float64))
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
         raise TypeError(
             f"classifier module {type(classifier).__name__} must map (n, d) latents to an (n, K) logits tensor; "

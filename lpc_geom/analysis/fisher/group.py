@@ -73,6 +73,7 @@ def fisher_group(ctx, out) -> None:
     z = s.latents.cpu()
     if s.n > cap:
         z = z[torch.from_numpy(np.sort(np.random.default_rng(o.seed).choice(s.n, size=cap, replace=False)))]
+    z = z.to(torch.float64)
     # The pointwise figures are batches of small (K x r) SVDs and Jacobians: intra-op threads inside each
     # call cost more in synchronisation than they save at that size, and far more on shared cores. One
     # thread for this call only; the caller's setting is restored afterwards.
