@@ -474,3 +474,67 @@ def test_bad_input(rng):
         fisher_pointwise_autograd(z, lambda x: torch.log(x) @ torch.ones(3, 4, dtype=DT))
     with pytest.raises(ValueError, match="supports Euclidean"):
         fisher_pointwise_autograd(z, _linear_fn(W, b), manifold=geoopt.EuclideanStiefel())
+
+
+# --------------------------------------------------------------------------- closed form vs per-point SVD
+def _svd_reference(z, W, b):
+    """Trace, log-volume, rank and scalar curvature from the thin SVD of B in the range coordinates of the
+    centred W (numpy, written out here): the per-point route fisher_pointwise avoids where it can."""
+    Wc = W - W.mean(0)
+    _, s, vt = np.linalg.svd(Wc, full_matrices=False)
+    Wr = W @ vt[s > 1e-10 * s[0]].T
+    logits = z @ W.T + b
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    out = {"trace": [], "logvol": [], "rank": [], "curv": []}
+    for pi in p:
+        C = Wr - pi @ Wr
+        t = pi.argmax()
+        C[t] = pi @ (Wr[t] - Wr)  # w_t - W^T p without the cancellation of p_t ~ 1
+        B = np.sqrt(pi)[:, None] * C
+        U, sv, _ = np.linalg.svd(B, full_matrices=False)
+        P = U @ U.T
+        sq = np.sqrt(pi)
+        out["trace"].append((sv**2).sum())
+        out["logvol"].append(np.log(sv).sum())
+        out["rank"].append(int((sv > 1e-10 * sv[0]).sum()))
+        out["curv"].append(0.25 * (P * (P**2 - np.outer(np.diag(P), np.diag(P))) / np.outer(sq, sq)).sum())
+    return {k: np.array(v) for k, v in out.items()}, p
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    K=st.integers(2, 9),
+    d=st.integers(1, 10),
+    deficient=st.booleans(),
+    scale=st.sampled_from([0.3, 1.0, 2.5]),
+    seed=st.integers(0, 2**16),
+)
+def test_closed_form_matches_per_point_svd(K, d, deficient, scale, seed):
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(K, d))
+    if deficient and K > 2:
+        W[-1] = W[0]  # centred W of rank below min(d, K - 1): the complement R is not empty
+    b, z = rng.normal(size=K), scale * rng.normal(size=(40, d))
+    got = fisher_pointwise(z, W, b)
+    ref, p = _svd_reference(z, W, b)
+    well = p.min(1) > 1e-6  # away from the mask threshold, where the SVD route itself is accurate
+    assert np.array_equal(got.rank, ref["rank"])
+    np.testing.assert_allclose(got.trace, ref["trace"], rtol=1e-10)
+    np.testing.assert_allclose(got.logvol[well], ref["logvol"][well], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got.scalar_curvature[well], ref["curv"][well], rtol=1e-10, atol=1e-9)
+
+
+def test_points_far_from_every_boundary_take_the_svd_route(rng):
+    """Logits so large that s_min/s_max of B may fall below the rank tolerance: those points are computed from
+    the SVD of B (their rank can drop below r), the others from the closed form, in one call."""
+    K, d = 4, 3
+    W = 3.0 * rng.normal(size=(K, d))
+    z = np.concatenate([0.3 * rng.normal(size=(20, d)), 40.0 * rng.normal(size=(20, d))])
+    got = fisher_pointwise(z, W, min_prob=0.0)
+    ref, p = _svd_reference(z, W, np.zeros(K))
+    assert (ref["rank"] < 3).any()  # the test exercises low per-point ranks
+    assert np.array_equal(got.rank, ref["rank"])
+    np.testing.assert_allclose(got.trace, ref["trace"], rtol=1e-9)
+    near = p.min(1) > 1e-6
+    np.testing.assert_allclose(got.logvol[near], ref["logvol"][near], rtol=1e-10)

@@ -74,12 +74,17 @@ class _PointwiseBuffers:
         self.curvature = torch.full((n,), float("nan"), dtype=_DTYPE) if curvature else None
 
     def fill(
-        self, rows: slice, p: torch.Tensor, s: torch.Tensor, rank: torch.Tensor, logvol: torch.Tensor, ok: torch.Tensor
+        self,
+        rows: slice,
+        p: torch.Tensor,
+        trace: torch.Tensor,
+        rank: torch.Tensor,
+        logvol: torch.Tensor,
+        ok: torch.Tensor,
     ) -> None:
-        r"""One chunk: probabilities, the singular values ``s`` of the metric's square root (trace
-        :math:`\sum s^2`), ranks, and log-volumes kept where ``ok`` (unmasked), NaN elsewhere."""
+        """One chunk: probabilities, traces, ranks, and log-volumes kept where ``ok`` (unmasked), NaN elsewhere."""
         self.probs[rows] = p
-        self.trace[rows] = s.square().sum(dim=-1)
+        self.trace[rows] = trace
         self.rank[rows] = rank
         self.logvol[rows] = torch.where(ok, logvol, float("nan"))
 

@@ -198,7 +198,7 @@ def fisher_pointwise_autograd(
             raise ValueError("logits_fn produced non-finite second derivatives at unmasked latents")
         U, s, Vh, keep = _frame(J)
         logs = torch.where(keep, s.clamp_min(torch.finfo(shared._DTYPE).tiny).log(), 0.0).sum(dim=-1)
-        out.fill(sl, p, s, keep.sum(dim=-1), logs, ok)
+        out.fill(sl, p, s.square().sum(dim=-1), keep.sum(dim=-1), logs, ok)
         if curvature and ok.any():
             Uo, so, Vho, ko = U[ok], s[ok], Vh[ok], keep[ok]
             E = Vho.transpose(-1, -2) * torch.where(ko, 1.0 / so, 0.0).unsqueeze(-2)

@@ -2,6 +2,9 @@ r"""Closed forms for a linear softmax head :math:`p = \mathrm{softmax}(Wz + b)` 
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -36,16 +39,34 @@ def _check_linear(latents, W, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return z, Wt, bt
 
 
-def _range_basis(W: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis (d, r) of the row space of the centred weights; raises if r = 0."""
+class _RangeFactors(NamedTuple):
+    r"""The classifier's fixed factors: ``basis`` (d, r) of the row space of the centred weights
+    :math:`W_c = W - \mathbf 1\bar W^\top = Q S_c V^\top`, their ``svals`` :math:`S_c` (r,), and ``complement``
+    :math:`R` (K, K - 1 - r), an orthonormal basis of :math:`\mathbf 1^\perp \cap \mathrm{col}(W_c)^\perp`."""
+
+    basis: torch.Tensor
+    svals: torch.Tensor
+    complement: torch.Tensor
+
+
+def _range_factors(W: torch.Tensor) -> _RangeFactors:
+    """:class:`_RangeFactors` of W (K, d); raises if the centred W is 0 (r = 0)."""
     Wc = W - W.mean(dim=0, keepdim=True)
-    _, s, Vh = torch.linalg.svd(Wc, full_matrices=False)
+    U, s, Vh = torch.linalg.svd(Wc, full_matrices=False)
     if s[0] == 0:
         raise UndefinedMetricError(
             "the classifier is constant in z (all rows of W are equal): the Fisher metric is zero everywhere"
         )
     r = int((s > shared.RANK_RTOL * s[0]).sum())
-    return Vh[:r].T.contiguous()
+    K = W.shape[0]
+    known = torch.cat([U[:, :r], torch.full((K, 1), K**-0.5, dtype=W.dtype)], dim=1)
+    full = torch.linalg.svd(known, full_matrices=True)[0]
+    return _RangeFactors(Vh[:r].T.contiguous(), s[:r], full[:, r + 1 :].contiguous())
+
+
+def _range_basis(W: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis (d, r) of the row space of the centred weights; raises if r = 0."""
+    return _range_factors(W).basis
 
 
 def _centred_rows(p: torch.Tensor, Wr: torch.Tensor) -> torch.Tensor:
@@ -63,11 +84,64 @@ def _centred_rows(p: torch.Tensor, Wr: torch.Tensor) -> torch.Tensor:
 
 def _projector_scalar_curvature(U: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     r""":math:`\tfrac14\sum_{kl} P_{kl}(P_{kl}^2 - P_{kk}P_{ll})/\sqrt{p_kp_l}` with :math:`P = UU^\top`."""
-    P = U @ U.transpose(-1, -2)
+    return _curvature_of_projector(U @ U.transpose(-1, -2), p)
+
+
+def _curvature_of_projector(P: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    r""":math:`\tfrac14\sum_{kl} P_{kl}(P_{kl}^2 - P_{kk}P_{ll})/\sqrt{p_kp_l}` for projectors ``P`` (n, K, K)."""
     Pd = torch.diagonal(P, dim1=-2, dim2=-1)
     sq = p.sqrt()
     terms = P * (P.square() - Pd.unsqueeze(-1) * Pd.unsqueeze(-2)) / (sq.unsqueeze(-1) * sq.unsqueeze(-2))
     return 0.25 * terms.sum(dim=(-1, -2))
+
+
+def _closed_form_chunk(
+    p: torch.Tensor, logp: torch.Tensor, Wr: torch.Tensor, sq_gaps: torch.Tensor, f: _RangeFactors, curvature: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    r"""Trace, log-volume and (``curvature``) scalar curvature of the points with probabilities ``p`` (n, K),
+    from :math:`p` and the classifier's fixed factors alone (no per-point decomposition of :math:`B`).
+
+    With :math:`A = \mathrm{diag}\,p - pp^\top`, :math:`G = W_r^\top A W_r` in the range coordinates and
+    :math:`W_c = Q S_c V^\top` (:class:`_RangeFactors`):
+
+    - trace :math:`\sum_k p_k\|w_k - w_t\|^2 - \|\sum_k p'_k w_k\|^2` about the most probable class
+      :math:`t`, with :math:`p' = p - e_t` (``sq_gaps`` holds :math:`\|w_k - w_l\|^2`);
+    - :math:`\det G = \det(S_c)^2\det(Q^\top A Q)` and, by Jacobi's complementary-minor identity for
+      :math:`A` on :math:`\mathbf 1^\perp` (determinant :math:`\mathrm{pdet}\,A = K\prod_k p_k`, inverse
+      :math:`P_\perp\mathrm{diag}(1/p)P_\perp`), :math:`\det(Q^\top A Q) = K\prod_k p_k\,\det(R^\top
+      \mathrm{diag}(1/p) R)`, so the log-volume is
+      :math:`\sum\log s_c + \tfrac12(\log K + \sum_k\log p_k + \log\det R^\top\mathrm{diag}(1/p)R)`;
+    - the range of :math:`B` in :math:`\mathbb R^K` is the orthogonal complement of
+      :math:`\mathrm{span}\{\sqrt p\} \oplus \mathrm{span}\{\mathrm{diag}(p)^{-1/2}R\}` (two mutually
+      orthogonal spaces, as :math:`R \perp \mathbf 1`), so :math:`P = I - \sqrt p\sqrt p^\top - E E^\top`
+      with :math:`E = \mathrm{diag}(p)^{-1/2}RL^{-\top}`, :math:`LL^\top = R^\top\mathrm{diag}(1/p)R`. When
+      :math:`R` is empty (:math:`r = K - 1`) the curvature sum is exactly :math:`(K-1)(K-2)/4`:
+      :math:`P_{kl} = \delta_{kl} - \sqrt{p_kp_l}` gives each pair :math:`k \ne l` the term
+      :math:`1 - p_k - p_l`.
+    """
+    n, K = p.shape
+    top = p.argmax(dim=1)
+    rows = torch.arange(n)
+    shifted = p.clone()
+    shifted[rows, top] = 0.0
+    shifted[rows, top] = -shifted.sum(dim=1)  # p'_t = -(the sum of the others), not the rounded p_t - 1
+    a = shifted @ Wr
+    trace = (p * sq_gaps[top]).sum(dim=1) - (a * a).sum(dim=1)
+    logvol = f.svals.log().sum() + 0.5 * (math.log(K) + logp.sum(dim=1))
+    R = f.complement
+    m = R.shape[1]
+    if m == 0:
+        curv = torch.full((n,), (K - 1) * (K - 2) / 4.0, dtype=p.dtype) if curvature else None
+        return trace, logvol, curv
+    Y = R.unsqueeze(0) / p.sqrt().unsqueeze(-1)  # diag(p)^(-1/2) R, (n, K, m)
+    L = torch.linalg.cholesky(Y.transpose(-1, -2) @ Y)
+    logvol = logvol + torch.diagonal(L, dim1=-2, dim2=-1).log().sum(dim=-1)
+    if not curvature:
+        return trace, logvol, None
+    E = torch.linalg.solve_triangular(L, Y.transpose(-1, -2), upper=False).transpose(-1, -2)
+    sq = p.sqrt()
+    P = torch.eye(K, dtype=p.dtype) - sq.unsqueeze(-1) * sq.unsqueeze(-2) - E @ E.transpose(-1, -2)
+    return trace, logvol, _curvature_of_projector(P, p)
 
 
 def _numerical_rank(s: torch.Tensor) -> torch.Tensor:
@@ -158,6 +232,15 @@ def fisher_pointwise(
       :math:`P = UU^\top`. For :math:`d = K - 1` and an injective centred :math:`W` this is
       :math:`(K-1)(K-2)/4` everywhere (the radius-2 sphere); for :math:`r = 1` (e.g. :math:`K = 2`) it is 0.
 
+    These are evaluated without decomposing :math:`B` wherever its numerical rank is certainly :math:`r`,
+    i.e. where :math:`(s_{c,\min}/s_{c,\max})\sqrt{p_{\min}/p_{\max}}` (a lower bound of
+    :math:`s_{\min}/s_{\max}`, with :math:`s_c` the singular values of the centred :math:`W`) exceeds twice
+    :data:`~lpc_geom.analysis.fisher._common.RANK_RTOL`: from :math:`p` and fixed factors of :math:`W`
+    alone (``_closed_form_chunk``: the trace about the most probable class, the log-volume from
+    :math:`\mathrm{pdet}(\mathrm{diag}\,p - pp^\top) = K\prod_k p_k` and Jacobi's complementary-minor
+    identity, :math:`P` as the complement of :math:`\sqrt p` and :math:`\mathrm{diag}(p)^{-1/2}R`). The
+    other points, far from every decision boundary, take the thin SVD of :math:`B` and its numerical rank.
+
     Parameters
     ----------
     ${latents}
@@ -167,7 +250,8 @@ def fisher_pointwise(
         Zero when omitted.
     ${min_prob}
     curvature : bool
-        Compute the scalar curvature (cost :math:`O(K^2 r)` per point).
+        Compute the scalar curvature (cost :math:`O(K^2 (K - 1 - r))` per point in the closed form,
+        :math:`O(K^2 r)` where the SVD is taken).
     chunk_size : int
         Points processed per batch (bounds memory at about ``chunk_size * K * K`` floats).
 
@@ -186,18 +270,42 @@ def fisher_pointwise(
     min_prob = shared._check_min_prob(min_prob)
     curvature = check_bool(curvature, "curvature")
     z, Wt, bt = _check_linear(latents, W, b)
-    basis = _range_basis(Wt)
-    r = basis.shape[1]
-    Wr = Wt @ basis
+    factors = _range_factors(Wt)
+    r = factors.basis.shape[1]
+    Wr = Wt @ factors.basis
+    sq_gaps = torch.cdist(Wr, Wr, compute_mode="donot_use_mm_for_euclid_dist").square()
+    # s_min(B) / s_max(B) >= (s_c,min / s_c,max) sqrt(p_min / p_max): above twice the rank tolerance the
+    # numerical rank is r for certain, and the closed forms apply; the other points take the SVD of B.
+    cond_w = float(factors.svals[-1] / factors.svals[0])
     N = z.shape[0]
     out = shared._PointwiseBuffers(N, Wt.shape[0], curvature)
     for sl in shared._chunks(N, chunk_size):
-        p = _probs_linear(z[sl], Wt, bt)
-        U, s, _ = torch.linalg.svd(p.sqrt().unsqueeze(-1) * _centred_rows(p, Wr), full_matrices=False)
+        logits = z[sl] @ Wt.T + bt
+        p = torch.softmax(logits, dim=-1)
         ok = p.min(dim=-1).values >= min_prob
-        out.fill(sl, p, s, _numerical_rank(s), s.log().sum(dim=-1), ok)
+        pmin, pmax = p.aminmax(dim=-1)
+        fast = cond_w * (pmin / pmax).sqrt() > 2.0 * shared.RANK_RTOL
+        trace = torch.empty(p.shape[0], dtype=p.dtype)
+        logvol = torch.empty_like(trace)
+        rank = torch.full((p.shape[0],), r, dtype=torch.int64)
+        curv = torch.zeros_like(trace) if curvature else None
+        if bool(fast.any()):
+            tr, lv, cv = _closed_form_chunk(
+                p[fast], torch.log_softmax(logits[fast], dim=-1), Wr, sq_gaps, factors, curvature and r > 1
+            )
+            trace[fast], logvol[fast] = tr, lv
+            if cv is not None:
+                curv[fast] = cv
+        slow = ~fast
+        if bool(slow.any()):
+            ps = p[slow]
+            U, sv, _ = torch.linalg.svd(ps.sqrt().unsqueeze(-1) * _centred_rows(ps, Wr), full_matrices=False)
+            trace[slow], logvol[slow], rank[slow] = sv.square().sum(dim=-1), sv.log().sum(dim=-1), _numerical_rank(sv)
+            if curvature and r > 1:
+                curv[slow] = _projector_scalar_curvature(U, ps)
+        out.fill(sl, p, trace, rank, logvol, ok)
         if curvature:
-            out.fill_curvature(sl, ok, 0.0 if r == 1 else _projector_scalar_curvature(U[ok], p[ok]))
+            out.fill_curvature(sl, ok, curv[ok])
     return out.result(min_prob, r, z.shape[1])
 
 def _sectional_from_weights(
