@@ -7,6 +7,8 @@ import geoopt
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from lpc_geom.analysis import collapse
@@ -257,3 +259,74 @@ def test_nc4_with_a_classifier_logits_and_a_manifold():
     assert expected != float((np.array([0, 0, 1, 1, 0, 1]) != net).mean())  # the geometry matters here
     onehot = np.eye(2)[net]
     assert collapse.nc4(z, y, manifold=ball, logits=onehot) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- the statistics' passes
+@settings(max_examples=25, deadline=None)
+@given(
+    K=st.integers(2, 6),
+    d=st.integers(13, 24),
+    spread=st.sampled_from([1.0, 1e-3, 1e-8]),
+    offset=st.sampled_from([0.0, 50.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_centre_distances_match_direct_differences(K, d, spread, offset, seed):
+    """With fewer than d/2 mean axes the distances come from the residual coordinates along them; they
+    equal the distances from direct differences, collapsed classes far from the origin included."""
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.arange(K), rng.integers(0, K, 60)])
+    z = offset + rng.normal(size=(K, d))[y] + spread * rng.normal(size=(y.size, d))
+    s = collapse.class_statistics(z, y)
+    assert s.mean_coords is not None  # the path under test
+    D = collapse.centre_distances(s).numpy()
+    # the offsets of the class means from each class's first member (y[c] = c): residuals to the spread
+    off = np.stack([(z[y == c] - z[c]).mean(0) for c in range(K)])
+    mu = z[:K] + off
+    ref = np.linalg.norm(z[:, None, :] - mu[None, :, :], axis=2)
+    scale = np.linalg.norm(mu[:, None] - mu[None, :], axis=2).max()
+    np.testing.assert_allclose(D, ref, rtol=1e-9, atol=1e-12 * scale)
+    own = np.linalg.norm((z - z[y]) - off[y], axis=1)
+    np.testing.assert_allclose(D[np.arange(y.size), y], own, rtol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(K=st.integers(2, 5), d=st.integers(2, 8), relu=st.booleans(), seed=st.integers(0, 2**16))
+def test_unit_statistics_match_their_definitions(K, d, relu, seed):
+    """The hypercube's unit statistics (computed on first use): moments about the grand mean, sign counts
+    from sign sums and zero counts, per-class largest magnitudes."""
+    rng = np.random.default_rng(seed)
+    y = np.concatenate([np.arange(K), rng.integers(0, K, 40)])
+    z = rng.normal(size=(K, d))[y] + rng.normal(size=(y.size, d))
+    if relu:
+        z = np.maximum(z, 0.0)  # exact zeros
+    s = collapse.class_statistics(z, y)
+    dev = z - z.mean(0)
+    np.testing.assert_allclose(s.unit_mean.numpy(), z.mean(0), rtol=1e-12, atol=1e-14)
+    for order, got in ((2, s.unit_m2), (3, s.unit_m3), (4, s.unit_m4)):
+        np.testing.assert_allclose(got.numpy(), (dev**order).mean(0), rtol=1e-10, atol=1e-13)
+    for c in range(K):
+        zc = z[y == c]
+        np.testing.assert_array_equal(s.sign_pos[c].numpy(), (zc > 0).sum(0))
+        np.testing.assert_array_equal(s.sign_neg[c].numpy(), (zc < 0).sum(0))
+        np.testing.assert_array_equal(s.abs_max[c].numpy(), np.abs(zc).max(0))
+
+
+def test_collapsed_float32_latents_keep_float64_accuracy():
+    """float32 latents of collapsed classes (spread 1e-3 of the means' scale, near float32 resolution of
+    the differences): the collapse figures equal the float64 two-pass formulas on the same values."""
+    rng = np.random.default_rng(11)
+    K, d = 10, 32
+    y = np.concatenate([np.arange(K), rng.integers(0, K, 3000)])
+    z = (100.0 + rng.normal(size=(K, d))[y] + 1e-3 * rng.normal(size=(y.size, d))).astype(np.float32)
+    s = collapse.class_statistics(torch.from_numpy(z), y)
+    assert s.latents.dtype == torch.float32  # no float64 copy of the array
+    x = z.astype(np.float64)
+    mu = np.stack([x[y == c].mean(0) for c in range(K)])
+    r = x - mu[y]
+    within = float((r * r).sum()) / y.size
+    M = mu - mu.mean(0)
+    _, sv, vt = np.linalg.svd(M, full_matrices=False)
+    keep = sv > max(K, d) * np.finfo(np.float64).eps * max(sv[0], np.linalg.norm(mu, axis=1).max())
+    nc1 = float((((r @ vt[keep].T) ** 2).sum(0) / y.size / sv[keep] ** 2).sum())
+    assert collapse.sigma_w(s) == pytest.approx(within / d, rel=1e-10)
+    assert collapse.nc1(s) == pytest.approx(nc1, rel=1e-10)

@@ -120,6 +120,10 @@ class ClassStatistics:
     within_axes : Tensor, shape (m,)
         :math:`v_i^\\top \\Sigma_W v_i` for the rows :math:`v_i` of ``mean_axes`` (the within-class
         spread along the directions of the class means, which NC1 needs).
+    mean_coords : Tensor, shape (N, m), or None
+        In memory, when :math:`m < d/2` (it then takes less memory than the latents): the coordinates
+        :math:`E_{ia} = e_i^\\top v_a` of the residuals :math:`e_i = u_i - \\mu_{y_i}` along ``mean_axes``,
+        from which the distances to the class centres follow (:func:`centre_distances`).
     norm_mean, norm_var : float or None
         Mean and population variance of the distances to the origin (``None`` on the sphere).
     unit_source : UnitStatistics or callable
@@ -152,6 +156,7 @@ class ClassStatistics:
     chart: torch.Tensor | None = None
     codes: torch.Tensor | None = None
     own_norms: torch.Tensor | None = None
+    mean_coords: torch.Tensor | None = None
 
     @property
     def units(self) -> UnitStatistics:
@@ -268,8 +273,9 @@ def statistics_from_arrays(
        :math:`e_i = (u_i - s_c) - o_c` (the same arithmetic per row as the whole-array formulas: a class
        of identical points has exactly that point as its mean and zero residuals) give
        :math:`\operatorname{Tr}\Sigma_W = \frac1N\sum_i \|e_i\|^2`, the within-class spread along the
-       mean directions :math:`v_a^\top\Sigma_W v_a = \frac1N\sum_i (e_i^\top v_a)^2` and, on flat
-       geometries, the own-class distances :math:`\|e_i\|`. Every product is taken in float64 on the
+       mean directions :math:`v_a^\top\Sigma_W v_a = \frac1N\sum_i (e_i^\top v_a)^2` (the coordinates
+       :math:`e_i^\top v_a` are kept when there are fewer than d/2 axes) and, on flat geometries, the
+       own-class distances :math:`\|e_i\|`. Every product is taken in float64 on the
        centred residuals, so the error is relative to the spread itself, however collapsed the classes,
        and float32 input gives the figures of its float64 copy.
 
@@ -296,13 +302,18 @@ def statistics_from_arrays(
     svals, axes = centred_means_svd(means)
 
     axes_t = axes.T.contiguous()
-    within_axes = torch.zeros(axes.shape[0], **f64)
+    m = axes.shape[0]
+    within_axes = torch.zeros(m, **f64)
     res_norms = torch.empty(n, **f64)
+    coords = torch.empty(n, m, **f64) if 2 * m < d else None
     for rows in blocks:
         cb = codes[rows]
         e = u[rows].to(torch.float64, copy=True).sub_(shift.index_select(0, cb)).sub_(offset.index_select(0, cb))
         res_norms[rows] = torch.linalg.vector_norm(e, dim=1)
-        within_axes += (e @ axes_t).square_().sum(0)
+        proj = e @ axes_t
+        if coords is not None:
+            coords[rows] = proj
+        within_axes += proj.square_().sum(0)
 
     norm_mean = norm_var = None
     if norms is not None:
@@ -324,7 +335,7 @@ def statistics_from_arrays(
         unit_source=lambda: unit_statistics(u, codes, counts, means),
         eps=eps,
         # The in-memory fields, which the distance-based figures read.
-        latents=z, chart=u, codes=codes, own_norms=res_norms if geom.is_flat else None,
+        latents=z, chart=u, codes=codes, own_norms=res_norms if geom.is_flat else None, mean_coords=coords,
     )
 
 
@@ -554,8 +565,33 @@ def centre_distances(s: ClassStatistics) -> torch.Tensor:
         raise UndefinedMetricError(
             f"class(es) {names} have no extrinsic mean on the sphere (their mean direction vector is ~0)"
         )
+    if s.geometry.is_flat and s.mean_coords is not None:
+        return _flat_centre_distances(s)
     # on flat geometries the chart is the space itself: the residual norms are the own-class distances
     return distances_to_centres(s.geometry, s.latents, centres, s.codes, own=s.own_norms)
+
+
+def _flat_centre_distances(s: ClassStatistics) -> torch.Tensor:
+    r"""Euclidean centre distances from the residual coordinates along the mean axes (``s.mean_coords``).
+
+    With :math:`z_i = \mu_c + e_i` (:math:`c = y_i`) and every difference of means in the span of the mean
+    axes :math:`V`,
+
+    .. math::
+
+        \|z_i - \mu_q\|^2 = \|e_i\|^2 + 2\,E_i^\top V(\mu_c - \mu_q) + \|\mu_c - \mu_q\|^2,
+
+    an (N, m) x (m, K) product instead of the (N, d) x (d, K) one of the Gram identity, with no
+    cancellation of the latents' norms; the mean gaps come from direct differences and the own-class
+    column is :math:`\|e_i\|` exactly.
+    """
+    M = s.centred_means() @ s.mean_axes.T  # (K, m): the centred means in the axes' coordinates
+    F = s.mean_coords @ M.T  # F_iq = e_i . (mu_q - mu_G)
+    codes = s.codes[:, None]
+    gaps = torch.cdist(s.means, s.means, compute_mode="donot_use_mm_for_euclid_dist").square_()
+    own_f = F.gather(1, codes)
+    sq = F.neg_().add_(own_f).mul_(2.0).add_(s.own_norms.square()[:, None]).add_(gaps.index_select(0, s.codes))
+    return sq.clamp_min_(0.0).sqrt_().scatter_(1, codes, s.own_norms[:, None])
 
 
 def separation_from_distances(D: torch.Tensor, codes: torch.Tensor) -> SeparationRatio:
