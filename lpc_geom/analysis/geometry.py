@@ -289,6 +289,9 @@ _KDTREE_MAX_DIM = 16
 # A k-th neighbour distance is taken from the Gram identity when its rounding bounds are this close
 # (relative); otherwise the candidates the bounds cannot rule out are measured exactly.
 _GRAM_RTOL = 1e-10
+# The k-NN of a point set among itself takes the products of its Gram matrix once, from its upper
+# triangle, when the matrix has at most this many entries (256 MiB of float64).
+_MAX_GRAM_ENTRIES = 1 << 25
 # Levels of re-centring on a group's own candidates before falling back to direct differences.
 _MAX_RECENTRE_DEPTH = 4
 
@@ -368,11 +371,16 @@ def _kth_among(
             return geom.dist_from_sqdist(q, q, q)
         return geom.dist_from_sqdist(q, z_sq[r], torch.zeros_like(q))
 
+    gram = _symmetric_gram(ps) if rows.numel() == p and p * p <= _MAX_GRAM_ENTRIES else None
     for s in range(0, rows.numel(), step):
         r = rows[s : s + step]
         xs = z[r] - centre
         xs_sq = (xs * xs).sum(1)
-        q = torch.addmm(ps_sq[None, :], xs, ps.T, alpha=-2.0).add_(xs_sq[:, None]).clamp_min_(0.0)
+        if gram is None:
+            q = torch.addmm(ps_sq[None, :], xs, ps.T, alpha=-2.0)
+        else:  # the rows are the points themselves
+            q = torch.add(ps_sq[None, :], gram[s : s + step], alpha=-2.0)
+        q.add_(xs_sq[:, None]).clamp_min_(0.0)
         if w is not None:
             q.mul_(w[None, :])
         q[torch.arange(r.numel(), device=z.device), torch.searchsorted(pts, r)] = float("inf")  # self
@@ -400,6 +408,18 @@ def _kth_among(
             mask = lo <= (upper[wide] + gamma * xs_sq[wide] * w_max)[:, None]
             del lo
             out[s + wide] = _kth_wide(geom, z, z_sq, r[wide], pts, mask, k, chunk, depth)
+    return out
+
+
+def _symmetric_gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """:math:`XX^\\top` (p, p) from the products of the blocks on and above the diagonal (half the
+    products of one matrix product), mirrored below it."""
+    p = x.shape[0]
+    out = torch.empty(p, p, dtype=x.dtype, device=x.device)
+    for a in range(0, p, block):
+        rows = slice(a, min(a + block, p))
+        torch.matmul(x[rows], x[a:].T, out=out[rows, a:])
+        out[a + block :, rows] = out[rows, a + block :].T
     return out
 
 

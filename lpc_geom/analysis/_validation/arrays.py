@@ -219,8 +219,9 @@ class ClassifierHead:
                 out = z @ self.weight.T
             else:
                 out = torch.empty(z.shape[0], self.n_out, dtype=torch.float64, device=z.device)
-                for s in range(0, z.shape[0], chunk):
-                    torch.matmul(z[s : s + chunk].to(torch.float64), self.weight.T, out=out[s : s + chunk])
+                rows = max(64, (1 << 18) // z.shape[1])  # blocks of ~2 MiB of float64, reused from the cache
+                for s in range(0, z.shape[0], rows):
+                    torch.matmul(z[s : s + rows].to(torch.float64), self.weight.T, out=out[s : s + rows])
             return out if self.bias is None else out.add_(self.bias)
         with torch.no_grad():
             parts = [self.module(z[s : s + chunk].cpu().to(torch.float64)) for s in range(0, z.shape[0], chunk)]
