@@ -124,7 +124,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lpc_geom.optim._kfac_base import FisherType, _FisherPreconditioner, _LayerState
+from lpc_geom.optim._kfac_base import FisherType, _FisherPreconditioner, _fold, _LayerState
 from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter
 
 __all__ = ["KFAC", "DampingMode", "DiagonalFisher", "FisherType", "KFACLayer"]
@@ -250,15 +250,14 @@ class KFAC(_FisherPreconditioner):
         ema = self._state[name].ema
         return ema.get("A"), ema.get("G")
 
-    def _statistics(
-        self, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int
-    ) -> dict[str, tuple[torch.Tensor, float]]:
+    def _accumulate(self, st: _LayerState, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int) -> None:
         rows_a = a.reshape(-1, a.shape[-1])
         rows_g = g.reshape(-1, g.shape[-1])
-        return {
-            "A": (_second_moment(rows_a, adapter.has_bias), rows_a.shape[0]),
-            "G": (rows_g.T @ rows_g, n),
-        }
+        d_a = rows_a.shape[1] + int(adapter.has_bias)
+        A, beta, alpha = st.pending("A", rows_a.shape[0], (d_a, d_a), rows_a)
+        _fold_second_moment(A, rows_a, adapter.has_bias, beta, alpha)
+        G, beta, alpha = st.pending("G", n, (rows_g.shape[1], rows_g.shape[1]), rows_g)
+        G.addmm_(rows_g.T, rows_g, beta=beta, alpha=alpha)
 
     def _refresh_due(self, st: _LayerState) -> bool:
         return self.steps % self.update_freq == 0 or st.refreshed_damping != self.damping
@@ -279,7 +278,7 @@ class KFAC(_FisherPreconditioner):
 
     def _damped_inverse(self, m: torch.Tensor, shift: float) -> torch.Tensor:
         """``(m + shift I)^{-1}`` through a Cholesky factorisation, retried in float64 when it fails."""
-        m = 0.5 * (m + m.T)
+        m = _symmetric_part(m)
         m.diagonal().add_(shift)
         chol, info = torch.linalg.cholesky_ex(m)
         if info.item() == 0 and bool(torch.isfinite(chol).all()):
@@ -295,7 +294,7 @@ class KFAC(_FisherPreconditioner):
 
     def _eigh(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigendecomposition of a symmetric factor (eigenvalues clamped at 0), retried in float64."""
-        m = 0.5 * (m + m.T)
+        m = _symmetric_part(m)
         try:
             d, q = torch.linalg.eigh(m)
             ok = bool(torch.isfinite(d).all() and torch.isfinite(q).all())
@@ -382,31 +381,32 @@ class DiagonalFisher(_FisherPreconditioner):
     def _refresh(self, st: _LayerState) -> None:
         st.cache.clear()
 
-    def _statistics(
-        self, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int
-    ) -> dict[str, tuple[torch.Tensor, float]]:
+    def _accumulate(self, st: _LayerState, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int) -> None:
         if adapter.has_bias:
             a = torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)
+        D, beta, alpha = st.pending("D", n, (g.shape[-1], a.shape[-1]), a)
         if a.shape[1] == 1:  # one position: the per-example gradient g a^T squares to g^2 (a^2)^T
-            d = (g[:, :, 0] ** 2).sum(0).T @ (a[:, 0] ** 2)
+            D.addmm_((g[:, :, 0] ** 2).sum(0).T, a[:, 0] ** 2, beta=beta, alpha=alpha)
         else:
-            d = sum((torch.einsum("ntc,ntd->ncd", gb, a) ** 2).sum(0) for gb in g)
-        return {"D": (d, n)}
+            _fold(D, sum((torch.einsum("ntc,ntd->ncd", gb, a) ** 2).sum(0) for gb in g), beta, alpha)
 
     def _precondition(self, st: _LayerState, grad: torch.Tensor) -> torch.Tensor:
         return grad / (st.ema["D"] + self.damping)
 
 
-def _second_moment(a: torch.Tensor, homogeneous: bool) -> torch.Tensor:
-    """``sum_r abar_r abar_r^T`` with ``abar = (a, 1)`` when ``homogeneous``, without concatenating."""
-    s = a.T @ a
-    if not homogeneous:
-        return s
+def _symmetric_part(m: torch.Tensor) -> torch.Tensor:
+    """``(m + m^T) / 2`` as a new tensor (one temporary fewer than ``0.5 * (m + m.T)``, the same values)."""
+    return (m + m.T).mul_(0.5)
+
+
+def _fold_second_moment(out: torch.Tensor, a: torch.Tensor, homogeneous: bool, beta: float, alpha: float) -> None:
+    """``out <- beta out + alpha sum_r abar_r abar_r^T`` in place, with ``abar = (a, 1)`` when ``homogeneous``,
+    without concatenating (``out``'s old content is ignored when ``beta == 0``)."""
     d = a.shape[1]
-    out = s.new_empty(d + 1, d + 1)
-    out[:d, :d] = s
+    out[:d, :d].addmm_(a.T, a, beta=beta, alpha=alpha)
+    if not homogeneous:
+        return
     col = a.sum(0)
-    out[:d, d] = col
-    out[d, :d] = col
-    out[d, d] = a.shape[0]
-    return out
+    _fold(out[:d, d], col, beta, alpha)
+    _fold(out[d, :d], col, beta, alpha)
+    out[d, d] = (beta * out[d, d] if beta else 0.0) + alpha * a.shape[0]
