@@ -15,7 +15,7 @@ import logging
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -30,6 +30,9 @@ from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter, adapter_for, adapte
 log = logging.getLogger("lpc_geom.optim.kfac")
 
 FisherType = Literal["empirical", "mc", "exact"]
+#: ``fold(dst, beta, alpha)``: ``dst <- beta dst + alpha S`` for the statistics ``S`` it forms
+#: (``dst`` ignored when ``beta == 0``)
+_Fold = Callable[[torch.Tensor, float, float], None]
 
 
 @dataclass(eq=False)
@@ -47,6 +50,28 @@ class _LayerState:
     batch: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     batch_rows: int = 0
     probes: tuple[torch.Tensor, torch.Tensor] | None = None
+    deferred: dict[str, tuple[float, _Fold, torch.Tensor]] = field(default_factory=dict)
+
+    def accumulate(
+        self, key: str, count: float, shape: tuple[int, ...], like: torch.Tensor, fold: _Fold, defer: bool
+    ) -> None:
+        """Add the statistics ``fold`` forms (the sum of ``count`` terms) to ``key``'s pending ones.
+
+        ``fold(dst, beta, alpha)`` sets ``dst <- beta dst + alpha sum`` (ignoring ``dst`` when ``beta`` is 0).
+        With ``defer``, when the moving average exists and nothing else is pending, it is kept as it is
+        and called at the next step on the moving average itself (one product into it instead of a
+        product and a pass of the average over the mean); a second call before that step first folds the
+        deferred statistics into the pending mean.
+        """
+        if key in self.deferred:
+            c, f, ref = self.deferred.pop(key)
+            buf, beta, alpha = self.pending(key, c, shape, ref)
+            f(buf, beta, alpha)
+        if defer and key in self.ema and key not in self.counts:
+            self.deferred[key] = (count, fold, like)
+            return
+        buf, beta, alpha = self.pending(key, count, shape, like)
+        fold(buf, beta, alpha)
 
     def pending(
         self, key: str, count: float, shape: tuple[int, ...], like: torch.Tensor
@@ -333,7 +358,7 @@ class _FisherPreconditioner(ABC):
                 self._accumulate(self._state[name], adapter, a, gp, n)
 
     def _flush_statistics(self) -> None:
-        pending = [st for st in self._state.values() if st.counts]
+        pending = [st for st in self._state.values() if st.counts or st.deferred]
         if self.distributed and pending:
             for st in pending:
                 keys = sorted(st.counts)
@@ -357,7 +382,9 @@ class _FisherPreconditioner(ABC):
                     st.ema[key] = mean.clone()
                 else:
                     st.ema[key].lerp_(mean, weight)
-            st.counts = {}
+            for key, (count, fold, _) in st.deferred.items():
+                fold(st.ema[key], self.ema_decay, weight / count)
+            st.counts, st.deferred = {}, {}
 
     # ------------------------------------------------------------------ preconditioning
     @torch.no_grad()

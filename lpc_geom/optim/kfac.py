@@ -119,6 +119,7 @@ preconditions elementwise, ``V = \nabla W / (D + \lambda)``.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -251,13 +252,16 @@ class KFAC(_FisherPreconditioner):
         return ema.get("A"), ema.get("G")
 
     def _accumulate(self, st: _LayerState, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int) -> None:
-        rows_a = a.reshape(-1, a.shape[-1])
-        rows_g = g.reshape(-1, g.shape[-1])
-        d_a = rows_a.shape[1] + int(adapter.has_bias)
-        A, beta, alpha = st.pending("A", rows_a.shape[0], (d_a, d_a), rows_a)
-        _fold_second_moment(A, rows_a, adapter.has_bias, beta, alpha)
-        G, beta, alpha = st.pending("G", n, (rows_g.shape[1], rows_g.shape[1]), rows_g)
-        G.addmm_(rows_g.T, rows_g, beta=beta, alpha=alpha)
+        for key, rows, count, homogeneous in (
+            ("A", a.reshape(-1, a.shape[-1]), None, adapter.has_bias),
+            ("G", g.reshape(-1, g.shape[-1]), n, False),
+        ):
+            d = rows.shape[1] + int(homogeneous)
+            # Deferred to the step (one product into the moving average) when keeping the rows until then
+            # costs no more memory than a factor; with a process group the sums must be reduced first.
+            st.accumulate(key, rows.shape[0] if count is None else count, (d, d), rows,
+                          partial(_fold_second_moment, a=rows, homogeneous=homogeneous),
+                          defer=not self.distributed and rows.shape[0] <= d)
 
     def _refresh_due(self, st: _LayerState) -> bool:
         return self.steps % self.update_freq == 0 or st.refreshed_damping != self.damping
@@ -399,7 +403,7 @@ def _symmetric_part(m: torch.Tensor) -> torch.Tensor:
     return (m + m.T).mul_(0.5)
 
 
-def _fold_second_moment(out: torch.Tensor, a: torch.Tensor, homogeneous: bool, beta: float, alpha: float) -> None:
+def _fold_second_moment(out: torch.Tensor, beta: float, alpha: float, *, a: torch.Tensor, homogeneous: bool) -> None:
     """``out <- beta out + alpha sum_r abar_r abar_r^T`` in place, with ``abar = (a, 1)`` when ``homogeneous``,
     without concatenating (``out``'s old content is ignored when ``beta == 0``)."""
     d = a.shape[1]
