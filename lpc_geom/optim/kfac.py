@@ -104,8 +104,14 @@ the moment the layer returns, before any in-place activation (``ReLU(inplace=Tru
 tensor; the Fisher backward asks ``torch.autograd.grad`` for the gradient at those edges, which is the
 gradient with respect to the pre-activation as the layer produced it. Full module backward hooks,
 which break on in-place activations, are not used. Gradient accumulation: statistics of all
-``update_statistics`` calls between two ``step`` calls are pooled (sums and counts) before they enter the
-moving average, so ``k`` micro-batches give the same factors as one batch of their union.
+``update_statistics`` calls between two ``step`` calls are pooled (a running mean and its count) before they
+enter the moving average, so ``k`` micro-batches give the same factors as one batch of their union. Cost:
+each Gram product is one ``addmm`` into a buffer kept from step to step, with the bias column of ``A``
+filled from the column sums of ``a`` (no concatenated ``abar``); for a factor larger than its batch (``R``
+rows at most its size, the MLP layers at batch 128) the product waits for :meth:`KFAC.step` and goes
+straight into the moving average, ``A <- beta A + (1 - beta) abar^T abar / R``, in the same ``addmm``
+(the rows it keeps until then take no more memory than the factor); with a process group the sums are
+all-reduced first, so they are never deferred.
 
 Diagonal variant
 ----------------
