@@ -12,8 +12,9 @@ Part 2, step time (issue 18). The variants step in turn on the same random MNIST
 step of each per round, so that load changes hit all of them alike; torch runs on one intra-op thread
 (``--threads``) and the figures are medians over the rounds, as ratios to the AdamW step of the same rounds
 (mean ratios, which include the periodic refreshes, beside them). Each step is split into ``stats``
-(``update_statistics``: the extra Fisher backward and the factor products), ``precond`` (``step`` on
-steps that reuse the damped inverses), ``refresh`` (the extra cost of the steps that recompute them,
+(``update_statistics``: the extra Fisher backward and the factor products of layers with more batch rows
+than factor rows), ``precond`` (``step`` on steps that reuse the damped inverses, including the factor
+products it forms straight into the moving averages), ``refresh`` (the extra cost of the steps that recompute them,
 amortised per step), ``opt`` (the optimiser update) and ``other`` (forward, loss, backward). Variants:
 
 * ``kfac-adam``: MC statistics every step, inverses every ``update_freq`` steps (the trainer's default);
@@ -21,10 +22,20 @@ amortised per step), ``opt`` (the optimiser update) and ``other`` (forward, loss
 * ``... dense``: the same with ``low_rank=False`` (the dense ``G^-1 dW A^-1`` products on every layer);
 * ``kfac-adam sub``: MC statistics from half of each batch (``KFAC(stats_examples=N/2)``).
 
+Beside the wall-clock ratios the same ratios of the process's CPU time are given: on a shared machine a
+step that is preempted counts its waiting in wall time, not in CPU time.
+
+Part 3, the main job's model. AdamW and K-FAC-Adam as the Euclidean LPC cell of
+``benchmarks/compare_manifolds.py`` trains them (:func:`lpc_geom.experiments.compare.grid.default_config`:
+1-D ResNet-18 of width 8 with batch norm on MNIST-1D, batch 128, K-FAC statistics every 10 steps), built
+by the project's trainer and stepping in turn over every batch of ``--resnet-epochs`` epochs, so that
+their mean step ratio is the ratio of their seconds per epoch.
+
 The targets of issue 18, at the training batch size: ``kfac-adam`` at most 3.0x AdamW's median step,
-``kfac-adam stats/N`` at most 2.0x; and (part 1) fewer epochs to the target than AdamW in every seed.
+``kfac-adam stats/N`` at most 2.0x; K-FAC-Adam's seconds per epoch on the ResNet at most 2.0x AdamW's;
+and (part 1) fewer epochs to the target than AdamW in every seed.
 Run ``python benchmarks/bench_optimizers.py`` (3 seeds, 20 epochs) or ``--quick`` for a smoke run;
-``--skip-training`` runs part 2 only; ``--json PATH`` writes every figure, and the documentation's
+``--skip-training`` runs parts 2 and 3 only; ``--json PATH`` writes every figure, and the documentation's
 results fragment (tables, figure, data) goes to ``--results-dir``. The load average before and after is
 printed and saved with the figures: on a shared machine only ratios measured in one run mean anything.
 """
@@ -56,7 +67,25 @@ from lpc_geom.train.trainer import Trainer
 
 #: issue 18: median step time over AdamW's, MC statistics every step / statistics and inverses every N steps
 STEP_RATIO_TARGETS = {"kfac-adam": 3.0, "kfac-adam stats/N": 2.0}
+#: seconds per epoch of K-FAC-Adam over AdamW's on the main job's ResNet
+RESNET_EPOCH_RATIO_TARGET = 2.0
 PARTS = ("stats", "precond", "refresh", "opt", "other")
+_TIMING_HEADER = (f"{'batch':>5} {'variant':24} {'step':>7} {'ratio':>6} {'mean r':>6} {'cpu r':>6} {'cpu m r':>7} | "
+                  + " ".join(f"{p:>7}" for p in PARTS))
+
+
+def _timing_line(batch: int, name: str, res: dict[str, float]) -> str:
+    parts = (" ".join(f"{res[p]:>7.1f}" for p in PARTS) if name != "adamw"
+             else " ".join(f"{'-':>7}" for _ in PARTS[:3]) + f" {res['opt']:>7.1f} {res['other']:>7.1f}")
+    return (f"{batch:>5} {name:24} {res['median_step_ms']:>7.1f} {res['ratio']:>6.2f} {res['mean_ratio']:>6.2f} "
+            f"{res['cpu_ratio']:>6.2f} {res['mean_cpu_ratio']:>7.2f} | {parts}")
+
+
+def base_config_batch() -> int:
+    """The batch size of the main job's default config."""
+    from lpc_geom.experiments.compare.grid import default_config
+
+    return default_config().batch_size
 
 
 # --------------------------------------------------------------------------- part 1: convergence
@@ -141,36 +170,53 @@ def interleaved_step_times(
             kwargs = {k: (batch_size // 2 if v == "half" else v) for k, v in extra.items()}
             pc = KFAC(model, args.fisher, args.damping, args.update_freq, lr=1e-3, factor_freq=factor_freq, **kwargs)
         setups[name] = (model, opt, pc)
-    record: dict[str, dict[str, list[float]]] = {n: {p: [] for p in ("total", *PARTS)} for n in setups}
+    record: dict[str, dict[str, list[float]]] = {n: {p: [] for p in ("total", "cpu", *PARTS)} for n in setups}
     refresh_flags: dict[str, list[bool]] = {n: [] for n in setups}
     for _ in range(args.timing_steps):
         for name, (model, opt, pc) in setups.items():
-            t0 = time.perf_counter()
-            out = model(x)
-            t1 = time.perf_counter()
-            if pc is not None:
-                pc.update_statistics(out.logits, y)
-            t2 = time.perf_counter()
-            objective(out, y, gamma=1e-2, epoch=0)[0].backward()
-            t3 = time.perf_counter()
-            if pc is not None:
-                refresh_flags[name].append(pc.steps % pc.update_freq == 0)
-                pc.step()
-            t4 = time.perf_counter()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            t5 = time.perf_counter()
-            r = record[name]
-            r["total"].append(t5 - t0)
-            r["stats"].append(t2 - t1)
-            r["precond"].append(t4 - t3)
-            r["opt"].append(t5 - t4)
-            r["other"].append((t1 - t0) + (t3 - t2))
+            _timed_step(model, opt, pc, x, y, objective, 1e-2, record[name], refresh_flags[name])
+    return _summarise(record, refresh_flags, warm=2 * args.update_freq)
+
+
+def _timed_step(model, opt, pc, x, y, objective, gamma, r: dict[str, list[float]], refresh: list[bool]) -> None:
+    """One training step (the trainer's order), its parts appended to ``r`` (seconds; ``cpu``: process CPU time)."""
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    out = model(x)
+    t1 = time.perf_counter()
+    if pc is not None:
+        pc.update_statistics(out.logits, y)
+    t2 = time.perf_counter()
+    objective(out, y, gamma=gamma, epoch=0)[0].backward()
+    t3 = time.perf_counter()
+    if pc is not None:
+        refresh.append(pc.steps % pc.update_freq == 0)
+        pc.step()
+    t4 = time.perf_counter()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    t5 = time.perf_counter()
+    r["cpu"].append(time.process_time() - c0)
+    r["total"].append(t5 - t0)
+    r["stats"].append(t2 - t1)
+    r["precond"].append(t4 - t3)
+    r["opt"].append(t5 - t4)
+    r["other"].append((t1 - t0) + (t3 - t2))
+
+
+def _summarise(
+    record: dict[str, dict[str, list[float]]], refresh_flags: dict[str, list[bool]], warm: int,
+    amortised: tuple[str, ...] = (),
+) -> dict[str, dict[str, float]]:
+    """Medians (ms) of every part after ``warm`` rounds, refreshes (and the statistics of the variants in
+    ``amortised`` and those named ``.../N``) amortised, ratios to ``"adamw"``."""
     out: dict[str, dict[str, float]] = {}
-    warm = 2 * args.update_freq  # the first rounds include allocation and the first refresh
     for name, r in record.items():
         flags = refresh_flags[name][warm:]
-        res = {"median_step_ms": 1e3 * statistics.median(r["total"][warm:])}
+        res = {"median_step_ms": 1e3 * statistics.median(r["total"][warm:]),
+               "median_cpu_ms": 1e3 * statistics.median(r["cpu"][warm:]),
+               "mean_step_ms": 1e3 * statistics.fmean(r["total"][warm:]),
+               "mean_cpu_ms": 1e3 * statistics.fmean(r["cpu"][warm:])}
         for part in ("stats", "opt", "other"):
             res[part] = 1e3 * statistics.median(r[part][warm:])
         precond = r["precond"][warm:]
@@ -179,14 +225,53 @@ def interleaved_step_times(
         refresh = [t for t, f in zip(precond, flags, strict=False) if f]
         extra = statistics.fmean(refresh) - statistics.median(plain) if refresh else 0.0
         res["refresh"] = 1e3 * extra * len(refresh) / len(precond)
-        if name.endswith("/N"):  # statistics on one step in update_freq: amortise them too
+        if name.endswith("/N") or name in amortised:  # statistics on one step in N: amortise them too
             res["stats"] = 1e3 * statistics.fmean(r["stats"][warm:])
-        res["mean_step_ms"] = 1e3 * statistics.fmean(r["total"][warm:])
         out[name] = res
     base = out["adamw"]
     for res in out.values():
         res["ratio"] = res["median_step_ms"] / base["median_step_ms"]
+        res["cpu_ratio"] = res["median_cpu_ms"] / base["median_cpu_ms"]
         res["mean_ratio"] = res["mean_step_ms"] / base["mean_step_ms"]
+        res["mean_cpu_ratio"] = res["mean_cpu_ms"] / base["mean_cpu_ms"]
+    return out
+
+
+# --------------------------------------------------------------------------- part 3: the main job's ResNet
+def resnet_step_times(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """AdamW and K-FAC-Adam on the main job's model and data, stepping in turn over whole epochs.
+
+    Both trainers are built from :func:`lpc_geom.experiments.compare.grid.default_config` (the Euclidean
+    LPC cell of ``benchmarks/compare_manifolds.py``: 1-D ResNet-18 of width 8 with batch norm, MNIST-1D,
+    batch 128, K-FAC statistics every 10 steps); every batch of ``--resnet-epochs`` epochs of the data
+    order is stepped by one and then the other, so ``mean_step_ms`` ratios are ratios of seconds per epoch.
+    """
+    from lpc_geom.experiments.compare.grid import default_config
+
+    base = default_config()
+    data = load_dataset(base.dataset, **base.dataset_options)
+    trainers = {}
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, optimizer in (("adamw", "auto"), ("kfac-adam", "kfac-adam")):
+            trainers[name] = Trainer(base.replace(optimizer=optimizer, out_dir=str(Path(tmp) / name), seed=0),
+                                     dataset=data)
+    record = {n: {p: [] for p in ("total", "cpu", *PARTS)} for n in trainers}
+    refresh_flags: dict[str, list[bool]] = {n: [] for n in trainers}
+    gamma = base.gamma_options["start"]
+    generator = torch.Generator().manual_seed(0)
+    for tr in trainers.values():
+        tr.model.train()
+    for _ in range(args.resnet_epochs):
+        for batch in torch.randperm(len(data.y_train), generator=generator).split(base.batch_size):
+            x, y = data.x_train[batch], data.y_train[batch]
+            for name, tr in trainers.items():
+                _timed_step(tr.model, tr.optimizer, tr.preconditioner, x, y, tr.objective, gamma, record[name],
+                            refresh_flags[name])
+    steps = len(record["adamw"]["total"]) // args.resnet_epochs
+    out = _summarise(record, refresh_flags, warm=min(steps, 2 * base.kfac_factor_freq), amortised=("kfac-adam",))
+    for res in out.values():
+        res["steps_per_epoch"] = steps
     return out
 
 
@@ -212,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stats-examples", type=int, default=None, help="part 1: K-FAC MC statistics from this many examples"
     )
+    parser.add_argument("--resnet-epochs", type=int, default=2,
+                        help="part 3: epochs of the main job's ResNet stepped by each optimiser (0: skip it)")
     parser.add_argument("--check", action="store_true", help="exit with status 1 when a target is missed")
     args = parser.parse_args(argv)
     start_load = os.getloadavg()
@@ -280,36 +367,45 @@ def main(argv: list[str] | None = None) -> int:
         f"thread(s) (ms, medians; N = {N}); load average {load_before[0]:.2f} {load_before[1]:.2f} "
         f"{load_before[2]:.2f} on {os.cpu_count()} CPUs"
     )
-    header = f"{'batch':>5} {'variant':24} {'step':>7} {'ratio':>6} {'mean r':>6} | " + " ".join(
-        f"{p:>7}" for p in PARTS
-    )
-    print(header + "\n" + "-" * len(header))
+    print(_TIMING_HEADER + "\n" + "-" * len(_TIMING_HEADER))
     timing: dict[int, dict[str, dict[str, float]]] = {}
     for n in args.timing_batches:
         timing[n] = interleaved_step_times(n, timing_variants, args)
         for name, res in timing[n].items():
-            parts = (
-                " ".join(f"{res[p]:>7.1f}" for p in PARTS)
-                if name != "adamw"
-                else (" ".join(f"{'-':>7}" for _ in PARTS[:3]) + f" {res['opt']:>7.1f} {res['other']:>7.1f}")
-            )
-            print(
-                f"{n:>5} {name:24} {res['median_step_ms']:>7.1f} {res['ratio']:>6.2f} {res['mean_ratio']:>6.2f} | "
-                f"{parts}",
-                flush=True,
-            )
-    load_after = os.getloadavg()
+            print(_timing_line(n, name, res), flush=True)
     at_batch = timing[args.batch_size]
     verdicts = []
     for name, target in STEP_RATIO_TARGETS.items():
-        met = at_batch[name]["ratio"] <= target
+        res = at_batch[name]
+        met = res["ratio"] <= target
         ok &= met
         verdicts.append(
-            f"{name}: median step x{at_batch[name]['ratio']:.2f} AdamW's (mean x{at_batch[name]['mean_ratio']:.2f}) "
-            f"at batch {args.batch_size}, target <= {target}: {'met' if met else 'MISSED'}"
+            f"{name}: median step x{res['ratio']:.2f} AdamW's (mean x{res['mean_ratio']:.2f}; CPU time: median "
+            f"x{res['cpu_ratio']:.2f}, mean x{res['mean_cpu_ratio']:.2f}) at batch {args.batch_size}, "
+            f"target <= {target}: {'met' if met else 'MISSED'}"
         )
         print("  " + verdicts[-1])
-    print(f"  load average before/after part 2: {load_before[0]:.2f} / {load_after[0]:.2f} (1 min)")
+    load_mid = os.getloadavg()
+    print(f"  load average before/after part 2: {load_before[0]:.2f} / {load_mid[0]:.2f} (1 min)")
+
+    resnet: dict[str, dict[str, float]] = {}
+    if args.resnet_epochs > 0:
+        print(f"\nPart 3: the main job's model (benchmarks/compare_manifolds.py, Euclidean LPC cell), AdamW and "
+              f"K-FAC-Adam stepping in turn over {args.resnet_epochs} epoch(s); load average {load_mid[0]:.2f}")
+        print(_TIMING_HEADER + "\n" + "-" * len(_TIMING_HEADER))
+        resnet = resnet_step_times(args)
+        for name, res in resnet.items():
+            print(_timing_line(base_config_batch(), name, res), flush=True)
+        res = resnet["kfac-adam"]
+        met = res["mean_ratio"] <= RESNET_EPOCH_RATIO_TARGET
+        ok &= met
+        verdicts.append(
+            f"ResNet kfac-adam: seconds per epoch x{res['mean_ratio']:.2f} AdamW's (CPU time x"
+            f"{res['mean_cpu_ratio']:.2f}; median step x{res['ratio']:.2f}), target <= "
+            f"{RESNET_EPOCH_RATIO_TARGET}: {'met' if met else 'MISSED'}"
+        )
+        print("  " + verdicts[-1])
+    load_after = os.getloadavg()
 
     payload = {
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -318,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": load_after,
         "training": rows,
         "step_time": timing,
+        "resnet_step_time": resnet,
         "verdicts": verdicts,
     }
     if args.json:
@@ -350,26 +447,44 @@ def _figure(rows: list[dict[str, Any]]):
 
 
 def _markdown(payload: dict[str, Any], args: argparse.Namespace) -> str:
-    step = markdown_table(
-        ["batch", "variant", "median step ms", "x AdamW", "mean x AdamW", *(f"{p} ms" for p in PARTS)],
-        [[n, name, f"{res['median_step_ms']:.1f}", f"{res['ratio']:.2f}", f"{res['mean_ratio']:.2f}",
-          *(f"{res.get(p, float('nan')):.1f}" for p in PARTS)]
-         for n, table in payload["step_time"].items() for name, res in table.items()],
-    )
+    def table(rows):
+        return markdown_table(
+            ["batch", "variant", "median step ms", "x AdamW", "mean x AdamW", "CPU x AdamW", "CPU mean x AdamW",
+             *(f"{p} ms" for p in PARTS)],
+            [[n, name, f"{res['median_step_ms']:.1f}", f"{res['ratio']:.2f}", f"{res['mean_ratio']:.2f}",
+              f"{res['cpu_ratio']:.2f}", f"{res['mean_cpu_ratio']:.2f}",
+              *(f"{res.get(p, float('nan')):.1f}" for p in PARTS)] for n, name, res in rows],
+        )
+
+    step = table([(n, name, res) for n, t in payload["step_time"].items() for name, res in t.items()])
     lines = [
         f"MNIST-1D, MLP + LPC head, K-FAC fisher={args.fisher}, damping {args.damping}, inverses every "
         f"{args.update_freq} steps, torch on {args.threads} thread(s).",
         "",
         f"**Step time.** The variants step in turn on the same batches ({args.timing_steps} steps each); medians, "
-        "as ratios to the AdamW step of the same rounds (mean ratios include the periodic refreshes). "
-        "`stats`: the extra Fisher backward and factor products; `precond`: preconditioning on steps that reuse "
-        "the inverses; `refresh`: the inverse refreshes, amortised per step; `opt`: the optimiser update; "
-        "`other`: forward, loss, backward.",
+        "as ratios to the AdamW step of the same rounds (mean ratios include the periodic refreshes); `CPU`: the "
+        "same ratios of the process's CPU time, which a shared machine's load distorts less than wall time. "
+        "`stats`: the extra Fisher backward and the factor products of layers with more batch rows than factor "
+        "rows; `precond`: preconditioning on steps that reuse the inverses, with the other factor products (formed "
+        "at the step, straight into the moving averages); `refresh`: the inverse refreshes, amortised per step; "
+        "`opt`: the optimiser update; `other`: forward, loss, backward.",
         "",
         step,
         "",
-        *(f"- {v}" for v in payload["verdicts"]),
     ]
+    if payload["resnet_step_time"]:
+        resnet = payload["resnet_step_time"]
+        lines += [
+            f"**The main job's model.** AdamW and K-FAC-Adam on the Euclidean LPC cell of "
+            f"`benchmarks/compare_manifolds.py` (1-D ResNet-18 of width 8, batch norm, MNIST-1D, batch "
+            f"{base_config_batch()}, K-FAC statistics every 10 steps, damping 1e-2), stepping in turn over "
+            f"{args.resnet_epochs} epoch(s) of {resnet['adamw']['steps_per_epoch']} steps; the mean ratios are "
+            "ratios of seconds per epoch.",
+            "",
+            table([(base_config_batch(), name, res) for name, res in resnet.items()]),
+            "",
+        ]
+    lines += [*(f"- {v}" for v in payload["verdicts"])]
     if payload["training"]:
         training = markdown_table(
             ["seed", "optimiser", "final test acc %", "target %", "epochs to target", "seconds to target"],

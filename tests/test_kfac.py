@@ -530,6 +530,38 @@ def test_gradient_accumulation_equals_one_large_batch():
             torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_moving_average_of_factors_with_fewer_rows_than_the_factor(chunks):
+    """With fewer batch rows than a factor's size the products are formed at the step, straight into the
+    moving average (with micro-batches, first into their pooled mean): the factors are still
+    ``A_t = beta A_{t-1} + (1 - beta) abar^T abar / N`` and ``G_t = beta G_{t-1} + (1 - beta) g^T g / N`` with
+    the empirical Fisher's ``g = softmax(s) - e_y``."""
+    torch.manual_seed(17)
+    lin = nn.Linear(6, 8).to(D64)
+    beta = 0.8
+    pc = KFAC(lin, fisher="empirical", ema_decay=beta, kl_clip=None, low_rank=False)
+    A_ref = G_ref = None
+    for t in range(3):
+        x, y = torch.randn(4, 6, dtype=D64), torch.randint(0, 8, (4,))
+        lin.zero_grad()
+        for xc, yc in zip(x.chunk(chunks), y.chunk(chunks), strict=True):
+            out = lin(xc)
+            pc.update_statistics(out, yc)
+            (F.cross_entropy(out, yc) * len(yc) / len(y)).backward()
+        # deferred once a moving average exists, unless a second micro-batch pooled them into the mean
+        assert set(pc._state[""].deferred) == ({"A", "G"} if t and chunks == 1 else set())
+        pc.step()
+        abar = torch.cat([x, torch.ones(4, 1, dtype=D64)], 1)
+        g = torch.softmax(lin(x), 1).detach() - F.one_hot(y, 8).to(D64)
+        A_new, G_new = abar.T @ abar / 4, g.T @ g / 4
+        A_ref = A_new if A_ref is None else beta * A_ref + (1 - beta) * A_new
+        G_ref = G_new if G_ref is None else beta * G_ref + (1 - beta) * G_new
+        A, G = pc.factors("")
+        torch.testing.assert_close(A, A_ref, rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(G, G_ref, rtol=1e-13, atol=1e-14)
+        assert pc._state[""].deferred == {}  # nothing left over for the next step
+
+
 @pytest.mark.parametrize("damping_mode", ["factored", "eigen"])
 def test_state_dict_round_trip_continues_identically(damping_mode):
     torch.manual_seed(11)

@@ -1,6 +1,7 @@
 """K-FAC cost paths: low-rank preconditioning from the batch factors (equal to the dense product, with
 its fallbacks) and Monte-Carlo statistics on a subsample of the batch."""
 
+import copy
 import warnings
 
 import pytest
@@ -162,6 +163,25 @@ def test_low_rank_agrees_with_dense_whenever_it_is_used(width, rows, chunks, bia
     d_bar = width + int(bias)
     limit = (width * d_bar * (width + d_bar) - 1) // (width * width + d_bar * d_bar + width * d_bar)
     assert ("2" in lo.last_low_rank) == (n <= limit)
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_convolution_rows_are_positions_and_low_rank_equals_dense(dims):
+    """A convolution's batch gradient has ``N L`` rows (examples times output positions), whatever its
+    channel count: the 16 x 7 gradient of a 3-tap convolution of 2 channels (limit 6 rows) is preconditioned from its
+    batch factors at 2 examples times 2 positions, densely at 2 times 4, and equals the dense product."""
+    torch.manual_seed(7)
+    for length, low_rank in ((4, True), (6, False)):
+        conv = nn.Conv1d(2, 16, 3) if dims == 1 else nn.Conv2d(2, 16, (1, 3))
+        ref = nn.Sequential(conv, nn.Tanh(), nn.Flatten(), nn.Linear(16 * (length - 2), 3)).to(D64)
+        other = copy.deepcopy(ref)
+        kw = {"fisher": "exact", "damping": 1e-2, "kl_clip": None}
+        lo, de = KFAC(ref, low_rank=True, **kw), KFAC(other, low_rank=False, **kw)
+        x = torch.randn(2, 2, length, dtype=D64) if dims == 1 else torch.randn(2, 2, 1, length, dtype=D64)
+        y = torch.randint(0, 3, (2,))
+        _assert_same(_step(ref, lo, x, y), _step(other, de, x, y))
+        assert ("0" in lo.last_low_rank) == low_rank, length
+        assert de.last_low_rank == ()
 
 
 # --------------------------------------------------------------------------- subsampled MC statistics

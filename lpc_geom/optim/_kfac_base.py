@@ -15,7 +15,7 @@ import logging
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -30,14 +30,18 @@ from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter, adapter_for, adapte
 log = logging.getLogger("lpc_geom.optim.kfac")
 
 FisherType = Literal["empirical", "mc", "exact"]
+#: ``fold(dst, beta, alpha)``: ``dst <- beta dst + alpha S`` for the statistics ``S`` it forms
+#: (``dst`` ignored when ``beta == 0``)
+_Fold = Callable[[torch.Tensor, float, float], None]
 
 
 @dataclass(eq=False)
 class _LayerState:
-    """Statistics of one layer: sums pending since the last step (with their counts), the moving averages
-    they feed, and what the last refresh computed from those (inverses or eigendecompositions)."""
+    """Statistics of one layer: running means of the statistics pending since the last step (with their
+    counts), the moving averages they feed, and what the last refresh computed from those (inverses or
+    eigendecompositions)."""
 
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    means: dict[str, torch.Tensor] = field(default_factory=dict)
     counts: dict[str, float] = field(default_factory=dict)
     ema: dict[str, torch.Tensor] = field(default_factory=dict)
     cache: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -46,16 +50,61 @@ class _LayerState:
     batch: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     batch_rows: int = 0
     probes: tuple[torch.Tensor, torch.Tensor] | None = None
+    deferred: dict[str, tuple[float, _Fold, torch.Tensor]] = field(default_factory=dict)
 
-    def add(self, key: str, total: torch.Tensor, count: float) -> None:
-        self.sums[key] = total if key not in self.sums else self.sums[key] + total
-        self.counts[key] = self.counts.get(key, 0.0) + count
+    def accumulate(
+        self, key: str, count: float, shape: tuple[int, ...], like: torch.Tensor, fold: _Fold, defer: bool
+    ) -> None:
+        """Add the statistics ``fold`` forms (the sum of ``count`` terms) to ``key``'s pending ones.
+
+        ``fold(dst, beta, alpha)`` sets ``dst <- beta dst + alpha sum`` (ignoring ``dst`` when ``beta`` is 0).
+        With ``defer``, when the moving average exists and nothing else is pending, it is kept as it is
+        and called at the next step on the moving average itself (one product into it instead of a
+        product and a pass of the average over the mean); a second call before that step first folds the
+        deferred statistics into the pending mean.
+        """
+        if key in self.deferred:
+            c, f, ref = self.deferred.pop(key)
+            buf, beta, alpha = self.pending(key, c, shape, ref)
+            f(buf, beta, alpha)
+        if defer and key in self.ema and key not in self.counts:
+            self.deferred[key] = (count, fold, like)
+            return
+        buf, beta, alpha = self.pending(key, count, shape, like)
+        fold(buf, beta, alpha)
+
+    def pending(
+        self, key: str, count: float, shape: tuple[int, ...], like: torch.Tensor
+    ) -> tuple[torch.Tensor, float, float]:
+        """The buffer of ``key``'s pending mean and the weights ``(beta, alpha)`` that fold the sum of
+        ``count`` new terms into it, ``mean <- beta mean + alpha sum``.
+
+        With ``c`` terms already pending, ``beta = c / (c + count)`` and ``alpha = 1 / (c + count)``: the
+        buffer then holds the mean over all ``c + count`` terms. ``beta == 0`` when nothing is pending, and
+        the buffer's content (left from an earlier step) must then be ignored, not scaled. The buffers are
+        kept from step to step, so that accumulating allocates nothing.
+        """
+        before = self.counts.get(key, 0.0)
+        after = before + count
+        self.counts[key] = after
+        buf = self.means.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.means[key] = like.new_empty(shape)
+        return buf, before / after, 1.0 / after
+
+
+def _fold(dst: torch.Tensor, total: torch.Tensor, beta: float, alpha: float) -> None:
+    """``dst <- beta dst + alpha total`` in place; ``dst``'s old content is ignored when ``beta == 0``."""
+    if beta == 0.0:
+        torch.mul(total, alpha, out=dst)
+    else:
+        dst.mul_(beta).add_(total, alpha=alpha)
 
 
 class _FisherPreconditioner(ABC):
     """Hooks, Fisher backward, moving averages, KL clipping and state shared by the preconditioners.
 
-    Subclasses define which statistics a layer keeps (:meth:`_statistics`), how they are refreshed
+    Subclasses define which statistics a layer keeps (:meth:`_accumulate`), how they are refreshed
     (:meth:`_refresh_due`, :meth:`_refresh`) and how a gradient matrix is preconditioned
     (:meth:`_precondition`). See :class:`KFAC` for the parameters.
     """
@@ -113,6 +162,7 @@ class _FisherPreconditioner(ABC):
 
         self._adapters: dict[str, _Adapter] = self._find_layers(model, extra_layers or {}, set(exclude))
         self._state = {name: _LayerState() for name in self._adapters}
+        self._row_limits = {name: self._low_rank_rows(adapter) for name, adapter in self._adapters.items()}
         self._records: list[tuple[str, torch.Tensor, Any]] = []
         self._handles = [model.register_forward_pre_hook(self._on_model_forward)]
         for name, adapter in self._adapters.items():
@@ -121,10 +171,9 @@ class _FisherPreconditioner(ABC):
 
     # ------------------------------------------------------------------ what subclasses define
     @abstractmethod
-    def _statistics(
-        self, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int
-    ) -> dict[str, tuple[torch.Tensor, float]]:
-        """``{key: (sum, count)}`` from inputs ``a`` (N, T, d_in) and output gradients ``g`` (B, N, T, d_out)."""
+    def _accumulate(self, st: _LayerState, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int) -> None:
+        """Fold the statistics of inputs ``a`` (N, T, d_in) and output gradients ``g`` (B, N, T, d_out) of
+        ``n`` examples into ``st``'s pending means (:meth:`_LayerState.pending`)."""
 
     @abstractmethod
     def _refresh_due(self, st: _LayerState) -> bool:
@@ -201,7 +250,7 @@ class _FisherPreconditioner(ABC):
             return
         statistics = self.steps % self.factor_freq == 0
         adapter = self._adapters[name]
-        limit = self._low_rank_rows(adapter)
+        limit = self._row_limits[name]
         if not (statistics or limit):
             return
         out = adapter.get_output(output)
@@ -211,7 +260,7 @@ class _FisherPreconditioner(ABC):
         if statistics:
             # The edge is taken now, before an in-place activation can replace the output's grad_fn.
             self._records.append((name, x, get_gradient_edge(out)))
-        if limit and out.numel() // out.shape[-1] <= limit:
+        if limit and adapter.rows(out) <= limit:
             # A tensor hook registered before an in-place activation still receives the gradient with
             # respect to the value the layer returned.
             out.register_hook(partial(self._capture_batch_factor, name, x))
@@ -220,10 +269,9 @@ class _FisherPreconditioner(ABC):
         """Keep ``(input, output gradient)`` of a training backward (not of the Fisher backward)."""
         if self._fisher_pass:
             return
-        st, adapter = self._state[name], self._adapters[name]
-        rows = grad.numel() // grad.shape[-1]
-        st.batch_rows += rows
-        if st.batch_rows > self._low_rank_rows(adapter):
+        st = self._state[name]
+        st.batch_rows += self._adapters[name].rows(grad)
+        if st.batch_rows > self._row_limits[name]:
             st.batch.clear()  # accumulated beyond the rank where the factored product pays off
             return
         st.batch.append((x, grad.detach()))
@@ -307,32 +355,36 @@ class _FisherPreconditioner(ABC):
                 if subset is not None:
                     a, gp = a.index_select(0, subset), gp.index_select(1, subset)
                 a, gp = a.to(dtype), gp.to(dtype)
-                for key, (total, count) in self._statistics(adapter, a, gp, n).items():
-                    self._state[name].add(key, total, count)
+                self._accumulate(self._state[name], adapter, a, gp, n)
 
     def _flush_statistics(self) -> None:
-        pending = [st for st in self._state.values() if st.sums]
+        pending = [st for st in self._state.values() if st.counts or st.deferred]
         if self.distributed and pending:
             for st in pending:
-                keys = sorted(st.sums)
-                ref = st.sums[keys[0]]
+                keys = sorted(st.counts)
+                ref = st.means[keys[0]]
                 counts = torch.tensor([st.counts[k] for k in keys], dtype=ref.dtype, device=ref.device)
-                buf = torch.cat([st.sums[k].flatten() for k in keys] + [counts])
+                # sums and counts are what add up over the replicas
+                buf = torch.cat([(st.means[k] * st.counts[k]).flatten() for k in keys] + [counts])
                 torch.distributed.all_reduce(buf)
+                total = buf[-len(keys) :].tolist()
                 offset = 0
-                for k in keys:
-                    size = st.sums[k].numel()
-                    st.sums[k] = buf[offset : offset + size].view_as(st.sums[k])
+                for k, c in zip(keys, total, strict=True):
+                    size = st.means[k].numel()
+                    torch.div(buf[offset : offset + size].view_as(st.means[k]), c, out=st.means[k])
                     offset += size
-                st.counts = {k: c.item() for k, c in zip(keys, buf[offset:], strict=True)}
-        beta = self.ema_decay
+                st.counts = dict(zip(keys, total, strict=True))
+        weight = 1.0 - self.ema_decay
         for st in pending:
-            for key, total in st.sums.items():
+            for key in st.counts:
+                mean = st.means[key]
                 if key not in st.ema:
-                    st.ema[key] = total / st.counts[key]
+                    st.ema[key] = mean.clone()
                 else:
-                    st.ema[key].mul_(beta).add_(total, alpha=(1.0 - beta) / st.counts[key])
-            st.sums, st.counts = {}, {}
+                    st.ema[key].lerp_(mean, weight)
+            for key, (count, fold, _) in st.deferred.items():
+                fold(st.ema[key], self.ema_decay, weight / count)
+            st.counts, st.deferred = {}, {}
 
     # ------------------------------------------------------------------ preconditioning
     @torch.no_grad()
@@ -350,7 +402,7 @@ class _FisherPreconditioner(ABC):
             Learning rate for KL clipping on this step (default: the attribute ``lr``).
         """
         self._flush_statistics()
-        updates: list[tuple[_Adapter, torch.Tensor, torch.Tensor]] = []
+        updates: list[tuple[_Adapter, torch.Tensor]] = []
         low_rank: list[str] = []
         vgs: list[torch.Tensor] = []
         for name, adapter in self._adapters.items():
@@ -375,17 +427,15 @@ class _FisherPreconditioner(ABC):
             else:
                 low_rank.append(name)
             vgs.append(torch.dot(v.reshape(-1), g.reshape(-1)).to(torch.float64))
-            updates.append((adapter, v, grad))
+            updates.append((adapter, v))
         self.last_low_rank = tuple(low_rank)
         lr = self.lr if lr is None else lr
         nu = 1.0
         vg = torch.stack(vgs).sum().item() if vgs else 0.0
         if self.kl_clip and updates and vg > 0.0:
             nu = min(1.0, math.sqrt(self.kl_clip / (lr**2 * vg)))
-        for adapter, v, grad in updates:
-            if nu != 1.0:
-                v.mul_(nu)
-            adapter.write_grad(v.to(grad.dtype))
+        for adapter, v in updates:
+            adapter.write_grad(v, nu)
         self.last_kl_scale = nu
         self.steps += 1
 

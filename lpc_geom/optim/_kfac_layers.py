@@ -129,6 +129,10 @@ class _Adapter(ABC):
     def output_grad_positions(self, g: torch.Tensor) -> torch.Tensor:
         """``g[b, n, t]``, shape ``(B, N, T, d_out)``, from ``g`` of shape ``(B, *output_shape)``."""
 
+    def rows(self, out: torch.Tensor) -> int:
+        """``N T``, the rows ``(n, t)`` of an output (or output gradient) ``out`` of this layer."""
+        return out.numel() // out.shape[-1]
+
     def _weight_grad_out_in(self) -> torch.Tensor:
         return self.weight.grad.reshape(self.weight.shape[0], -1)
 
@@ -142,14 +146,18 @@ class _Adapter(ABC):
         gb = self.bias.grad if self.bias.grad is not None else torch.zeros_like(self.bias)
         return torch.cat([gw, gb.reshape(-1, 1).to(gw.dtype)], dim=1)
 
-    def write_grad(self, v: torch.Tensor) -> None:
-        """Overwrite ``.grad`` with the ``(d_out, d_in [+ 1])`` matrix ``v``."""
+    def write_grad(self, v: torch.Tensor, scale: float = 1.0) -> None:
+        """Overwrite ``.grad`` with ``scale`` times the ``(d_out, d_in [+ 1])`` matrix ``v``."""
         d_in = v.shape[1] - int(self.has_bias)
-        self.weight.grad.copy_(v[:, :d_in].reshape(self.weight.grad.shape))
-        if self.bias is not None:
-            if self.bias.grad is None:
-                self.bias.grad = torch.zeros_like(self.bias)
-            self.bias.grad.copy_(v[:, d_in])
+        _scaled_copy(self.weight.grad, v[:, :d_in].reshape(self.weight.grad.shape), scale)
+        self._write_bias(v[:, d_in] if self.bias is not None else None, scale)
+
+    def _write_bias(self, v: torch.Tensor | None, scale: float) -> None:
+        if v is None:
+            return
+        if self.bias.grad is None:
+            self.bias.grad = torch.zeros_like(self.bias)
+        _scaled_copy(self.bias.grad, v, scale)
 
 
 class _LinearAdapter(_Adapter):
@@ -191,14 +199,11 @@ class _LinearAdapter(_Adapter):
         d0, d1 = self.weight.shape
         return (d0, d1) if self.layout == "out_in" else (d1, d0)
 
-    def write_grad(self, v: torch.Tensor) -> None:
+    def write_grad(self, v: torch.Tensor, scale: float = 1.0) -> None:
         d_in = v.shape[1] - int(self.has_bias)
         w = v[:, :d_in]
-        self.weight.grad.copy_(w if self.layout == "out_in" else w.T)
-        if self.bias is not None:
-            if self.bias.grad is None:
-                self.bias.grad = torch.zeros_like(self.bias)
-            self.bias.grad.copy_(v[:, d_in])
+        _scaled_copy(self.weight.grad, w if self.layout == "out_in" else w.T, scale)
+        self._write_bias(v[:, d_in] if self.bias is not None else None, scale)
 
 
 class _ConvAdapter(_Adapter):
@@ -237,6 +242,17 @@ class _ConvAdapter(_Adapter):
     def output_grad_positions(self, g: torch.Tensor) -> torch.Tensor:
         # (B, N, C_out, *spatial) -> (B, N, L, C_out), L in the raster order of unfold.
         return g.reshape(g.shape[0], g.shape[1], g.shape[2], -1).transpose(2, 3)
+
+    def rows(self, out: torch.Tensor) -> int:
+        return out.numel() // out.shape[1]  # (N, C_out, *spatial): channels on axis 1
+
+
+def _scaled_copy(dst: torch.Tensor, src: torch.Tensor, scale: float) -> None:
+    """``dst <- scale * src`` in one pass (cast to ``dst``'s dtype)."""
+    if scale == 1.0:
+        dst.copy_(src)
+    else:
+        torch.mul(src, scale, out=dst)
 
 
 def adapter_for(module: nn.Module) -> _Adapter | None:

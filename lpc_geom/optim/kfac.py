@@ -104,8 +104,14 @@ the moment the layer returns, before any in-place activation (``ReLU(inplace=Tru
 tensor; the Fisher backward asks ``torch.autograd.grad`` for the gradient at those edges, which is the
 gradient with respect to the pre-activation as the layer produced it. Full module backward hooks,
 which break on in-place activations, are not used. Gradient accumulation: statistics of all
-``update_statistics`` calls between two ``step`` calls are pooled (sums and counts) before they enter the
-moving average, so ``k`` micro-batches give the same factors as one batch of their union.
+``update_statistics`` calls between two ``step`` calls are pooled (a running mean and its count) before they
+enter the moving average, so ``k`` micro-batches give the same factors as one batch of their union. Cost:
+each Gram product is one ``addmm`` into a buffer kept from step to step, with the bias column of ``A``
+filled from the column sums of ``a`` (no concatenated ``abar``); for a factor larger than its batch (``R``
+rows at most its size, the MLP layers at batch 128) the product waits for :meth:`KFAC.step` and goes
+straight into the moving average, ``A <- beta A + (1 - beta) abar^T abar / R``, in the same ``addmm``
+(the rows it keeps until then take no more memory than the factor); with a process group the sums are
+all-reduced first, so they are never deferred.
 
 Diagonal variant
 ----------------
@@ -119,12 +125,13 @@ preconditions elementwise, ``V = \nabla W / (D + \lambda)``.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from lpc_geom.optim._kfac_base import FisherType, _FisherPreconditioner, _LayerState
+from lpc_geom.optim._kfac_base import FisherType, _FisherPreconditioner, _fold, _LayerState
 from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter
 
 __all__ = ["KFAC", "DampingMode", "DiagonalFisher", "FisherType", "KFACLayer"]
@@ -250,15 +257,17 @@ class KFAC(_FisherPreconditioner):
         ema = self._state[name].ema
         return ema.get("A"), ema.get("G")
 
-    def _statistics(
-        self, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int
-    ) -> dict[str, tuple[torch.Tensor, float]]:
-        rows_a = a.reshape(-1, a.shape[-1])
-        rows_g = g.reshape(-1, g.shape[-1])
-        return {
-            "A": (_second_moment(rows_a, adapter.has_bias), rows_a.shape[0]),
-            "G": (rows_g.T @ rows_g, n),
-        }
+    def _accumulate(self, st: _LayerState, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int) -> None:
+        for key, rows, count, homogeneous in (
+            ("A", a.reshape(-1, a.shape[-1]), None, adapter.has_bias),
+            ("G", g.reshape(-1, g.shape[-1]), n, False),
+        ):
+            d = rows.shape[1] + int(homogeneous)
+            # Deferred to the step (one product into the moving average) when keeping the rows until then
+            # costs no more memory than a factor; with a process group the sums must be reduced first.
+            st.accumulate(key, rows.shape[0] if count is None else count, (d, d), rows,
+                          partial(_fold_second_moment, a=rows, homogeneous=homogeneous),
+                          defer=not self.distributed and rows.shape[0] <= d)
 
     def _refresh_due(self, st: _LayerState) -> bool:
         return self.steps % self.update_freq == 0 or st.refreshed_damping != self.damping
@@ -279,7 +288,7 @@ class KFAC(_FisherPreconditioner):
 
     def _damped_inverse(self, m: torch.Tensor, shift: float) -> torch.Tensor:
         """``(m + shift I)^{-1}`` through a Cholesky factorisation, retried in float64 when it fails."""
-        m = 0.5 * (m + m.T)
+        m = _symmetric_part(m)
         m.diagonal().add_(shift)
         chol, info = torch.linalg.cholesky_ex(m)
         if info.item() == 0 and bool(torch.isfinite(chol).all()):
@@ -295,7 +304,7 @@ class KFAC(_FisherPreconditioner):
 
     def _eigh(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eigendecomposition of a symmetric factor (eigenvalues clamped at 0), retried in float64."""
-        m = 0.5 * (m + m.T)
+        m = _symmetric_part(m)
         try:
             d, q = torch.linalg.eigh(m)
             ok = bool(torch.isfinite(d).all() and torch.isfinite(q).all())
@@ -382,31 +391,32 @@ class DiagonalFisher(_FisherPreconditioner):
     def _refresh(self, st: _LayerState) -> None:
         st.cache.clear()
 
-    def _statistics(
-        self, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int
-    ) -> dict[str, tuple[torch.Tensor, float]]:
+    def _accumulate(self, st: _LayerState, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int) -> None:
         if adapter.has_bias:
             a = torch.cat([a, a.new_ones(*a.shape[:-1], 1)], dim=-1)
+        D, beta, alpha = st.pending("D", n, (g.shape[-1], a.shape[-1]), a)
         if a.shape[1] == 1:  # one position: the per-example gradient g a^T squares to g^2 (a^2)^T
-            d = (g[:, :, 0] ** 2).sum(0).T @ (a[:, 0] ** 2)
+            D.addmm_((g[:, :, 0] ** 2).sum(0).T, a[:, 0] ** 2, beta=beta, alpha=alpha)
         else:
-            d = sum((torch.einsum("ntc,ntd->ncd", gb, a) ** 2).sum(0) for gb in g)
-        return {"D": (d, n)}
+            _fold(D, sum((torch.einsum("ntc,ntd->ncd", gb, a) ** 2).sum(0) for gb in g), beta, alpha)
 
     def _precondition(self, st: _LayerState, grad: torch.Tensor) -> torch.Tensor:
         return grad / (st.ema["D"] + self.damping)
 
 
-def _second_moment(a: torch.Tensor, homogeneous: bool) -> torch.Tensor:
-    """``sum_r abar_r abar_r^T`` with ``abar = (a, 1)`` when ``homogeneous``, without concatenating."""
-    s = a.T @ a
-    if not homogeneous:
-        return s
+def _symmetric_part(m: torch.Tensor) -> torch.Tensor:
+    """``(m + m^T) / 2`` as a new tensor (one temporary fewer than ``0.5 * (m + m.T)``, the same values)."""
+    return (m + m.T).mul_(0.5)
+
+
+def _fold_second_moment(out: torch.Tensor, beta: float, alpha: float, *, a: torch.Tensor, homogeneous: bool) -> None:
+    """``out <- beta out + alpha sum_r abar_r abar_r^T`` in place, with ``abar = (a, 1)`` when ``homogeneous``,
+    without concatenating (``out``'s old content is ignored when ``beta == 0``)."""
     d = a.shape[1]
-    out = s.new_empty(d + 1, d + 1)
-    out[:d, :d] = s
+    out[:d, :d].addmm_(a.T, a, beta=beta, alpha=alpha)
+    if not homogeneous:
+        return
     col = a.sum(0)
-    out[:d, d] = col
-    out[d, :d] = col
-    out[d, d] = a.shape[0]
-    return out
+    _fold(out[:d, d], col, beta, alpha)
+    _fold(out[d, :d], col, beta, alpha)
+    out[d, d] = (beta * out[d, d] if beta else 0.0) + alpha * a.shape[0]
