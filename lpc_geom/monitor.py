@@ -41,14 +41,15 @@ from lpc_geom.train.run_dir import HISTORY, HISTORY_CSV
 __all__ = ["CollapseMonitor", "TensorBoardMonitor", "lightning_callback", "write_history"]
 
 
-def write_history(history: Sequence[Mapping[str, Any]], out_dir: str | Path) -> None:
+def write_history(history: Sequence[Mapping[str, Any]], out_dir: str | Path, *, durable: bool = True) -> None:
     """Write ``history.json`` and ``history.csv`` (one row per epoch) into ``out_dir``, both atomically.
 
     The CSV's columns are the union of the rows' keys in order of first appearance; finite floats are
-    written with 8 significant digits, every other value as ``str`` would (NaN as ``nan``).
+    written with 8 significant digits, every other value as ``str`` would (NaN as ``nan``). ``durable``
+    False leaves out the fsync (see :func:`lpc_geom.train.checkpoint.write_bytes`).
     """
     out_dir = Path(out_dir)
-    write_json(list(history), out_dir / HISTORY)
+    write_json(list(history), out_dir / HISTORY, durable=durable)
     keys: list[str] = []
     for row in history:
         keys.extend(k for k in row if k not in keys)
@@ -58,7 +59,7 @@ def write_history(history: Sequence[Mapping[str, Any]], out_dir: str | Path) -> 
     for row in history:
         writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) and math.isfinite(v) else v)
                          for k, v in row.items()})
-    write_text(buffer.getvalue(), out_dir / HISTORY_CSV)
+    write_text(buffer.getvalue(), out_dir / HISTORY_CSV, durable=durable)
 
 
 def _as_tensor(value, what: str) -> torch.Tensor:

@@ -241,6 +241,19 @@ def test_bounds_batches_modes_and_grads():
         fmn(model, 3 * torch.ones(2, 12), bounds=(-1.5, 1.5))
 
 
+def test_given_deepfool_points_are_the_start_fmn_would_compute(digits_mlp):
+    model, x = digits_mlp
+    own = fmn(model, x, steps=30)
+    points = deepfool(model, x, refine_steps=5).adversarial  # the refinement leaves DeepFool's points alone
+    given = fmn(model, x, steps=30, deepfool_points=points)
+    for field in ("norms", "adversarial", "success", "adversarial_labels", "refine_scales"):
+        assert torch.equal(getattr(given, field).nan_to_num(), getattr(own, field).nan_to_num()), field
+    zero = fmn(model, x, steps=30, init="zero")
+    assert torch.equal(fmn(model, x, steps=30, init="zero", deepfool_points=points).norms, zero.norms)
+    with pytest.raises(ValueError, match="deepfool_points must have the shape"):
+        fmn(model, x, steps=3, deepfool_points=points[:5])
+
+
 def test_bad_arguments_are_named():
     linear = nn.Linear(4, 3)
     x = torch.randn(3, 4)

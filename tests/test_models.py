@@ -105,8 +105,9 @@ def test_one_dimensional_resnets_take_sequences():
         net = build_backbone("resnet18", shape, width=8)
         assert net.dims == 1 and net.out_dim == 64
         assert net(torch.randn(3, *shape)).shape == (3, 64)
-    types = {type(m) for m in net.modules()}
-    assert nn.Conv1d in types and nn.BatchNorm1d in types and nn.Conv2d not in types
+    modules = list(net.modules())
+    assert any(isinstance(m, nn.Conv1d) for m in modules) and any(isinstance(m, nn.BatchNorm1d) for m in modules)
+    assert not any(isinstance(m, nn.Conv2d | nn.BatchNorm2d) for m in modules)
     two_channel = build_backbone("resnet50", (2, 16), width=4)
     assert two_channel(torch.randn(2, 2, 16)).shape == (2, 128)
     with pytest.raises(ValueError, match=r"\(N, 2, L\)"):
@@ -118,7 +119,7 @@ def test_one_dimensional_resnets_take_sequences():
 def test_resnets_use_silu_and_batch_norm(resnets):
     for net in resnets.values():
         kinds = {type(m) for m in net.modules()}
-        assert nn.SiLU in kinds and nn.BatchNorm2d in kinds
+        assert nn.SiLU in kinds and any(issubclass(kind, nn.BatchNorm2d) for kind in kinds)
         assert nn.ReLU not in kinds and nn.MaxPool2d not in kinds
         assert net.stem[0].kernel_size == (3, 3) and net.stem[0].stride == (1, 1)
 
@@ -348,3 +349,93 @@ def test_build_model_rejects_bad_rows_and_class_counts():
         build_model("mlp", "LPC-Huge", (4,), 3)
     with pytest.raises(ValueError, match="at least 2"):
         build_model("mlp", "LPC", (4,), 1)
+
+
+# ----------------------------------------------------------------------------------------- batch norms
+
+
+def _norm_pair(cls, channels: int, affine: bool, dtype: torch.dtype, seed: int):
+    """lpc_geom's batch norm and torch's with the same random running statistics and affine parameters."""
+    from lpc_geom.models import norm
+
+    g = torch.Generator().manual_seed(seed)
+    ours = getattr(norm, cls.__name__)(channels, affine=affine).to(dtype)
+    with torch.no_grad():
+        ours.running_mean.copy_(torch.randn(channels, generator=g))
+        ours.running_var.copy_(torch.rand(channels, generator=g) * 5 + 1e-2)
+        if affine:
+            ours.weight.copy_(torch.randn(channels, generator=g))
+            ours.bias.copy_(torch.randn(channels, generator=g))
+    theirs = cls(channels, affine=affine).to(dtype)
+    theirs.load_state_dict(ours.state_dict())
+    return ours.eval(), theirs.eval(), g
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize(("cls", "shape"), [(nn.BatchNorm1d, (1000, 8, 40)), (nn.BatchNorm1d, (7, 64, 5)),
+                                            (nn.BatchNorm1d, (128, 64)), (nn.BatchNorm1d, (1, 32, 3)),
+                                            (nn.BatchNorm2d, (6, 16, 7, 9))])
+def test_eval_batch_norm_is_torchs_output_and_input_gradient_exactly(cls, shape, affine, dtype):
+    ours, theirs, g = _norm_pair(cls, shape[1], affine, dtype, seed=sum(shape))
+    x = (3 * torch.randn(*shape, generator=g)).to(dtype).requires_grad_(True)
+    grad_out = torch.randn(*shape, generator=g).to(dtype)
+    y_ours, y_theirs = ours(x), theirs(x)
+    assert torch.equal(y_ours, y_theirs)
+    (gx_ours,) = torch.autograd.grad(y_ours, x, grad_out)
+    (gx_theirs,) = torch.autograd.grad(y_theirs, x, grad_out)
+    assert torch.equal(gx_ours, gx_theirs)
+    with torch.no_grad():
+        assert torch.equal(ours(x), y_theirs)
+    if affine:  # the affine map's parameter gradients: torch's up to the rounding of the sums
+        mine = torch.autograd.grad(ours(x), [ours.weight, ours.bias], grad_out)
+        reference = torch.autograd.grad(theirs(x), [theirs.weight, theirs.bias], grad_out)
+        for a, b in zip(mine, reference, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4 if dtype == torch.float32 else 1e-10, atol=1e-3)
+
+
+def test_batch_norm_training_mode_and_state_are_torchs():
+    from lpc_geom.models import norm
+
+    torch.manual_seed(0)
+    ours, theirs = norm.BatchNorm1d(4), nn.BatchNorm1d(4)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(16, 4, 10, requires_grad=True)
+    y_ours, y_theirs = ours(x), theirs(x)  # training mode: batch statistics, running statistics updated
+    assert torch.equal(y_ours, y_theirs)
+    assert torch.equal(ours.running_mean, theirs.running_mean) and torch.equal(ours.running_var, theirs.running_var)
+    assert torch.equal(torch.autograd.grad(y_ours.sum(), x)[0], torch.autograd.grad(y_theirs.sum(), x)[0])
+    untracked = norm.BatchNorm1d(4, track_running_stats=False).eval()  # no running statistics: batch ones
+    torch.testing.assert_close(untracked(x).detach(), nn.functional.batch_norm(x, None, None, training=True).detach()
+                               * untracked.weight.detach().view(1, -1, 1) + untracked.bias.detach().view(1, -1, 1))
+    with pytest.raises(ValueError, match="expected 2D or 3D input"):
+        ours.eval()(torch.randn(2, 4, 3, 3))
+
+
+def test_eval_batch_norm_under_torch_func_is_the_affine_map():
+    ours, _, _ = _norm_pair(nn.BatchNorm1d, 3, True, torch.float64, seed=1)
+    x = torch.randn(5, 3, dtype=torch.float64)
+    jacobian = torch.func.vmap(torch.func.jacrev(lambda row: ours(row.unsqueeze(0)).squeeze(0)))(x)
+    alpha = ours.weight.detach() / torch.sqrt(ours.running_var + ours.eps)
+    torch.testing.assert_close(jacobian, torch.diag(alpha).expand(5, 3, 3), rtol=1e-12, atol=0)
+
+
+def test_resnet_eval_forward_and_input_gradient_equal_torchs_batch_norm():
+    torch.manual_seed(0)
+    net = resnet18(in_channels=1, width=4, dims=1)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+    reference = resnet18(in_channels=1, width=4, dims=1)
+    for module in list(reference.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.BatchNorm1d):
+                setattr(module, child_name, nn.BatchNorm1d(child.num_features))
+    assert not any(type(m).__module__.startswith("lpc_geom.models.norm") for m in reference.modules())
+    reference.load_state_dict(net.state_dict())
+    net.eval(), reference.eval()
+    x = torch.randn(9, 1, 24, requires_grad=True)
+    y, y_ref = net(x), reference(x)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(y_ref.sum(), x)[0])

@@ -21,6 +21,7 @@ from lpc_geom.analysis.robustness import (
     certified_radius,
     chain_rule,
     deepfool,
+    fmn,
     lipschitz_lower_bound,
     lipschitz_upper_bound,
     logit_margins,
@@ -577,6 +578,52 @@ def test_robustness_report_and_json(trained_mlp, tmp_path):
     assert cos_report["lipschitz_upper"] == math.inf
     back = read_robustness_json(write_robustness_json(cos_report, tmp_path / "cos.json"))
     assert math.isnan(back["lipschitz_upper"])
+
+
+def test_robustness_report_runs_deepfool_once_and_fmn_from_its_points(trained_mlp, monkeypatch):
+    import importlib
+
+    fmn_module = importlib.import_module("lpc_geom.analysis.robustness.fmn")  # the package's fmn is the function
+    report_module = importlib.import_module("lpc_geom.analysis.robustness.report")
+
+    model, x, y = trained_mlp
+    expected = fmn(model, x[:40], steps=20, return_perturbations=False).summary()
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return deepfool(*args, **kwargs)
+
+    monkeypatch.setattr(report_module, "deepfool", counted)
+    monkeypatch.setattr(fmn_module, "deepfool", counted)
+    report = robustness_report(model, x[:40], y[:40], fmn_steps=20, lipschitz=False)
+    assert len(calls) == 1
+    assert {k: v for k, v in report.items() if k in expected} == expected
+    calls.clear()  # another DeepFool than FMN's start: FMN runs its own
+    robustness_report(model, x[:40], y[:40], fmn_steps=20, lipschitz=False, candidates=3)
+    assert len(calls) == 2 and calls[1].get("candidates") is None
+
+
+def test_attacks_leave_requires_grad_and_modes_as_they_were():
+    from lpc_geom.analysis.robustness._common import evaluation_mode
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.SiLU(), nn.Linear(8, 3)).train()
+    model[0].weight.requires_grad_(False)  # partly frozen by its user
+    before = [p.requires_grad for p in model.parameters()]
+    with evaluation_mode(model):
+        assert not any(p.requires_grad for p in model.parameters()) and not model.training
+        with evaluation_mode(model):
+            pass
+        assert not any(p.requires_grad for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == before and model.training
+    with pytest.raises(RuntimeError, match="boom"), evaluation_mode(model):
+        raise RuntimeError("boom")
+    assert [p.requires_grad for p in model.parameters()] == before
+    deepfool(model, torch.randn(6, 4), max_iter=3)
+    fmn(model, torch.randn(6, 4), steps=3)
+    assert [p.requires_grad for p in model.parameters()] == before and model.training
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_robustness_report_without_a_rule_or_labels():

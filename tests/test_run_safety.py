@@ -431,3 +431,24 @@ def test_a_signal_during_a_checkpoint_write_is_delivered_after_the_file_is_whole
     loaded = checkpoint.load_checkpoint(tmp_path / "checkpoint.pt")
     assert loaded["epoch"] == 3 and torch.equal(loaded["weights"], state["weights"])
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_per_epoch_progress_is_fsynced_only_with_a_checkpoint(tmp_path, monkeypatch):
+    import lpc_geom.train.checkpoint as checkpoint_module
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", fsync)
+    result = train(tiny(tmp_path / "run", epochs=5, checkpoint_every=2), stop_signals=())
+    names = [re.sub(r"^\.(.*)\.[0-9a-f]{8}\.tmp$", r"\1", name) for name in synced]
+    # epochs 2 and 4 write a checkpoint, epoch 5 the last one: their progress files are fsynced, epochs 1 and 3 not
+    assert names.count("checkpoint.pt") == 3 and names.count("history.json") == 3
+    assert names.count("history.csv") == 3
+    assert names.count("run.json") >= 3 + 2  # the epochs' three, and the manifest's opening and closing writes
+    assert len(json.loads((result.out_dir / "history.json").read_text())) == 5  # every epoch on disk all the same
+    assert json.loads((result.out_dir / "run.json").read_text())["epochs_done"] == 5

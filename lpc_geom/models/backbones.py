@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lpc_geom.models.norm import BatchNorm1d
 from lpc_geom.models.resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet50
 
 __all__ = [
@@ -87,7 +88,8 @@ class MLP(nn.Module):
         Widths of the hidden layers. An empty sequence gives the identity on the flattened input
         (a linear model once a head is attached).
     batch_norm : bool, default False
-        Insert ``BatchNorm1d`` between each linear layer and its activation.
+        Insert a batch norm (:class:`lpc_geom.models.norm.BatchNorm1d`) between each linear layer and its
+        activation.
 
     Attributes
     ----------
@@ -107,7 +109,7 @@ class MLP(nn.Module):
         for w in hidden:
             layers.append(nn.Linear(width, w, bias=not batch_norm))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(w))
+                layers.append(BatchNorm1d(w))
             layers.append(nn.SiLU())
             width = w
         self.net = nn.Sequential(*layers)
@@ -141,7 +143,8 @@ class CNN1d(nn.Module):
     in_channels : int, default 1
         Channels of the input. Inputs of shape ``(N, L)`` are accepted when this is 1.
     batch_norm : bool, default False
-        Insert ``BatchNorm1d`` after each convolution (which then has no bias).
+        Insert a batch norm (:class:`lpc_geom.models.norm.BatchNorm1d`) after each convolution (which then
+        has no bias).
 
     Attributes
     ----------
@@ -178,7 +181,7 @@ class CNN1d(nn.Module):
                                  f"{kernel_sizes} with stride {stride}")
             layers.append(nn.Conv1d(c_in, c_out, k, stride=stride, padding=pad, bias=not batch_norm))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(c_out))
+                layers.append(BatchNorm1d(c_out))
             layers.append(nn.SiLU())
             c_in = c_out
         layers.append(nn.Flatten(1))

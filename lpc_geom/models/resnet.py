@@ -14,11 +14,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from lpc_geom.models.norm import BatchNorm1d, BatchNorm2d
+
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50"]
 
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d}
-_BATCH_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+_BATCH_NORM = {1: BatchNorm1d, 2: BatchNorm2d}  # evaluation mode: one affine map (models.norm)
 _GLOBAL_POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
 
 

@@ -1,8 +1,11 @@
 """Run files: atomic writes that honour the umask, and reads that never execute code from a file.
 
 Writes go to a temporary file in the same directory, are fsynced and renamed over the target, so a crash
-while writing never replaces the last good file; a signal whose Python handler would run during a write
-(submitit's requeue handler exits the process from wherever it lands) is delivered right after it.
+while writing never replaces the last good file (``durable=False`` leaves the fsync out: the rename still
+protects against a crash of the process, not against one of the machine; the trainer's per-epoch progress
+files, whose durable copy is the next checkpoint, are written so); a signal whose Python handler would run
+during a write (submitit's requeue handler exits the process from wherever it lands) is delivered right
+after it.
 Checkpoints are read with ``torch.load(weights_only=True)`` (tensors, numbers, strings, lists and dicts
 only), archives with ``numpy.load(allow_pickle=False)``: a file that holds anything else, or that is
 truncated, is refused with a :class:`RunFileError` naming it.
@@ -38,12 +41,12 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write, durable: bool = True) -> None:
     with signals_deferred():
-        _write_and_rename(path, write)
+        _write_and_rename(path, write, durable)
 
 
-def _write_and_rename(path: Path, write) -> None:
+def _write_and_rename(path: Path, write, durable: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     # os.open with mode 0o666: the kernel applies the umask, like any other tool's files (mkstemp makes 0600)
@@ -52,7 +55,8 @@ def _write_and_rename(path: Path, write) -> None:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -139,15 +143,15 @@ def read_json(path: str | Path) -> Any:
                            f"it may be truncated or corrupt") from None
 
 
-def write_bytes(data: bytes, path: str | Path) -> None:
-    """Atomically replace ``path`` with ``data``."""
-    _atomic_write(Path(path), lambda handle: handle.write(data))
+def write_bytes(data: bytes, path: str | Path, *, durable: bool = True) -> None:
+    """Atomically replace ``path`` with ``data`` (fsynced before the rename unless ``durable`` is False)."""
+    _atomic_write(Path(path), lambda handle: handle.write(data), durable)
 
 
-def write_text(text: str, path: str | Path) -> None:
-    write_bytes(text.encode(), path)
+def write_text(text: str, path: str | Path, *, durable: bool = True) -> None:
+    write_bytes(text.encode(), path, durable=durable)
 
 
-def write_json(obj: Any, path: str | Path) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    write_text(json.dumps(obj, indent=2, default=float), path)
+def write_json(obj: Any, path: str | Path, *, durable: bool = True) -> None:
+    """Atomically write ``obj`` as indented JSON (``durable`` as in :func:`write_bytes`)."""
+    write_text(json.dumps(obj, indent=2, default=float), path, durable=durable)

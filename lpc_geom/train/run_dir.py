@@ -291,14 +291,15 @@ class RunWriter:
         }
         return removed
 
-    def update(self, **fields: Any) -> None:
-        """Merge ``fields`` into the manifest and write it atomically."""
+    def update(self, *, durable: bool = True, **fields: Any) -> None:
+        """Merge ``fields`` into the manifest and write it atomically (``durable``: see
+        :func:`~lpc_geom.train.checkpoint.write_bytes`)."""
         if "status" in fields and fields["status"] not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {fields['status']!r}")
         if fields.get("status", "running") != "running":
             fields.setdefault("ended", _now())
         self.manifest.update(fields)
-        write_json(self.manifest, self.path / MANIFEST)
+        write_json(self.manifest, self.path / MANIFEST, durable=durable)
 
     def close(self) -> None:
         self.lock.release()

@@ -537,9 +537,9 @@ class Trainer:
                     saved = (epoch + 1) % cfg.checkpoint_every == 0 or last
                     if saved:
                         self._save(epoch)
-                    if self.dist.is_main:
-                        write_history(self.history, self.out_dir)
-                        writer.update(epochs_done=epoch + 1)
+                    if self.dist.is_main:  # progress; fsynced only with a checkpoint, their durable copy
+                        write_history(self.history, self.out_dir, durable=saved)
+                        writer.update(epochs_done=epoch + 1, durable=saved)
                     if not last and self._stop_requested():
                         self._stop(epoch + 1, self._save(epoch) if not saved else self.out_dir / CHECKPOINT)
                 final = self._finish()

@@ -72,13 +72,20 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block and restore every submodule's own flag afterwards.
 
     Restoring per submodule (not just ``model.train(was_training)``) keeps a mixed state intact, e.g. a
-    frozen backbone left in eval mode inside a model that is otherwise training.
+    frozen backbone left in eval mode inside a model that is otherwise training. The parameters stop
+    requiring gradients for the block (and require them again after): the attacks differentiate with
+    respect to the inputs only, and no graph is then built towards the weights.
     """
     flags = [(m, m.training) for m in model.modules()]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     model.eval()
     try:
+        for p in trainable:
+            p.requires_grad_(False)
         yield model
     finally:
+        for p in trainable:
+            p.requires_grad_(True)
         for m, flag in flags:
             m.training = flag
 

@@ -158,7 +158,7 @@ def fmn(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = No
         step_size: float | None = None, final_step_size: float | None = None, gamma: float = 0.05,
         final_gamma: float = 0.001, batch_size: int = 512, bounds: tuple[Bound, Bound] | None = None,
         refine_steps: int = 10, tolerance: float = 1e-5, init: str | torch.Tensor = "both",
-        return_perturbations: bool = True) -> FMNResult:
+        return_perturbations: bool = True, deepfool_points: torch.Tensor | None = None) -> FMNResult:
     r"""Minimal L2 adversarial perturbations by the Fast Minimum-Norm attack (batched).
 
     See the module docstring for the iteration. The model runs in eval mode (batch norm uses its running
@@ -206,6 +206,11 @@ def fmn(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = No
         finite or not misclassified start from 0).
     return_perturbations : bool, default True
         Keep the perturbations and adversarial points (two tensors the size of ``inputs``).
+    deepfool_points : Tensor, optional
+        DeepFool's adversarial points of ``inputs`` (``deepfool(model, inputs, batch_size=batch_size,
+        bounds=bounds).adversarial``, any ``refine_steps``), for ``init`` ``"deepfool"`` and ``"both"``: a
+        caller that has already run that DeepFool passes them instead of paying for it again. Ignored for
+        the other ``init`` values.
 
     Returns
     -------
@@ -238,7 +243,7 @@ def fmn(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = No
             raise ValueError(f"labels must be integers of shape ({n},), got {labels.dtype} {tuple(labels.shape)}")
         labels = labels.long()
     box = shared.prepare_bounds(bounds, x_all, "FMN")
-    starts = _starting_points(model, x_all, init, batch_size, bounds)
+    starts = _starting_points(model, x_all, init, batch_size, bounds, deepfool_points)
     options = {"steps": steps, "step_size": step_size, "final_step_size": final_step_size, "gamma": float(gamma),
                "final_gamma": float(final_gamma), "box": box, "refine_steps": refine_steps,
                "tolerance": float(tolerance), "keep": return_perturbations}
@@ -269,15 +274,22 @@ def fmn(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = No
 
 
 def _starting_points(model: nn.Module, x0: torch.Tensor, init: str | torch.Tensor, batch_size: int,
-                     bounds: tuple[Bound, Bound] | None) -> list[torch.Tensor | None]:
+                     bounds: tuple[Bound, Bound] | None,
+                     deepfool_points: torch.Tensor | None = None) -> list[torch.Tensor | None]:
     """The starting points of each run (None: from 0) that ``init`` asks for."""
     if isinstance(init, str):
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(map(repr, INITS))} or a tensor of starting points, "
                              f"got {init!r}")
-        deepfool_points = None
-        if init != "zero":
+        if init == "zero":
+            deepfool_points = None
+        elif deepfool_points is None:
             deepfool_points = deepfool(model, x0, batch_size=batch_size, bounds=bounds).adversarial.to(x0.device)
+        else:
+            deepfool_points = torch.as_tensor(deepfool_points).detach().to(device=x0.device, dtype=x0.dtype)
+            if deepfool_points.shape != x0.shape:
+                raise ValueError(f"deepfool_points must have the shape of inputs {tuple(x0.shape)}, "
+                                 f"got {tuple(deepfool_points.shape)}")
         return {"zero": [None], "deepfool": [deepfool_points], "both": [None, deepfool_points]}[init]
     starts = torch.as_tensor(init).detach().to(device=x0.device, dtype=x0.dtype)
     if starts.shape != x0.shape:

@@ -79,6 +79,7 @@ from lpc_geom.analysis.robustness._fx_rules import (
 # The function-rule API is importable from here too.
 from lpc_geom.analysis.robustness._fx_rules import FunctionCall as FunctionCall
 from lpc_geom.analysis.robustness._fx_rules import elementwise_rule as elementwise_rule
+from lpc_geom.models import norm
 from lpc_geom.models.backbones import MLP, BasicBlock, Bottleneck, CNN1d, ResNet
 from lpc_geom.models.base import Classifier
 from lpc_geom.models.geometry.sphere import SphereHead
@@ -641,6 +642,8 @@ def _register_defaults() -> None:
                          "MaxPool": _max_pool(d), "AdaptiveMaxPool": _adaptive_max_pool(d)}
         for kind, rule in per_dimension.items():
             register_lipschitz_rule(getattr(nn, f"{kind}{d}d"), rule)
+    for cls in (norm.BatchNorm1d, norm.BatchNorm2d):  # lpc_geom's batch norms (the same map in eval mode)
+        register_lipschitz_rule(cls, _batch_norm)
     normalisation = unbounded_rule(NORMALISATION_REASON)
     for cls in (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
         register_lipschitz_rule(cls, normalisation)

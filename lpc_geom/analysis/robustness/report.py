@@ -8,6 +8,7 @@ so that the records of many runs join into one table.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import warnings
@@ -29,6 +30,10 @@ from lpc_geom.analysis.robustness.lipschitz import (
 )
 
 __all__ = ["read_robustness_json", "robustness_of", "robustness_report", "write_robustness_json"]
+
+#: DeepFool's default ``(candidates, overshoot, max_iter)``: the DeepFool that FMN's starting points come from.
+_DEEPFOOL_DEFAULTS = tuple(inspect.signature(deepfool).parameters[name].default
+                           for name in ("candidates", "overshoot", "max_iter"))
 
 
 def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -86,9 +91,11 @@ def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
     """
     n = int(inputs.shape[0])
     report: dict[str, float] = {"n_samples": float(n)}
+    # FMN starts from DeepFool with its defaults: when this DeepFool is that one, its points are reused.
+    reuse = bool(fmn_steps) and (candidates, overshoot, max_iter) == _DEEPFOOL_DEFAULTS
     result = deepfool(model, inputs, candidates=candidates, overshoot=overshoot, max_iter=max_iter,
                       batch_size=batch_size, bounds=bounds, refine_steps=refine_steps,
-                      return_perturbations=False)
+                      return_perturbations=reuse)
     report.update(result.summary())
     report.update({"deepfool_candidates": float(candidates), "deepfool_overshoot": float(overshoot),
                    "deepfool_max_iter": float(max_iter), "deepfool_bounded": float(bounds is not None),
@@ -98,7 +105,7 @@ def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
     minimum = None
     if fmn_steps:
         minimum = fmn(model, inputs, steps=fmn_steps, batch_size=batch_size, bounds=bounds,
-                      return_perturbations=False)
+                      return_perturbations=False, deepfool_points=result.adversarial if reuse else None)
         report.update(minimum.summary())
         report["fmn_steps"] = float(fmn_steps)
     correct = None
