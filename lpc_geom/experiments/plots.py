@@ -4,8 +4,9 @@ separation against robustness.
 Every ``plot_*`` function draws on a matplotlib ``Axes`` it is given (so figures compose); the
 ``figure_*`` functions make a whole figure. The non-interactive Agg backend is used. Conventions every
 figure keeps (and the tests check): legends sit outside the data, axis labels are words (not record
-field names), log axes label only the powers of ten and the 2 and 5 multiples, and each group of a
-scatter has its own colour and its own marker.
+field names), log-axis tick labels are plain numbers that keep apart (:func:`readable_log_axis`), an
+axis whose data span more than a decade is logarithmic (:func:`log_scale_suits`), titles are wrapped to
+the figure, and each group of a scatter has its own colour and its own marker.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "distinct_styles",
     "figure_separation_robustness",
     "legend_outside",
+    "log_scale_suits",
     "plot_history",
     "plot_latents_2d",
     "plot_unit_histograms",
@@ -307,32 +309,67 @@ def plot_history(ax, histories: Mapping[str, Sequence[Mapping[str, float]]], key
         legend_outside(ax)
 
 
+def log_scale_suits(values: Sequence[float], *, decades: float = 1.0) -> bool:
+    r"""Whether an axis of ``values`` reads better on a log scale: its positive finite values span more
+    than ``decades`` powers of ten, :math:`\log_{10}(\max v / \min v) > \text{decades}`.
+
+    On a linear axis such data put everything but the largest few values in a sliver near zero (one
+    strongly robust head squashing all other runs). Non-positive values rule a log axis out (they could not
+    be drawn); non-finite ones are ignored.
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if v.size < 2 or np.any(v <= 0):
+        return False
+    return bool(math.log10(v.max() / v.min()) > decades)
+
+
 def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
                                  title: str = "",
                                  xlabel: str = "separation ratio of the training latents",
                                  ylabel: str = "DeepFool distance ‖r‖/‖x‖ on test inputs",
-                                 log_y: bool = True):
+                                 log_y: bool | str = "auto"):
     """Separation against robustness, one point per run, one (colour, marker) per group
-    (:func:`distinct_styles`), log axes with readable ticks, the legend outside.
+    (:func:`distinct_styles`), a log separation axis with readable ticks, the legend outside.
 
     Parameters
     ----------
     groups : mapping
         ``{group name (an ablation row, a cell): (separation ratios, robustness figures)}``; points with
-        a non-positive or non-finite coordinate are left out.
-    title, xlabel, ylabel : str
-    log_y : bool, default True
-        Logarithmic robustness axis.
+        a non-positive or non-finite separation ratio, or a non-finite robustness figure, are left out
+        (and a non-positive robustness figure on a log robustness axis).
+    title : str
+        Wrapped to the axes' width.
+    xlabel, ylabel : str
+    log_y : bool or "auto", default "auto"
+        Logarithmic robustness axis; ``"auto"``: when the drawn robustness figures span more than a
+        decade (:func:`log_scale_suits`).
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        ``log_y`` neither a bool nor ``"auto"``, or more groups than :func:`distinct_styles` can tell apart.
     """
+    if not (isinstance(log_y, bool) or log_y == "auto"):
+        raise ValueError(f"log_y must be True, False or 'auto', got {log_y!r}")
+    points = {}
+    for name, (xs, ys) in groups.items():
+        x, y = np.asarray(xs, dtype=float).ravel(), np.asarray(ys, dtype=float).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"group {name!r}: {x.size} separation ratios but {y.size} robustness figures")
+        keep = np.isfinite(x) & np.isfinite(y) & (x > 0)
+        points[name] = (x[keep], y[keep])
+    if log_y == "auto":
+        drawn = [y for _, y in points.values()]
+        log_y = log_scale_suits(np.concatenate(drawn) if drawn else [])
     fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
     styles = distinct_styles(list(groups))
-    for name, (xs, ys) in groups.items():
-        x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-        keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & ((y > 0) | (not log_y))
+    for name, (x, y) in points.items():
+        keep = y > 0 if log_y else np.ones(len(y), dtype=bool)
         colour, marker = styles[name]
         ax.scatter(x[keep], y[keep], color=colour, marker=marker, s=30, edgecolors="k", linewidths=0.3,
                    label=name)
@@ -345,7 +382,9 @@ def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Seq
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="major")
     if title:
-        ax.set_title(title, fontsize="medium")
+        # the legend takes about a third of the width: wrap to the rest
+        per_line = max(20, int(0.65 * fig.get_figwidth() * 72 / (0.6 * 10)))
+        ax.set_title(textwrap.fill(title, per_line), fontsize="medium")
     legend_outside(ax)
     return fig
 
