@@ -206,8 +206,13 @@ def test_log_scale_suits_is_the_span_in_decades_and_scale_free(values, scale):
 def test_a_long_title_is_wrapped_inside_the_figure():
     title = "Pearson r = 0.95 (between the logarithms: 0.94), 33 runs of eleven ablation rows, three seeds each"
     fig = plots.figure_separation_robustness(SPREAD_OVER_DECADES, title=title)
-    assert "\n" in fig.axes[0].get_title()
+    ax = fig.axes[0]
+    assert "\n" in ax.get_title()
     assert not _texts_outside_figure(fig)
+    renderer = fig.canvas.get_renderer()
+    assert ax.title.get_window_extent(renderer).width <= ax.get_window_extent(renderer).width
+    short = plots.figure_separation_robustness(SPREAD_OVER_DECADES, title="Pearson r = 0.95, 10 runs")
+    assert short.axes[0].get_title() == "Pearson r = 0.95, 10 runs"  # what fits stays on one line
 
 
 def _bench_ablation(monkeypatch):

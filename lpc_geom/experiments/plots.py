@@ -42,6 +42,7 @@ __all__ = [
     "save_figure",
     "suptitle",
     "unit_bimodality",
+    "wrapped_title",
 ]
 
 #: Colours of groups and classes: matplotlib's ``tab10``, then black and five darker or lighter tones
@@ -339,7 +340,7 @@ def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Seq
         a non-positive or non-finite separation ratio, or a non-finite robustness figure, are left out
         (and a non-positive robustness figure on a log robustness axis).
     title : str
-        Wrapped to the axes' width.
+        Wrapped to the axes' width (:func:`wrapped_title`).
     xlabel, ylabel : str
     log_y : bool or "auto", default "auto"
         Logarithmic robustness axis; ``"auto"``: when the drawn robustness figures span more than a
@@ -381,12 +382,26 @@ def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Seq
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="major")
-    if title:
-        # the legend takes about a third of the width: wrap to the rest
-        per_line = max(20, int(0.65 * fig.get_figwidth() * 72 / (0.6 * 10)))
-        ax.set_title(textwrap.fill(title, per_line), fontsize="medium")
     legend_outside(ax)
+    if title:
+        wrapped_title(ax, title, fontsize="medium")
     return fig
+
+
+def wrapped_title(ax, text: str, **kwargs):
+    """Set ``text`` as the title of ``ax``, wrapped at word boundaries into as few lines as keep it within
+    the axes' drawn width (measured once the figure is laid out, legends outside included); returns the
+    title's ``Text``. ``kwargs`` go to ``ax.set_title``."""
+    title = ax.set_title(text, **kwargs)
+    renderer = ax.figure.canvas.get_renderer()
+    ax.figure.canvas.draw()
+    width = ax.get_window_extent(renderer).width
+    per_line = len(text)
+    while per_line > 10 and title.get_window_extent(renderer).width > width:
+        per_line = int(per_line * min(0.95, width / title.get_window_extent(renderer).width))
+        title.set_text(textwrap.fill(text, per_line))
+        ax.figure.canvas.draw()
+    return title
 
 
 def suptitle(fig, text: str, *, fontsize: float = 12.0):
