@@ -419,6 +419,24 @@ def test_demo_figure_keeps_every_title_inside_and_promises_nothing():
     assert not any("binary encoding" in t for t in titles)
     assert "LPC: per-unit values (8 of 8 units two-valued)" in titles
     assert sum(ax.get_legend() is not None for ax in fig.axes) == 4  # two latent panels, two history panels
+    # the unit rows share one colour: they are units, not the classes of the latent panels
+    fills = {tuple(np.round(c.get_facecolor()[0], 4)) for c in fig.axes[1].collections}
+    assert len(fills) == 1
+
+
+@pytest.mark.parametrize("scale", [0.04, 1.0, 60.0])
+def test_latent_panels_keep_their_tick_labels_apart(scale):
+    # LPC's latents span about -0.08..0.1: the default ticks every 0.025 gave "-0.075-0.050-0.025"
+    rng = np.random.default_rng(10)
+    histories = {name: [{"epoch": e, "train_separation_ratio": 2.0, "train_sigma_w_rel": 0.5} for e in range(3)]
+                 for name in ("NoPen", "LPC")}
+    latents = {name: (scale * z, y) for name, (z, y) in
+               (("NoPen", _latents(rng, two_valued=False)), ("LPC", _latents(rng, two_valued=True)))}
+    fig = demo.demo_figure(histories, latents)
+    for ax in (fig.axes[0], fig.axes[3]):  # the two latent panels
+        assert ax.get_xlabel().startswith("principal component 1")
+        _assert_tick_labels_apart(fig, ax.xaxis)
+        _assert_tick_labels_apart(fig, ax.yaxis)
     for ax in fig.axes:
         if ax.get_legend() is not None:
             _assert_legend_outside(fig, ax, ax.get_legend())

@@ -175,6 +175,33 @@ def readable_log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _readable_linear_axis(axis) -> None:
+    """Thin the ticks of a linear ``axis`` (``ax.xaxis`` / ``ax.yaxis``) to the most whose labels keep
+    apart on its length (the default locator counts ticks, not the width of labels like ``-0.075``).
+    Call it once the data are drawn: it reads the view and the axes' size."""
+    lo, hi = sorted(float(v) for v in axis.get_view_interval())
+    ax = axis.axes
+    position = ax.get_position()
+    length = (position.width * ax.figure.get_figwidth() if axis.axis_name == "x"
+              else position.height * ax.figure.get_figheight()) / 1.5  # as readable_log_axis: room to shrink
+    points = matplotlib.font_manager.FontProperties(size=matplotlib.rcParams[f"{axis.axis_name}tick.labelsize"]
+                                                    ).get_size_in_points()
+    for nbins in (9, 7, 5, 4, 3, 2):
+        locator = MaxNLocator(nbins=nbins)
+        ticks = [t for t in locator.tick_values(lo, hi) if lo <= t <= hi]
+        if len(ticks) < 2:
+            continue
+        gap = length * (ticks[1] - ticks[0]) / (hi - lo)
+        if axis.axis_name == "x":
+            chars = max(len(np.format_float_positional(t, precision=6, trim="-")) for t in ticks)
+            needed = 0.6 * points / 72 * chars + 0.08
+        else:
+            needed = 1.4 * points / 72
+        if gap >= needed:
+            break
+    axis.set_major_locator(locator)
+
+
 def _pca_2d(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Projection of centred latents on their two leading principal axes, and the explained fractions."""
     centred = latents - latents.mean(axis=0)
@@ -221,6 +248,9 @@ def plot_latents_2d(ax, latents: np.ndarray, labels: np.ndarray, *, title: str =
         member = labels == c
         ax.scatter(coords[member, 0], coords[member, 1], color=colours[c], s=4, alpha=0.6, linewidths=0,
                    label=f"class {c}")
+    if not disk:
+        _readable_linear_axis(ax.xaxis)
+        _readable_linear_axis(ax.yaxis)
     ax.set_title(title)
     if legend:
         legend_outside(ax, title="class", markerscale=3)
@@ -263,7 +293,7 @@ def plot_unit_histograms(ax, latents: np.ndarray, *, units: int = 8, bins: int =
         scale = np.abs(column).max()
         counts = np.histogram(column / scale if scale > 0 else column, bins=edges)[0].astype(float)
         height = 0.85 * counts / max(counts.max(), 1.0)
-        colour = PALETTE[j % len(PALETTE)]
+        colour = "0.35"  # one colour: the rows are units, not the classes the latent panels colour
         ax.fill_between(edges[:-1], j, j + height, step="post", color=colour, alpha=0.35, lw=0)
         ax.step(edges[:-1], j + height, where="post", color=colour, lw=0.8)
         verdicts.append("constant" if not np.isfinite(b[j]) else
