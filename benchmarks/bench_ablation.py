@@ -1,8 +1,10 @@
 """The paper's ablation on MNIST-1D: every row x seeds, collapse figures of the training latents.
 
-Acceptance of the foundation issue, measured here: LPC (intermediate width) against NoPen on MNIST-1D
-with the default MLP backbone -- test accuracy no lower than NoPen's minus 1 point, separation ratio at
-least 50x NoPen's, sigma_W / sigma_T below 1e-4 and norm CV below 0.05 (train latents, mean over seeds).
+The acceptance criteria measured here: LPC (intermediate width) against NoPen on MNIST-1D with the
+default MLP backbone -- test accuracy no lower than NoPen's minus 1 point, separation ratio at least 50x
+NoPen's, sigma_W / sigma_T below 1e-4 and norm CV below 0.05 (train latents, mean over seeds). The figure
+(separation_vs_robustness.png) plots every run's separation ratio against its DeepFool distance, one
+colour and marker per row.
 
     python benchmarks/bench_ablation.py                      # all rows, 3 seeds, 2 worker processes
     python benchmarks/bench_ablation.py --rows LPC NoPen --seeds 0 --epochs 20   # a quick look
@@ -93,7 +95,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def acceptance(rows: dict[str, dict]) -> list[tuple[str, bool, str]]:
-    """The foundation issue's four criteria, LPC against NoPen (means over seeds)."""
+    """The four acceptance criteria, LPC against NoPen (means over seeds)."""
     lpc, nopen = rows.get("LPC"), rows.get("NoPen")
     if lpc is None or nopen is None or not lpc["runs"] or not nopen["runs"]:
         return []
