@@ -1,8 +1,10 @@
 """The paper's ablation on MNIST-1D: every row x seeds, collapse figures of the training latents.
 
-Acceptance of the foundation issue, measured here: LPC (intermediate width) against NoPen on MNIST-1D
-with the default MLP backbone -- test accuracy no lower than NoPen's minus 1 point, separation ratio at
-least 50x NoPen's, sigma_W / sigma_T below 1e-4 and norm CV below 0.05 (train latents, mean over seeds).
+The acceptance criteria measured here: LPC (intermediate width) against NoPen on MNIST-1D with the
+default MLP backbone -- test accuracy no lower than NoPen's minus 1 point, separation ratio at least 50x
+NoPen's, sigma_W / sigma_T below 1e-4 and norm CV below 0.05 (train latents, mean over seeds). The figure
+(separation_vs_robustness.png) plots every run's separation ratio against its DeepFool distance, one
+colour and marker per row.
 
     python benchmarks/bench_ablation.py                      # all rows, 3 seeds, 2 worker processes
     python benchmarks/bench_ablation.py --rows LPC NoPen --seeds 0 --epochs 20   # a quick look
@@ -21,7 +23,6 @@ import os
 import sys
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 from _results import add_results_argument, write_fragment
 from scipy.stats import pearsonr
@@ -29,7 +30,7 @@ from scipy.stats import pearsonr
 from lpc_geom.ablation import ROWS
 from lpc_geom.config import load_config
 from lpc_geom.experiments.demo import demo_config
-from lpc_geom.experiments.plots import save_figure
+from lpc_geom.experiments.plots import figure_separation_robustness, save_figure
 from lpc_geom.experiments.runs import robustness_run
 from lpc_geom.experiments.sweep import (
     Job,
@@ -94,7 +95,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def acceptance(rows: dict[str, dict]) -> list[tuple[str, bool, str]]:
-    """The foundation issue's four criteria, LPC against NoPen (means over seeds)."""
+    """The four acceptance criteria, LPC against NoPen (means over seeds)."""
     lpc, nopen = rows.get("LPC"), rows.get("NoPen")
     if lpc is None or nopen is None or not lpc["runs"] or not nopen["runs"]:
         return []
@@ -114,32 +115,27 @@ def robustness_figures(job: Job, samples: int) -> dict:
     return {f"robust_{key}": value for key, value in report.items()}
 
 
-def separation_robustness_figure(records: list[dict], path: Path) -> dict:
-    """The paper's Fig. 3: train separation ratio against DeepFool robustness, every run, with Pearson r."""
+def separation_robustness_figure(records: list[dict]):
+    """The paper's Fig. 3: train separation ratio against DeepFool robustness, every run, one colour and
+    marker per row (:func:`~lpc_geom.experiments.plots.figure_separation_robustness`), with Pearson r.
+
+    Returns ``(figure, statistics)``, or ``(None, {})`` with fewer than three finished runs that have both
+    figures.
+    """
     ok = [r for r in records if r.get("status") == "ok" and ROBUSTNESS in r
           and np.isfinite(r["train_separation_ratio"]) and np.isfinite(r[ROBUSTNESS])]
     if len(ok) < 3:
-        return {}
+        return None, {}
     x = np.array([r["train_separation_ratio"] for r in ok])
     y = np.array([r[ROBUSTNESS] for r in ok])
     stats = {"pearson_r": float(pearsonr(x, y)[0]), "pearson_r_log": float(pearsonr(np.log(x), np.log(y))[0]),
              "runs": len(ok)}
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    colours = plt.get_cmap("tab20").colors
-    markers = "osD^v<>pPhX*"
-    for i, row in enumerate(dict.fromkeys(r["row"] for r in ok)):  # one colour and marker per row
-        members = [r for r in ok if r["row"] == row]
-        ax.scatter([r["train_separation_ratio"] for r in members], [r[ROBUSTNESS] for r in members],
-                   label=row, s=22, color=colours[(2 * i) % 20 + (2 * i) // 20], marker=markers[i % len(markers)])
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("separation ratio (train latents)")
-    ax.set_ylabel("DeepFool ||r|| / ||x|| (test)")
-    ax.set_title(f"Pearson r = {stats['pearson_r']:.2f} (log-log: {stats['pearson_r_log']:.2f}), "
-                 f"{len(ok)} runs")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    save_figure(fig, path)
-    return stats
+    groups = {row: ([r["train_separation_ratio"] for r in ok if r["row"] == row],
+                    [r[ROBUSTNESS] for r in ok if r["row"] == row])
+              for row in dict.fromkeys(r["row"] for r in ok)}
+    title = (f"Pearson r = {stats['pearson_r']:.2f} (between the logarithms: {stats['pearson_r_log']:.2f}), "
+             f"{len(ok)} runs")
+    return figure_separation_robustness(groups, title=title), stats
 
 
 def main(argv=None) -> int:
@@ -171,11 +167,13 @@ def main(argv=None) -> int:
     text = markdown(table)
     checks = acceptance(by_row)
     lines = [f"- {'PASS' if ok else 'FAIL'}: {name} ({detail})" for name, ok, detail in checks]
-    correlation = separation_robustness_figure(records, out / "separation_vs_robustness.png")
-    if correlation:
+    figure = out / "separation_vs_robustness.png"
+    drawn, correlation = separation_robustness_figure(records)
+    if drawn is not None:
+        save_figure(drawn, figure)
         lines.append(f"\nSeparation ratio vs DeepFool robustness over {correlation['runs']} runs: Pearson r = "
                      f"{correlation['pearson_r']:.3f} (log-log {correlation['pearson_r_log']:.3f}); "
-                     f"figure: {out / 'separation_vs_robustness.png'}")
+                     f"figure: {figure}")
     report = (f"{base.dataset}, {base.backbone} backbone, optimiser {base.optimizer}, {base.epochs} epochs, "
               f"seeds {args.seeds}; collapse figures of the "
               f"train latents, accuracy and DeepFool on the test set (mean ± std over seeds)\n\n{text}\n\n"
@@ -187,7 +185,6 @@ def main(argv=None) -> int:
     write_json(table, out / "ablation.json")
     write_text(csv_text(table), out / "ablation.csv")
     print(f"\nwritten: {out / 'ablation.md'}, ablation.csv/json, ablation_runs.csv/json")
-    figure = out / "separation_vs_robustness.png"
     fragment = report.replace(f"; figure: {figure}", "")
     if correlation:
         fragment += "\n\n![separation ratio against DeepFool robustness, every run](separation_vs_robustness.png)"

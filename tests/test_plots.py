@@ -8,9 +8,11 @@ the GW matrix's seed-vs-seed level.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import re
+from pathlib import Path
 
 import matplotlib
 
@@ -155,6 +157,94 @@ def test_log_tick_labels_of_a_separation_axis_do_not_collide():
     _assert_tick_labels_apart(fig, ax.xaxis)
     texts = [t.get_text() for t in _visible_tick_labels(ax.xaxis)]
     assert {"5", "10", "20", "50"} <= set(texts)
+
+
+#: The main job's separation and DeepFool figures (ResNet-18 on digits): the sphere head with K-FAC reaches
+#: 5.2 while NoPen sits at 0.3, so on a linear axis all but the sphere runs crowd near zero.
+SPREAD_OVER_DECADES = {"euclidean-NoPen": ([9.7, 10.3, 9.4], [0.33, 0.31, 0.30]),
+                       "poincare": ([12.3, 31.4], [0.49, 0.87]), "euclidean-LPC": ([38.7, 71.5], [1.9, 2.9]),
+                       "sphere": ([48.4, 149.0, 160.0], [3.1, 5.2, 5.6])}
+PLAIN_NUMBER = re.compile(r"^[0-9]+(\.[0-9]+)?(e[+-][0-9]+)?$")
+
+
+def test_robustness_axis_is_logarithmic_when_its_data_span_more_than_a_decade():
+    fig = plots.figure_separation_robustness(SPREAD_OVER_DECADES)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
+    for axis in (ax.xaxis, ax.yaxis):
+        _assert_tick_labels_apart(fig, axis)
+        texts = [t.get_text() for t in _visible_tick_labels(axis)]
+        assert texts and all(PLAIN_NUMBER.match(t) for t in texts), texts  # no "3x10^1" mathtext
+    assert {"0.5", "1", "2", "5"} <= {t.get_text() for t in _visible_tick_labels(ax.yaxis)}
+    # every point is drawn (none lost to the log axis)
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 10
+
+
+def test_robustness_axis_stays_linear_within_a_decade_and_on_request():
+    within = {name: (x, [0.08 + 0.01 * v for v in y]) for name, (x, y) in SPREAD_OVER_DECADES.items()}
+    assert plots.figure_separation_robustness(within).axes[0].get_yscale() == "linear"
+    forced = plots.figure_separation_robustness(SPREAD_OVER_DECADES, log_y=False).axes[0]
+    assert forced.get_yscale() == "linear"
+    assert plots.figure_separation_robustness(within, log_y=True).axes[0].get_yscale() == "log"
+    with pytest.raises(ValueError, match="log_y must be True, False or 'auto'"):
+        plots.figure_separation_robustness(within, log_y="yes")
+    with pytest.raises(ValueError, match="group 'a': 2 separation ratios but 1 robustness figures"):
+        plots.figure_separation_robustness({"a": ([1.0, 2.0], [0.1])})
+
+
+@given(values=st.lists(st.floats(1e-6, 1e6), min_size=2, max_size=20), scale=st.floats(1e-3, 1e3))
+@settings(max_examples=30, deadline=None)
+def test_log_scale_suits_is_the_span_in_decades_and_scale_free(values, scale):
+    span = math.log10(max(values) / min(values))
+    assert plots.log_scale_suits(values) == (span > 1.0)
+    if abs(span - 1.0) > 1e-6:  # away from the boundary, rescaling the data keeps the verdict
+        assert plots.log_scale_suits([scale * v for v in values]) == plots.log_scale_suits(values)
+    assert not plots.log_scale_suits([*values, 0.0])  # a zero cannot be drawn on a log axis
+    assert plots.log_scale_suits([*values, math.nan, math.inf]) == plots.log_scale_suits(values)
+
+
+def test_a_long_title_is_wrapped_inside_the_figure():
+    title = "Pearson r = 0.95 (between the logarithms: 0.94), 33 runs of eleven ablation rows, three seeds each"
+    fig = plots.figure_separation_robustness(SPREAD_OVER_DECADES, title=title)
+    ax = fig.axes[0]
+    assert "\n" in ax.get_title()
+    assert not _texts_outside_figure(fig)
+    renderer = fig.canvas.get_renderer()
+    assert ax.title.get_window_extent(renderer).width <= ax.get_window_extent(renderer).width
+    short = plots.figure_separation_robustness(SPREAD_OVER_DECADES, title="Pearson r = 0.95, 10 runs")
+    assert short.axes[0].get_title() == "Pearson r = 0.95, 10 runs"  # what fits stays on one line
+
+
+def _bench_ablation(monkeypatch):
+    """benchmarks/bench_ablation.py as a module (it imports its sibling ``_results``)."""
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    spec = importlib.util.spec_from_file_location("bench_ablation", bench_dir / "bench_ablation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_benchmark_draws_its_figure_through_the_shared_one(monkeypatch):
+    bench = _bench_ablation(monkeypatch)
+    rng = np.random.default_rng(9)
+    records = [{"row": row, "seed": seed, "status": "ok", "train_separation_ratio": float(10 ** rng.uniform(0, 2.5)),
+                bench.ROBUSTNESS: float(10 ** rng.uniform(-2.0, 0.0))} for row in ROWS for seed in range(3)]
+    records.append({"row": "LPC", "seed": 3, "status": "failed"})
+    fig, stats = bench.separation_robustness_figure(records)
+    assert stats["runs"] == 33
+    x = np.log([r["train_separation_ratio"] for r in records[:33]])
+    y = np.log([r[bench.ROBUSTNESS] for r in records[:33]])
+    assert stats["pearson_r_log"] == pytest.approx(np.corrcoef(x, y)[0, 1])
+    ax = fig.axes[0]
+    points = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len({(tuple(np.round(c.get_facecolor()[0], 4)), _marker_key(c)) for c in points}) == 11
+    assert ax.get_yscale() == "log"  # robustness over a decade
+    assert ax.get_xlabel() == "separation ratio of the training latents"
+    _assert_legend_outside(fig, ax, ax.get_legend())
+    _assert_tick_labels_apart(fig, ax.yaxis)
+    assert not _texts_outside_figure(fig)
+    assert bench.separation_robustness_figure(records[:2]) == (None, {})
 
 
 @given(low=st.floats(1e-9, 50.0), decades=st.floats(0.1, 9.0))
@@ -329,6 +419,24 @@ def test_demo_figure_keeps_every_title_inside_and_promises_nothing():
     assert not any("binary encoding" in t for t in titles)
     assert "LPC: per-unit values (8 of 8 units two-valued)" in titles
     assert sum(ax.get_legend() is not None for ax in fig.axes) == 4  # two latent panels, two history panels
+    # the unit rows share one colour: they are units, not the classes of the latent panels
+    fills = {tuple(np.round(c.get_facecolor()[0], 4)) for c in fig.axes[1].collections}
+    assert len(fills) == 1
+
+
+@pytest.mark.parametrize("scale", [0.04, 1.0, 60.0])
+def test_latent_panels_keep_their_tick_labels_apart(scale):
+    # LPC's latents span about -0.08..0.1: the default ticks every 0.025 gave "-0.075-0.050-0.025"
+    rng = np.random.default_rng(10)
+    histories = {name: [{"epoch": e, "train_separation_ratio": 2.0, "train_sigma_w_rel": 0.5} for e in range(3)]
+                 for name in ("NoPen", "LPC")}
+    latents = {name: (scale * z, y) for name, (z, y) in
+               (("NoPen", _latents(rng, two_valued=False)), ("LPC", _latents(rng, two_valued=True)))}
+    fig = demo.demo_figure(histories, latents)
+    for ax in (fig.axes[0], fig.axes[3]):  # the two latent panels
+        assert ax.get_xlabel().startswith("principal component 1")
+        _assert_tick_labels_apart(fig, ax.xaxis)
+        _assert_tick_labels_apart(fig, ax.yaxis)
     for ax in fig.axes:
         if ax.get_legend() is not None:
             _assert_legend_outside(fig, ax, ax.get_legend())

@@ -4,8 +4,9 @@ separation against robustness.
 Every ``plot_*`` function draws on a matplotlib ``Axes`` it is given (so figures compose); the
 ``figure_*`` functions make a whole figure. The non-interactive Agg backend is used. Conventions every
 figure keeps (and the tests check): legends sit outside the data, axis labels are words (not record
-field names), log axes label only the powers of ten and the 2 and 5 multiples, and each group of a
-scatter has its own colour and its own marker.
+field names), log-axis tick labels are plain numbers that keep apart (:func:`readable_log_axis`), an
+axis whose data span more than a decade is logarithmic (:func:`log_scale_suits`), titles are wrapped to
+the figure, and each group of a scatter has its own colour and its own marker.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "distinct_styles",
     "figure_separation_robustness",
     "legend_outside",
+    "log_scale_suits",
     "plot_history",
     "plot_latents_2d",
     "plot_unit_histograms",
@@ -40,6 +42,7 @@ __all__ = [
     "save_figure",
     "suptitle",
     "unit_bimodality",
+    "wrapped_title",
 ]
 
 #: Colours of groups and classes: matplotlib's ``tab10``, then black and five darker or lighter tones
@@ -172,6 +175,33 @@ def readable_log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _readable_linear_axis(axis) -> None:
+    """Thin the ticks of a linear ``axis`` (``ax.xaxis`` / ``ax.yaxis``) to the most whose labels keep
+    apart on its length (the default locator counts ticks, not the width of labels like ``-0.075``).
+    Call it once the data are drawn: it reads the view and the axes' size."""
+    lo, hi = sorted(float(v) for v in axis.get_view_interval())
+    ax = axis.axes
+    position = ax.get_position()
+    length = (position.width * ax.figure.get_figwidth() if axis.axis_name == "x"
+              else position.height * ax.figure.get_figheight()) / 1.5  # as readable_log_axis: room to shrink
+    points = matplotlib.font_manager.FontProperties(size=matplotlib.rcParams[f"{axis.axis_name}tick.labelsize"]
+                                                    ).get_size_in_points()
+    for nbins in (9, 7, 5, 4, 3, 2):
+        locator = MaxNLocator(nbins=nbins)
+        ticks = [t for t in locator.tick_values(lo, hi) if lo <= t <= hi]
+        if len(ticks) < 2:
+            continue
+        gap = length * (ticks[1] - ticks[0]) / (hi - lo)
+        if axis.axis_name == "x":
+            chars = max(len(np.format_float_positional(t, precision=6, trim="-")) for t in ticks)
+            needed = 0.6 * points / 72 * chars + 0.08
+        else:
+            needed = 1.4 * points / 72
+        if gap >= needed:
+            break
+    axis.set_major_locator(locator)
+
+
 def _pca_2d(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Projection of centred latents on their two leading principal axes, and the explained fractions."""
     centred = latents - latents.mean(axis=0)
@@ -218,6 +248,9 @@ def plot_latents_2d(ax, latents: np.ndarray, labels: np.ndarray, *, title: str =
         member = labels == c
         ax.scatter(coords[member, 0], coords[member, 1], color=colours[c], s=4, alpha=0.6, linewidths=0,
                    label=f"class {c}")
+    if not disk:
+        _readable_linear_axis(ax.xaxis)
+        _readable_linear_axis(ax.yaxis)
     ax.set_title(title)
     if legend:
         legend_outside(ax, title="class", markerscale=3)
@@ -260,7 +293,7 @@ def plot_unit_histograms(ax, latents: np.ndarray, *, units: int = 8, bins: int =
         scale = np.abs(column).max()
         counts = np.histogram(column / scale if scale > 0 else column, bins=edges)[0].astype(float)
         height = 0.85 * counts / max(counts.max(), 1.0)
-        colour = PALETTE[j % len(PALETTE)]
+        colour = "0.35"  # one colour: the rows are units, not the classes the latent panels colour
         ax.fill_between(edges[:-1], j, j + height, step="post", color=colour, alpha=0.35, lw=0)
         ax.step(edges[:-1], j + height, where="post", color=colour, lw=0.8)
         verdicts.append("constant" if not np.isfinite(b[j]) else
@@ -307,32 +340,67 @@ def plot_history(ax, histories: Mapping[str, Sequence[Mapping[str, float]]], key
         legend_outside(ax)
 
 
+def log_scale_suits(values: Sequence[float], *, decades: float = 1.0) -> bool:
+    r"""Whether an axis of ``values`` reads better on a log scale: its positive finite values span more
+    than ``decades`` powers of ten, :math:`\log_{10}(\max v / \min v) > \text{decades}`.
+
+    On a linear axis such data put everything but the largest few values in a sliver near zero (one
+    strongly robust head squashing all other runs). Non-positive values rule a log axis out (they could not
+    be drawn); non-finite ones are ignored.
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if v.size < 2 or np.any(v <= 0):
+        return False
+    return bool(math.log10(v.max() / v.min()) > decades)
+
+
 def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Sequence[float]]], *,
                                  title: str = "",
                                  xlabel: str = "separation ratio of the training latents",
                                  ylabel: str = "DeepFool distance ‖r‖/‖x‖ on test inputs",
-                                 log_y: bool = True):
+                                 log_y: bool | str = "auto"):
     """Separation against robustness, one point per run, one (colour, marker) per group
-    (:func:`distinct_styles`), log axes with readable ticks, the legend outside.
+    (:func:`distinct_styles`), a log separation axis with readable ticks, the legend outside.
 
     Parameters
     ----------
     groups : mapping
         ``{group name (an ablation row, a cell): (separation ratios, robustness figures)}``; points with
-        a non-positive or non-finite coordinate are left out.
-    title, xlabel, ylabel : str
-    log_y : bool, default True
-        Logarithmic robustness axis.
+        a non-positive or non-finite separation ratio, or a non-finite robustness figure, are left out
+        (and a non-positive robustness figure on a log robustness axis).
+    title : str
+        Wrapped to the axes' width (:func:`wrapped_title`).
+    xlabel, ylabel : str
+    log_y : bool or "auto", default "auto"
+        Logarithmic robustness axis; ``"auto"``: when the drawn robustness figures span more than a
+        decade (:func:`log_scale_suits`).
 
     Returns
     -------
     matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        ``log_y`` neither a bool nor ``"auto"``, or more groups than :func:`distinct_styles` can tell apart.
     """
+    if not (isinstance(log_y, bool) or log_y == "auto"):
+        raise ValueError(f"log_y must be True, False or 'auto', got {log_y!r}")
+    points = {}
+    for name, (xs, ys) in groups.items():
+        x, y = np.asarray(xs, dtype=float).ravel(), np.asarray(ys, dtype=float).ravel()
+        if x.shape != y.shape:
+            raise ValueError(f"group {name!r}: {x.size} separation ratios but {y.size} robustness figures")
+        keep = np.isfinite(x) & np.isfinite(y) & (x > 0)
+        points[name] = (x[keep], y[keep])
+    if log_y == "auto":
+        drawn = [y for _, y in points.values()]
+        log_y = log_scale_suits(np.concatenate(drawn) if drawn else [])
     fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
     styles = distinct_styles(list(groups))
-    for name, (xs, ys) in groups.items():
-        x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
-        keep = np.isfinite(x) & np.isfinite(y) & (x > 0) & ((y > 0) | (not log_y))
+    for name, (x, y) in points.items():
+        keep = y > 0 if log_y else np.ones(len(y), dtype=bool)
         colour, marker = styles[name]
         ax.scatter(x[keep], y[keep], color=colour, marker=marker, s=30, edgecolors="k", linewidths=0.3,
                    label=name)
@@ -344,10 +412,26 @@ def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Seq
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="major")
-    if title:
-        ax.set_title(title, fontsize="medium")
     legend_outside(ax)
+    if title:
+        wrapped_title(ax, title, fontsize="medium")
     return fig
+
+
+def wrapped_title(ax, text: str, **kwargs):
+    """Set ``text`` as the title of ``ax``, wrapped at word boundaries into as few lines as keep it within
+    the axes' drawn width (measured once the figure is laid out, legends outside included); returns the
+    title's ``Text``. ``kwargs`` go to ``ax.set_title``."""
+    title = ax.set_title(text, **kwargs)
+    renderer = ax.figure.canvas.get_renderer()
+    ax.figure.canvas.draw()
+    width = ax.get_window_extent(renderer).width
+    per_line = len(text)
+    while per_line > 10 and title.get_window_extent(renderer).width > width:
+        per_line = int(per_line * min(0.95, width / title.get_window_extent(renderer).width))
+        title.set_text(textwrap.fill(text, per_line))
+        ax.figure.canvas.draw()
+    return title
 
 
 def suptitle(fig, text: str, *, fontsize: float = 12.0):
