@@ -16,6 +16,7 @@ import math
 import textwrap
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -359,9 +360,10 @@ def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Seq
                                  title: str = "",
                                  xlabel: str = "separation ratio of the training latents",
                                  ylabel: str = "DeepFool distance ‖r‖/‖x‖ on test inputs",
-                                 log_y: bool | str = "auto"):
+                                 log_y: bool | str = "auto",
+                                 styles: Mapping[str, tuple[Any, str]] | None = None):
     """Separation against robustness, one point per run, one (colour, marker) per group
-    (:func:`distinct_styles`), a log separation axis with readable ticks, the legend outside.
+    (:func:`distinct_styles` unless given), a log separation axis with readable ticks, the legend outside.
 
     Parameters
     ----------
@@ -375,6 +377,9 @@ def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Seq
     log_y : bool or "auto", default "auto"
         Logarithmic robustness axis; ``"auto"``: when the drawn robustness figures span more than a
         decade (:func:`log_scale_suits`).
+    styles : mapping, optional
+        ``{group name: (colour, marker)}`` for every group, e.g. colour by one factor of a grid and marker
+        by the other; default: :func:`distinct_styles` of the group names.
 
     Returns
     -------
@@ -383,7 +388,8 @@ def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Seq
     Raises
     ------
     ValueError
-        ``log_y`` neither a bool nor ``"auto"``, or more groups than :func:`distinct_styles` can tell apart.
+        ``log_y`` neither a bool nor ``"auto"``, more groups than :func:`distinct_styles` can tell apart,
+        or ``styles`` missing a group.
     """
     if not (isinstance(log_y, bool) or log_y == "auto"):
         raise ValueError(f"log_y must be True, False or 'auto', got {log_y!r}")
@@ -398,7 +404,10 @@ def figure_separation_robustness(groups: Mapping[str, tuple[Sequence[float], Seq
         drawn = [y for _, y in points.values()]
         log_y = log_scale_suits(np.concatenate(drawn) if drawn else [])
     fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
-    styles = distinct_styles(list(groups))
+    if styles is None:
+        styles = distinct_styles(list(groups))
+    elif missing := [name for name in groups if name not in styles]:
+        raise ValueError(f"styles has no (colour, marker) for the groups {missing}")
     for name, (x, y) in points.items():
         keep = y > 0 if log_y else np.ones(len(y), dtype=bool)
         colour, marker = styles[name]

@@ -140,36 +140,30 @@ def figure_history(loaded: Sequence[_LoadedRun]):
 def figure_scatter(records: Sequence[Mapping[str, Any]], correlation: Mapping[str, Any]):
     """Training separation ratio against DeepFool robustness, one point per run, with the correlation.
 
-    Colour: the geometry cell; marker: the optimiser cell; the legend sits outside the data.
+    :func:`lpc_geom.experiments.plots.figure_separation_robustness` with one group per (geometry,
+    optimiser) cell: colour by geometry, marker by optimiser.
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
+    from lpc_geom.experiments.plots import MARKERS, class_colours, figure_separation_robustness
 
-    from lpc_geom.experiments.plots import MARKERS, class_colours, legend_outside, readable_log_axis
-
-    fig, ax = plt.subplots(figsize=(7.6, 4.8), layout="constrained")
     geometries = list(dict.fromkeys(r["geometry"] for r in records))
     optimizers = list(dict.fromkeys(r["optimizer"] for r in records))
-    markers = {o: MARKERS[i] for i, o in enumerate(optimizers)}
     colours = class_colours(geometries)
+    groups: dict[str, tuple[list[float], list[float]]] = {}
+    styles = {}
     for r in records:
         x, y = r.get("train_separation_ratio"), r.get("robust_deepfool_mean_relative_norm")
-        if r.get("status") != "ok" or not (_number(x) and _number(y) and x > 0):
+        if r.get("status") != "ok" or not (_number(x) and _number(y)):
             continue
-        ax.scatter(x, y, color=colours[r["geometry"]], marker=markers[r["optimizer"]], s=36,
-                   edgecolors="k", linewidths=0.4)
-    handles = [Line2D([], [], color=colours[g], marker="o", linestyle="none", label=g) for g in geometries]
-    handles += [Line2D([], [], color="0.6", marker=markers[o], linestyle="none", label=f"optimiser: {o}")
-                for o in optimizers]
-    ax.set_xscale("log")
-    readable_log_axis(ax.xaxis)
-    ax.set_xlabel("separation ratio of the training latents (between- / within-class spread)")
-    ax.set_ylabel("DeepFool distance ‖r‖/‖x‖ on test inputs")
-    ax.grid(alpha=0.3)
-    ax.set_title(f"Pearson r = {correlation['pearson']:.2f} (log10 ratio: {correlation['pearson_log']:.2f}), "
-                 f"n = {correlation['n']} runs", fontsize="medium")
-    legend_outside(ax, handles, [h.get_label() for h in handles])
-    return fig
+        name = f"{r['geometry']} / {r['optimizer']}"
+        styles[name] = (colours[r["geometry"]], MARKERS[optimizers.index(r["optimizer"])])
+        xs, ys = groups.setdefault(name, ([], []))
+        xs.append(x)
+        ys.append(y)
+    return figure_separation_robustness(
+        groups, styles=styles,
+        title=(f"Pearson r = {correlation['pearson']:.2f} (log10 ratio: {correlation['pearson_log']:.2f}), "
+               f"n = {correlation['n']} runs"),
+        xlabel="separation ratio of the training latents (between- / within-class spread)")
 
 
 def seed_noise_levels(entry: Mapping[str, Any]) -> np.ndarray:
