@@ -1,10 +1,10 @@
 """Schedules for the compression strength gamma and for the learning rate.
 
 Every gamma schedule maps an epoch to ``gamma`` and may observe the training accuracy at the end of
-each epoch (only :class:`ThresholdGamma` uses it). :class:`AdaptiveGamma` instead observes the accuracy
-on a validation split the trainer holds out of the training data (schedules whose ``uses_validation``
-is true). Schedules are plain data: their state round-trips through ``state_dict`` so that a resumed run
-reproduces an uninterrupted one.
+each epoch (:class:`ThresholdGamma` and the warm-up of :class:`AdaptiveGamma` use it).
+:class:`AdaptiveGamma` also observes the accuracy on a validation split the trainer holds out of the
+training data (schedules whose ``uses_validation`` is true). Schedules are plain data: their state
+round-trips through ``state_dict`` so that a resumed run reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -125,10 +125,10 @@ class AdaptiveGamma(ExponentialGamma):
 
     .. math::
 
-        s_e = s_{e-1} + \alpha (a_e - s_{e-1}), \quad s_0 = a_0, \qquad r_e = \max_{e' \le e} s_{e'},
+        s_e = s_{e-1} + \alpha (a_e - s_{e-1}), \quad s_0 = a_0, \qquad r_e = \max_{e_w \le e' \le e} s_{e'},
 
-    with :math:`\alpha` = ``smoothing``; an epoch *holds* when :math:`s_e \ge r_e - \tau_e`, with the
-    tolerance
+    with :math:`\alpha` = ``smoothing`` and :math:`e_w` the epoch that ended the warm-up (below); an epoch
+    *holds* when :math:`s_e \ge r_e - \tau_e`, with the tolerance
 
     .. math::
 
@@ -147,9 +147,8 @@ class AdaptiveGamma(ExponentialGamma):
       :math:`w = \max(p, \lceil E / 20 \rceil)` consecutive epochs (:math:`p` = ``patience``) in which the
       training accuracy :math:`t_e` (passed to :meth:`observe`; the smoothed validation accuracy for an
       epoch without one) did not rise by more than :math:`\tau_{min}` over the level it last rose to, or at
-      the latest after :math:`\lceil E_g / 2 \rceil` epochs. The epoch that ends the warm-up grows, and
-      resets the best to the level reached, :math:`r_e \leftarrow s_e`: from there on the maximum runs over
-      the epochs since;
+      the latest after :math:`\lceil E_g / 2 \rceil` epochs. The epoch :math:`e_w` that ends the warm-up
+      grows, and the best starts there, at the level the fit reached: :math:`r_{e_w} = s_{e_w}`;
     * **grow** (:data:`GROW`): while an epoch holds, gamma is multiplied by the current step :math:`f_k`
       (every ``every`` observations), up to ``gamma_max``. The last good gamma :math:`\gamma_{good}` is the
       smallest gamma of the last :math:`L + 1` epochs, :math:`L = \lceil (1 - \alpha) / \alpha \rceil` the
