@@ -294,8 +294,8 @@ def main(argv=None) -> int:
         f"datasets x {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), {args.epochs} epochs per run, "
         f"otherwise the default `TrainConfig` (MLP 512-512 unless stated, AdamW lr 1e-3, batch 128, latent "
         f"width 64); the controller at its defaults: {100 * settings['validation_fraction']:g} % of the "
-        f"training data held out, smoothing {settings['smoothing']:g}, warm-up until the smoothed validation "
-        f"accuracy plateaus, growth x{settings['initial_step']:.4g} per epoch (square-rooted at each back-off) "
+        f"training data held out, smoothing {settings['smoothing']:g}, warm-up until the training accuracy "
+        f"plateaus, growth x{settings['initial_step']:.4g} per epoch (square-rooted at each back-off) "
         f"up to epoch {settings['growth_epochs']}, then held; tolerance max({100 * settings['tolerance']:g} pt, "
         "2 standard deviations of the smoothed accuracy), patience "
         f"{settings['patience']}. LinPen and NoPen train on every training sample. Dataset seeds = run seeds. "
@@ -317,7 +317,8 @@ def main(argv=None) -> int:
             cells = [r["dataset"], str(r["runs"]), *(_cell(r, key, sc) for _, key, sc in COLUMNS),
                      _cell(r, "final_gamma", 1.0), _cell(r, "backed_off", 1.0)]
             lines.append("| " + " | ".join(cells) + " |")
-        body += (f"\n### For comparison: {args.previous_label}\n\nLPC rows (LinPen and NoPen as above):\n\n"
+        body += (f"\n### For comparison: {args.previous_label}\n\nLPC rows; the criteria compare them with that "
+                 "run's own LinPen and NoPen rows:\n\n"
                  + "\n".join(lines) + "\n\n" + criteria_table(previous["criteria"]) + "\n")
     write_fragment(args.results_dir, "Validation of the default gamma controller", body,
                    data={"rows": shown(rows), "criteria": verdicts, "epochs": args.epochs, "seeds": args.seeds,
