@@ -17,9 +17,8 @@ every split take the run's seed. ``spirals-npz`` is written by this script as a 
 row, the schedule and the seed is the default :class:`~lpc_geom.config.TrainConfig`, except
 ``--epochs`` and the size options of each dataset. LinPen and NoPen, which have no penalty, are trained
 under the paper's schedule, which holds nothing out: they see every training sample, while LPC's
-controller holds out its validation split, as the default does. With fewer epochs than the default's
-200 the controller's growth factor is :math:`1.05^{200 / E}` per epoch (``--keep-factor`` keeps 1.05),
-so that gamma can cover the range the default covers in 200 epochs.
+controller holds out its validation split, as the default does. The controller scales its windows and
+its growth step with the run's ``--epochs`` itself (:class:`~lpc_geom.train.schedules.AdaptiveGamma`).
 
 Writes, under ``--out``: the runs, ``validate_runs.json`` (every run's record), ``validate.csv`` /
 ``validate.json`` (mean and std per dataset and row, with the criteria) and ``validate.md`` (the table);
@@ -49,14 +48,12 @@ from lpc_geom.experiments.sweep import Job, aggregate, exit_status, failure_line
 from lpc_geom.experiments.tables import csv_text
 from lpc_geom.train.checkpoint import read_json, write_json, write_text
 from lpc_geom.train.run_dir import HISTORY
-from lpc_geom.train.schedules import BACK_OFF, AdaptiveGamma
+from lpc_geom.train.schedules import BACK_OFF, GROW, build_gamma_schedule
 
 #: The rows compared, and the schedule each is trained under.
 ROWS = (("LPC", "adaptive"), ("LinPen", "exponential"), ("NoPen", "exponential"))
 #: Criteria: LPC's accuracy may trail LinPen's / NoPen's by at most these (fractions); separation >= ratio x NoPen.
 MAX_LOSS_VS_LINPEN, MAX_LOSS_VS_NOPEN, MIN_SEPARATION_FACTOR = 0.01, 0.02, 5.0
-#: The default's epoch count, for the growth factor of shorter runs.
-DEFAULT_EPOCHS = TrainConfig().epochs
 
 
 @dataclass(frozen=True)
@@ -101,14 +98,17 @@ QUICK_BACKBONES = {"mlp": {"hidden": [32]}, "resnet18": {"width": 2}}
 COLUMNS = (("test acc %", "final_test_acc", 100.0), ("train acc %", "final_train_acc_eval", 100.0),
            ("sep. train", "train_separation_ratio", 1.0), ("sep. test", "test_separation_ratio", 1.0))
 #: Columns of the LPC rows only: what the controller did (gamma does not act on LinPen and NoPen).
-CONTROLLER_COLUMNS = (("final gamma", "final_gamma", 1.0), ("backed off", "backed_off", 1.0),
-                      ("back-off epoch", "backoff_epoch", 1.0), ("tolerance (pt)", "mean_tolerance", 100.0))
+CONTROLLER_COLUMNS = (("final gamma", "final_gamma", 1.0), ("peak gamma", "peak_gamma", 1.0),
+                      ("growth from epoch", "growth_epoch", 1.0), ("back-offs", "backed_off", 1.0),
+                      ("first back-off", "backoff_epoch", 1.0), ("tolerance (pt)", "mean_tolerance", 100.0))
 
 
-def growth_factor(epochs: int, keep: bool = False) -> float:
-    """The controller's per-epoch factor: the default's, stretched so that ``epochs`` cover its range."""
-    default = AdaptiveGamma.factor
-    return default if keep or epochs >= DEFAULT_EPOCHS else default ** (DEFAULT_EPOCHS / epochs)
+def controller_settings(epochs: int) -> dict[str, Any]:
+    """The default controller's derived settings for an ``epochs``-long run (for the fragment's text)."""
+    controller = build_gamma_schedule("adaptive", run_epochs=epochs)
+    return {"initial_step": controller.initial_step(), "growth_epochs": controller.growth_epochs(),
+            "lag": controller.lag, "smoothing": controller.smoothing, "patience": controller.patience,
+            "tolerance": controller.tolerance, "validation_fraction": controller.validation_fraction}
 
 
 def dataset_options(name: str, spec: Spec, seed: int, out: Path, quick: bool) -> dict[str, Any]:
@@ -124,10 +124,9 @@ def dataset_options(name: str, spec: Spec, seed: int, out: Path, quick: bool) ->
     return options
 
 
-def build_jobs(names: Sequence[str], seeds: Sequence[int], epochs: int, out: Path, *, quick: bool = False,
-               keep_factor: bool = False) -> list[Job]:
+def build_jobs(names: Sequence[str], seeds: Sequence[int], epochs: int, out: Path, *,
+               quick: bool = False) -> list[Job]:
     """One job per (dataset, row, seed): the default config but for the row, schedule, data and epochs."""
-    factor = growth_factor(epochs, keep_factor)
     jobs = []
     for name in names:
         spec = DATASETS[name]
@@ -138,7 +137,7 @@ def build_jobs(names: Sequence[str], seeds: Sequence[int], epochs: int, out: Pat
                 config = TrainConfig(
                     dataset=spec.dataset, dataset_options=dataset_options(name, spec, seed, out, quick),
                     backbone=spec.backbone, backbone_options=backbone_options, row=row, gamma_schedule=schedule,
-                    gamma_options={"factor": factor} if schedule == "adaptive" else {}, epochs=epochs,
+                    epochs=epochs,
                     seed=seed, progress=False, out_dir=str(out / "runs" / run),
                     checkpoint_every=max(1, epochs // 4))
                 jobs.append(Job(run, config, {"dataset": name, "row": row, "schedule": schedule}))
@@ -146,14 +145,17 @@ def build_jobs(names: Sequence[str], seeds: Sequence[int], epochs: int, out: Pat
 
 
 def controller_summary(job: Job) -> dict[str, Any]:
-    """What the adaptive controller did in a run (from its history): back-off epoch, gamma reached, tolerance."""
+    """What the adaptive controller did in a run (from its history): the epoch growth started (the end of the
+    warm-up), the back-offs and the first one's epoch, the gamma reached, the mean tolerance."""
     history = read_json(job.run_dir / HISTORY)
     if job.config.gamma_schedule != "adaptive":
         return {}
     backed = [r["epoch"] for r in history if r.get("gamma_decision") == BACK_OFF]
+    grown = [r["epoch"] for r in history if r.get("gamma_decision") == GROW]
     tolerances = [r["gamma_tolerance"] for r in history]
-    # NaN when it never backed off: the mean over seeds is then that of the runs that did (sweep.aggregate)
+    # NaN when it never backed off (or grew): the mean over seeds is then that of the runs that did
     return {"backed_off": len(backed), "backoff_epoch": backed[0] if backed else math.nan,
+            "growth_epoch": grown[0] if grown else math.nan,
             "peak_gamma": max(r["gamma"] for r in history), "best_val_acc": max(r["val_acc"] for r in history),
             "mean_tolerance": float(np.mean(tolerances))}
 
@@ -216,8 +218,7 @@ def markdown_tables(rows: Sequence[Mapping[str, Any]], verdicts: Sequence[Mappin
         runs = f"{r['runs']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
         cells = [r["dataset"], r["row"], runs, *(_cell(r, key, s) for _, key, s in COLUMNS)]
         if r["row"] == "LPC":
-            cells += [_cell(r, "final_gamma", 1.0), f"{round(r.get('backed_off_mean', 0) * r['runs'])}/{r['runs']}",
-                      _cell(r, "backoff_epoch", 1.0), _cell(r, "mean_tolerance", 100.0)]
+            cells += [_cell(r, key, scale) for _, key, scale in CONTROLLER_COLUMNS]
         else:
             cells += [""] * len(CONTROLLER_COLUMNS)
         lines.append("| " + " | ".join(cells) + " |")
@@ -242,10 +243,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=None,
                         help="validation datasets (default: all; with --quick: " + ", ".join(QUICK_DATASETS) + ")")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default 0 1 2; --quick: 0)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 60; --quick: 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 100; --quick: 2)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--keep-factor", action="store_true",
-                        help="keep the controller's default growth factor 1.05 whatever --epochs")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a few tiny datasets, tiny backbones, 2 epochs, one seed")
     parser.add_argument("--out", type=Path, default=Path("results/validate_default"), help="runs and tables")
@@ -257,7 +256,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.datasets = args.datasets or list(QUICK_DATASETS if args.quick else DATASETS)
     args.seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
-    args.epochs = args.epochs if args.epochs is not None else (2 if args.quick else 60)
+    args.epochs = args.epochs if args.epochs is not None else (2 if args.quick else 100)
     if args.epochs < 1 or args.workers < 1 or len(set(args.seeds)) != len(args.seeds):
         parser.error("--epochs and --workers must be >= 1 and --seeds distinct")
     return args
@@ -267,11 +266,11 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     args = parse_args(argv)
     out = args.out
-    jobs = build_jobs(args.datasets, args.seeds, args.epochs, out, quick=args.quick, keep_factor=args.keep_factor)
-    factor = growth_factor(args.epochs, args.keep_factor)
+    jobs = build_jobs(args.datasets, args.seeds, args.epochs, out, quick=args.quick)
+    settings = controller_settings(args.epochs)
     print(f"validate_default: {len(jobs)} runs ({len(args.datasets)} datasets x {len(ROWS)} rows x "
-          f"{len(args.seeds)} seeds), {args.epochs} epochs, adaptive growth factor {factor:.4g}, "
-          f"{args.workers} worker(s); results in {out.resolve()}", flush=True)
+          f"{len(args.seeds)} seeds), {args.epochs} epochs, {args.workers} worker(s); results in "
+          f"{out.resolve()}", flush=True)
     records = run_jobs(jobs, workers=args.workers, progress=True, postprocess=controller_summary)
     rows = summarise(records, args.datasets)
     verdicts = criteria(rows, args.datasets)
@@ -294,12 +293,15 @@ def main(argv=None) -> int:
         f"LPC under the default `adaptive` gamma controller against LinPen and NoPen: {len(args.datasets)} "
         f"datasets x {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), {args.epochs} epochs per run, "
         f"otherwise the default `TrainConfig` (MLP 512-512 unless stated, AdamW lr 1e-3, batch 128, latent "
-        f"width 64); the controller's growth factor {factor:.4g} per epoch"
-        + ("" if factor == AdaptiveGamma.factor else f" (= 1.05^({DEFAULT_EPOCHS}/{args.epochs}))")
-        + ", tolerance max(1 pt, 2 standard errors of the best validation accuracy), patience 2, 10 % of the "
-        "training data held out for it. LinPen and NoPen train on every training sample. Dataset seeds = run "
-        "seeds. Mean ± std over seeds; separation ratios of the training (sep. train) and test (sep. test) "
-        "latents.\n\nDatasets:\n\n" + specs + "\n\n" + tables
+        f"width 64); the controller at its defaults: {100 * settings['validation_fraction']:g} % of the "
+        f"training data held out, smoothing {settings['smoothing']:g}, warm-up until the training accuracy "
+        f"plateaus, growth x{settings['initial_step']:.4g} per epoch (square-rooted at each back-off) "
+        f"up to epoch {settings['growth_epochs']}, then held; tolerance max({100 * settings['tolerance']:g} pt, "
+        "2 standard deviations of the smoothed accuracy), patience "
+        f"{settings['patience']}. LinPen and NoPen train on every training sample. Dataset seeds = run seeds. "
+        "Mean ± std over seeds; separation ratios of the training (sep. train) and test (sep. test) latents; "
+        "growth from epoch: the end of the warm-up; peak gamma: the largest gamma trained at.\n\nDatasets:\n\n"
+        + specs + "\n\n" + tables
         + f"\n\nCriteria met on {passed} of {len(verdicts)} datasets (LPC within 1 point of LinPen and 2 of "
         "NoPen in test accuracy, training separation >= 5x NoPen's, on means over seeds).\n"
         + (("\n" + "\n".join(failures) + "\n") if failures else ""))
@@ -309,17 +311,18 @@ def main(argv=None) -> int:
         previous = {"label": args.previous_label, "rows": shown(earlier["rows"]), "criteria": earlier["criteria"]}
     if previous is not None:
         lpc = [r for r in previous["rows"] if r["row"] == "LPC"]
-        head = ["dataset", "runs", *(h for h, _, _ in COLUMNS), "final gamma", "backed off"]
+        head = ["dataset", "runs", *(h for h, _, _ in COLUMNS), "final gamma", "back-offs"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in lpc:
             cells = [r["dataset"], str(r["runs"]), *(_cell(r, key, sc) for _, key, sc in COLUMNS),
-                     _cell(r, "final_gamma", 1.0), f"{round(r.get('backed_off_mean', 0) * r['runs'])}/{r['runs']}"]
+                     _cell(r, "final_gamma", 1.0), _cell(r, "backed_off", 1.0)]
             lines.append("| " + " | ".join(cells) + " |")
-        body += (f"\n### For comparison: {args.previous_label}\n\nLPC rows (LinPen and NoPen as above):\n\n"
+        body += (f"\n### For comparison: {args.previous_label}\n\nLPC rows; the criteria compare them with that "
+                 "run's own LinPen and NoPen rows:\n\n"
                  + "\n".join(lines) + "\n\n" + criteria_table(previous["criteria"]) + "\n")
     write_fragment(args.results_dir, "Validation of the default gamma controller", body,
                    data={"rows": shown(rows), "criteria": verdicts, "epochs": args.epochs, "seeds": args.seeds,
-                         "growth_factor": factor, "datasets": {n: DATASETS[n].options for n in args.datasets},
+                         "controller": settings, "datasets": {n: DATASETS[n].options for n in args.datasets},
                          "previous": previous},
                    load_before=load_before)
     print(f"\nwritten to {out.resolve()} (validate.csv/json/md, validate_runs.json) and {args.results_dir}")

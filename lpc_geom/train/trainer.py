@@ -201,7 +201,7 @@ class Trainer:
         if self.dist.enabled:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.gamma = build_gamma_schedule(config.gamma_schedule, **config.gamma_options)
+        self.gamma = build_gamma_schedule(config.gamma_schedule, run_epochs=config.epochs, **config.gamma_options)
         # A schedule driven by validation accuracy gets a split held out of the training data (never the test data).
         self.validation: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.gamma.uses_validation:
