@@ -45,7 +45,7 @@ def test_defaults_are_valid_and_row_names_normalised():
         ({"out_dir": ""}, "out_dir: must not be empty"),
         ({"dataset": "cifar"}, "dataset: unknown value \"cifar\" \\(did you mean 'cifar10'\\?\\)"),
         ({"gamma_options": {"factor": 0}}, r"gamma_options: factor: 0 is out of range \(must be > 0\)"),
-        ({"gamma_options": {"factor": True}}, "gamma_options: factor: expected a number, got true"),
+        ({"gamma_options": {"factor": True}}, "gamma_options: factor: expected a number or null, got true"),
         ({"gamma_options": {"start": 10.0, "gamma_max": 1.0}}, "needs 0 < start <= gamma_max"),
         ({"gamma_schedule": "threshold", "gamma_options": {"threshold": 1.5}}, "threshold: 1.5 is out of range"),
         ({"gamma_options": {"switch": 10.0}}, "unknown key.*'switch'.*accepted: start, factor, gamma_max, every"),
