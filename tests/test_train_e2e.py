@@ -147,7 +147,9 @@ def test_non_finite_loss_names_epoch_gamma_lr_and_keeps_last_good(tmp_path):
 
 
 def test_collapse_onto_origin_is_warned(tmp_path):
-    cfg = tiny_config(tmp_path, epochs=4, gamma_options={"start": 1e4, "factor": 10.0, "gamma_max": 1e8},
+    # the exponential schedule: gamma reaches 1e7 whatever the accuracy (the adaptive controller would hold it)
+    cfg = tiny_config(tmp_path, epochs=4, gamma_schedule="exponential",
+                      gamma_options={"start": 1e4, "factor": 10.0, "gamma_max": 1e8},
                       dataset_options={**TINY["dataset_options"], "separation": 0.5})
     with pytest.warns(CollapseToOriginWarning, match="collapsed onto the origin"):
         result = train(cfg)
