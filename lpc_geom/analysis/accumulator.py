@@ -152,7 +152,7 @@ class CollapseAccumulator:
         self._count = total
         self._pos.index_add_(0, slots, (u > 0).to(torch.float64))
         self._neg.index_add_(0, slots, (u < 0).to(torch.float64))
-        self._abs_max = torch.maximum(self._abs_max, class_abs_max(u, slots, K))
+        class_abs_max(u, slots, K, out=self._abs_max)
 
         # Per-unit central moments 2-4 over all samples (Pébay's pairwise update).
         na, n = float(self.n), float(self.n + nb)

@@ -362,7 +362,7 @@ def unit_statistics(u: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, 
         signs.index_add_(0, cb, torch.sign(ub))
         if zeros is not None:
             zeros.index_add_(0, cb, (ub == 0).to(torch.float64))
-        abs_max.scatter_reduce_(0, cb[:, None].expand(-1, d), ub.abs(), reduce="amax")
+        class_abs_max(ub, cb, k, out=abs_max)
         dev = ub - unit_mean
         pw = dev * dev
         power_sums[0] += pw.sum(0)
@@ -380,9 +380,14 @@ def unit_statistics(u: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, 
     )
 
 
-def class_abs_max(u: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.Tensor:
-    """(K, d) per class and unit, the largest magnitude :math:`\\max_{i: y_i = c} |u_{ij}|` (0 for absent classes)."""
-    out = torch.zeros(n_classes, u.shape[1], dtype=u.dtype, device=u.device)
+def class_abs_max(u: torch.Tensor, codes: torch.Tensor, n_classes: int,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """(K, d) per class and unit, the largest magnitude :math:`\\max_{i: y_i = c} |u_{ij}|` (0 for absent classes).
+
+    With ``out`` (K, d), the running maximum over earlier row blocks, it is updated in place and returned.
+    """
+    if out is None:
+        out = torch.zeros(n_classes, u.shape[1], dtype=u.dtype, device=u.device)
     return out.scatter_reduce_(0, codes[:, None].expand(-1, u.shape[1]), u.abs(), reduce="amax")
 
 
