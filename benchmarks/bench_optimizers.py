@@ -81,13 +81,6 @@ def _timing_line(batch: int, name: str, res: dict[str, float]) -> str:
             f"{res['cpu_ratio']:>6.2f} {res['mean_cpu_ratio']:>7.2f} | {parts}")
 
 
-def base_config_batch() -> int:
-    """The batch size of the main job's default config."""
-    from lpc_geom.experiments.compare.grid import default_config
-
-    return default_config().batch_size
-
-
 # --------------------------------------------------------------------------- part 1: convergence
 def _time_optimizer_steps(trainer: Trainer) -> list[float]:
     """Wrap ``trainer.optimizer.step`` so that it records when each call returns."""
@@ -271,7 +264,7 @@ def resnet_step_times(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     steps = len(record["adamw"]["total"]) // args.resnet_epochs
     out = _summarise(record, refresh_flags, warm=min(steps, 2 * base.kfac_factor_freq), amortised=("kfac-adam",))
     for res in out.values():
-        res["steps_per_epoch"] = steps
+        res["steps_per_epoch"], res["batch_size"] = steps, base.batch_size
     return out
 
 
@@ -395,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         print(_TIMING_HEADER + "\n" + "-" * len(_TIMING_HEADER))
         resnet = resnet_step_times(args)
         for name, res in resnet.items():
-            print(_timing_line(base_config_batch(), name, res), flush=True)
+            print(_timing_line(res["batch_size"], name, res), flush=True)
         res = resnet["kfac-adam"]
         met = res["mean_ratio"] <= RESNET_EPOCH_RATIO_TARGET
         ok &= met
@@ -477,11 +470,11 @@ def _markdown(payload: dict[str, Any], args: argparse.Namespace) -> str:
         lines += [
             f"**The main job's model.** AdamW and K-FAC-Adam on the Euclidean LPC cell of "
             f"`benchmarks/compare_manifolds.py` (1-D ResNet-18 of width 8, batch norm, MNIST-1D, batch "
-            f"{base_config_batch()}, K-FAC statistics every 10 steps, damping 1e-2), stepping in turn over "
+            f"{resnet['adamw']['batch_size']}, K-FAC statistics every 10 steps, damping 1e-2), stepping in turn over "
             f"{args.resnet_epochs} epoch(s) of {resnet['adamw']['steps_per_epoch']} steps; the mean ratios are "
             "ratios of seconds per epoch.",
             "",
-            table([(base_config_batch(), name, res) for name, res in resnet.items()]),
+            table([(res["batch_size"], name, res) for name, res in resnet.items()]),
             "",
         ]
     lines += [*(f"- {v}" for v in payload["verdicts"])]
