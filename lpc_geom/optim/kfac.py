@@ -131,7 +131,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lpc_geom.optim._kfac_base import FisherType, _FisherPreconditioner, _fold, _LayerState
+from lpc_geom.optim._kfac_base import FisherType, _aligned_copy, _FisherPreconditioner, _fold, _LayerState
 from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter
 
 __all__ = ["KFAC", "DampingMode", "DiagonalFisher", "FisherType", "KFACLayer"]
@@ -279,12 +279,12 @@ class KFAC(_FisherPreconditioner):
         if self.damping_mode == "factored":
             root = math.sqrt(self.damping)
             st.cache = {
-                "inv_A": self._damped_inverse(A, root * st.pi),
-                "inv_G": self._damped_inverse(G, root / st.pi),
+                "inv_A": _aligned_copy(self._damped_inverse(A, root * st.pi)),
+                "inv_G": _aligned_copy(self._damped_inverse(G, root / st.pi)),
             }
         else:
             (dA, QA), (dG, QG) = self._eigh(A), self._eigh(G)
-            st.cache = {"dA": dA, "QA": QA, "dG": dG, "QG": QG}
+            st.cache = {"dA": dA, "QA": _aligned_copy(QA), "dG": dG, "QG": _aligned_copy(QG)}
 
     def _damped_inverse(self, m: torch.Tensor, shift: float) -> torch.Tensor:
         """``(m + shift I)^{-1}`` through a Cholesky factorisation, retried in float64 when it fails."""
@@ -326,33 +326,55 @@ class KFAC(_FisherPreconditioner):
         return (d_out * d_in * (d_out + d_in) - 1) // (d_out * d_out + d_in * d_in + d_out * d_in)
 
     def _precondition_low_rank(
-        self, st: _LayerState, grad: torch.Tensor, a: torch.Tensor, g: torch.Tensor
-    ) -> torch.Tensor | None:
+        self, st: _LayerState, gw: torch.Tensor, gb: torch.Tensor | None, a: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         rows, d = a.shape
-        d_out, d_bar = grad.shape
-        homogeneous = d_bar == d + 1
-        if st.probes is None or st.probes[0].dtype != grad.dtype or st.probes[0].device != grad.device:
-            gen = torch.Generator(device=grad.device).manual_seed(_PROBE_SEED)
-            kw = {"generator": gen, "dtype": grad.dtype, "device": grad.device}
-            st.probes = (torch.randn(d_out, _PROBES, **kw), torch.randn(d_bar, _PROBES, **kw))
-        U, P = st.probes
+        d_out = gw.shape[0]
+        homogeneous = gb is not None
+        d_bar = d + int(homogeneous)
+        if st.probes is None or st.probes[0].dtype != gw.dtype or st.probes[0].device != gw.device:
+            gen = torch.Generator(device=gw.device).manual_seed(_PROBE_SEED)
+            kw = {"generator": gen, "dtype": gw.dtype, "device": gw.device}
+            U, P = torch.randn(d_out, _PROBES, **kw), torch.randn(d_bar, _PROBES, **kw)
+            # kept transposed: a product with few rows and the long axis last is what BLAS does fastest here
+            st.probes = (U.T.contiguous(), P.T.contiguous(), U.T.abs(), P.T.abs())
+        Ut, Pt, Ut_abs, Pt_abs = st.probes
 
-        def right(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # abar @ m without forming abar
-            return torch.addmm(m[d], x, m[:d]) if homogeneous else x @ m
+        def right_t(m_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (abar @ m_t^T)^T without forming abar
+            return torch.addmm(m_t[:, d:], m_t[:, :d], x.T) if homogeneous else m_t @ x.T
 
-        # grad must be the product of the captured factors: anything else in .grad (a penalty on the
+        # The gradient must be the product of the captured factors: anything else in .grad (a penalty on the
         # weight, clipping, a DDP average, a backward the hooks did not see) shows in the probes.
-        diff = U.T @ (grad @ P) - (g @ U).T @ right(a, P)
-        bound = (g.abs() @ U.abs()).T @ right(a.abs(), P.abs())
-        gamma = (rows + d_out + d_bar) * torch.finfo(grad.dtype).eps
+        probed = (Ut @ gw) @ Pt[:, :d].T
+        if homogeneous:
+            probed.addr_(Ut @ gb, Pt[:, d])
+        diff = probed - (Ut @ g.T) @ right_t(Pt, a).T
+        bound = (Ut_abs @ g.abs().T) @ right_t(Pt_abs, a.abs()).T
+        gamma = (rows + d_out + d_bar) * torch.finfo(gw.dtype).eps
         if bool((diff.abs() > 2.0 * gamma * bound).any()):
             return None
-        return (st.cache["inv_G"] @ g.T) @ right(a, st.cache["inv_A"])
+        inv_A, inv_G = st.cache["inv_A"], st.cache["inv_G"]
+        # (inv_G g^T)(abar inv_A), the homogeneous column of abar inv_A apart so that every product is d wide
+        left = torch.mm(inv_G, g.T, out=st.buffer("low_rank_left", (d_out, rows), gw))
+        right = st.buffer("low_rank_right", (rows, d), gw)
+        if not homogeneous:
+            torch.mm(a, inv_A, out=right)
+            return torch.mm(left, right, out=st.buffer("update", (d_out, d), gw)), None
+        torch.addmm(inv_A[d, :d], a, inv_A[:d, :d], out=right)
+        right_b = torch.addmv(inv_A[d, d], a, inv_A[:d, d])
+        return torch.mm(left, right, out=st.buffer("update", (d_out, d), gw)), left @ right_b
 
     def _precondition(self, st: _LayerState, grad: torch.Tensor) -> torch.Tensor:
         c = st.cache
         if self.damping_mode == "factored":
-            return c["inv_G"] @ grad @ c["inv_A"]
+            inv_A, inv_G = c["inv_A"], c["inv_G"]
+            d_out, d_bar = grad.shape
+            if d_out > d_bar:
+                # V^T = inv_A^T grad^T inv_G^T: the same products with the wide axis last (faster in BLAS)
+                half = torch.mm(inv_A.T, grad.T, out=st.buffer("half", (d_bar, d_out), grad))
+                return torch.mm(half, inv_G.T, out=st.buffer("update", (d_bar, d_out), grad)).T
+            half = torch.mm(inv_G, grad, out=st.buffer("half", (d_out, d_bar), grad))
+            return torch.mm(half, inv_A, out=st.buffer("update", (d_out, d_bar), grad))
         t = c["QG"].T @ grad @ c["QA"]
         t = t / (c["dG"][:, None] * c["dA"][None, :] + self.damping)
         return c["QG"] @ t @ c["QA"].T
