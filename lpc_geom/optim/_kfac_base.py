@@ -56,6 +56,26 @@ class _LayerState:
     probes: tuple[torch.Tensor, torch.Tensor] | None = None
     deferred: dict[str, tuple[float, _Fold, torch.Tensor]] = field(default_factory=dict)
     work: dict[str, torch.Tensor] = field(default_factory=dict)
+    upper_only: set[str] = field(default_factory=set)
+
+    def mark_upper_only(self, key: str) -> None:
+        """From now on only the upper triangle (with the diagonal) of ``key``'s symmetric statistics is kept up
+        to date, until :meth:`full` mirrors it; a moving average that held a full matrix (a loaded state) is
+        replaced by its symmetric part first, which is all of it that the factors are read for."""
+        if key in self.upper_only:
+            return
+        m = self.ema.get(key)
+        if m is not None:
+            m.copy_((m + m.mT).mul_(0.5))
+        self.upper_only.add(key)
+
+    def full(self, key: str) -> torch.Tensor | None:
+        """The moving average ``key``, its strict lower triangle mirrored from the upper one if it is stale."""
+        m = self.ema.get(key)
+        if m is not None and key in self.upper_only:
+            m.copy_(torch.triu(m) + torch.triu(m, 1).mT)
+            self.upper_only.discard(key)
+        return m
 
     def buffer(
         self, key: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None
@@ -107,7 +127,8 @@ class _LayerState:
         self.counts[key] = after
         buf = self.means.get(key)
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self.means[key] = _aligned_empty(shape, like)
+            # zeroed once: a triangle left unwritten (see mark_upper_only) then stays finite
+            buf = self.means[key] = _aligned_empty(shape, like).zero_()
         return buf, before / after, 1.0 / after
 
 
@@ -495,7 +516,7 @@ class _FisherPreconditioner(ABC):
         """Step counter and, per layer, the moving averages and what was computed from them (cloned)."""
         layers = {
             name: {
-                "ema": {k: v.clone() for k, v in st.ema.items()},
+                "ema": {k: st.full(k).clone() for k in st.ema},
                 "cache": {k: v.clone() for k, v in st.cache.items()},
                 "pi": st.pi,
                 "damping": st.refreshed_damping,

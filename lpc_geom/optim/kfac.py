@@ -111,7 +111,14 @@ filled from the column sums of ``a`` (no concatenated ``abar``); for a factor la
 rows at most its size, the MLP layers at batch 128) the product waits for :meth:`KFAC.step` and goes
 straight into the moving average, ``A <- beta A + (1 - beta) abar^T abar / R``, in the same ``addmm``
 (the rows it keeps until then take no more memory than the factor); with a process group the sums are
-all-reduced first, so they are never deferred.
+all-reduced first, so they are never deferred. A factor at least two panels wide (``2 x 128``) is formed on its
+upper triangle only, one ``addmm`` per panel of 128 columns ``x_i``, ``S[i, i:] = x_i^T x[:, i:]`` (five eighths
+of the multiply-adds at width 512); its strict lower triangle is then stale and is mirrored from the upper one
+when the factor is read (:meth:`KFAC.factors`, the refresh of the inverses, :meth:`KFAC.state_dict`), so the
+factors read are exactly symmetric. Matrices kept from step to step (factors, inverses, work buffers) have
+their rows padded to 64-byte boundaries: BLAS writes a ``d + 1`` wide product with misaligned rows markedly
+slower. The low-rank product keeps the homogeneous column apart, ``abar A^{-1} = [a P + 1 r^T, a c + s]``
+for ``A^{-1} = [[P, c], [r^T, s]]``, so that its products are ``d`` wide and need no concatenated gradient.
 
 Diagonal variant
 ----------------
@@ -139,6 +146,7 @@ __all__ = ["KFAC", "DampingMode", "DiagonalFisher", "FisherType", "KFACLayer"]
 DampingMode = Literal["factored", "eigen"]
 _PROBES = 4  # random probe vectors per side that check .grad against the captured batch factors
 _PROBE_SEED = 0x4B464143
+_PANEL = 128  # columns per panel of a second-moment product formed on its upper triangle only
 
 
 class KFAC(_FisherPreconditioner):
@@ -254,8 +262,8 @@ class KFAC(_FisherPreconditioner):
 
     def factors(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The moving-average factors ``(A, G)`` of layer ``name`` (``None`` before any statistics)."""
-        ema = self._state[name].ema
-        return ema.get("A"), ema.get("G")
+        st = self._state[name]
+        return st.full("A"), st.full("G")
 
     def _accumulate(self, st: _LayerState, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int) -> None:
         for key, rows, count, homogeneous in (
@@ -263,6 +271,7 @@ class KFAC(_FisherPreconditioner):
             ("G", g.reshape(-1, g.shape[-1]), n, False),
         ):
             d = rows.shape[1] + int(homogeneous)
+            st.mark_upper_only(key)
             # Deferred to the step (one product into the moving average) when keeping the rows until then
             # costs no more memory than a factor; with a process group the sums must be reduced first.
             st.accumulate(key, rows.shape[0] if count is None else count, (d, d), rows,
@@ -273,7 +282,7 @@ class KFAC(_FisherPreconditioner):
         return self.steps % self.update_freq == 0 or st.refreshed_damping != self.damping
 
     def _refresh(self, st: _LayerState) -> None:
-        A, G = st.ema["A"], st.ema["G"]
+        A, G = st.full("A"), st.full("G")
         mean_a, mean_g = A.diagonal().mean().item(), G.diagonal().mean().item()
         st.pi = math.sqrt(mean_a / mean_g) if mean_a > 0 and mean_g > 0 else 1.0
         if self.damping_mode == "factored":
@@ -432,13 +441,31 @@ def _symmetric_part(m: torch.Tensor) -> torch.Tensor:
 
 
 def _fold_second_moment(out: torch.Tensor, beta: float, alpha: float, *, a: torch.Tensor, homogeneous: bool) -> None:
-    """``out <- beta out + alpha sum_r abar_r abar_r^T`` in place, with ``abar = (a, 1)`` when ``homogeneous``,
-    without concatenating (``out``'s old content is ignored when ``beta == 0``)."""
+    """``out <- beta out + alpha sum_r abar_r abar_r^T`` in place on the upper triangle of ``out`` (with the
+    diagonal; the strict lower triangle of the ``a^T a`` block may be left as it was, see
+    :meth:`_LayerState.mark_upper_only`), with ``abar = (a, 1)`` when ``homogeneous``, without concatenating
+    (``out``'s old content is ignored when ``beta == 0``)."""
     d = a.shape[1]
-    out[:d, :d].addmm_(a.T, a, beta=beta, alpha=alpha)
+    _gram_upper(out[:d, :d], a, beta, alpha)
     if not homogeneous:
         return
     col = a.sum(0)
     _fold(out[:d, d], col, beta, alpha)
     _fold(out[d, :d], col, beta, alpha)
     out[d, d] = (beta * out[d, d] if beta else 0.0) + alpha * a.shape[0]
+
+
+def _gram_upper(out: torch.Tensor, x: torch.Tensor, beta: float, alpha: float) -> None:
+    """``out <- beta out + alpha x^T x`` on the upper triangle and the diagonal of ``out``.
+
+    A wide ``x`` is split into column panels ``x_i`` of :data:`_PANEL` columns and only the blocks on and
+    right of the diagonal are formed, ``out[i, i:] <- beta out[i, i:] + alpha x_i^T x[:, i:]``: about
+    ``(1 + 1/p)/2`` of the multiply-adds of the full product for ``p`` panels.
+    """
+    d = x.shape[1]
+    if d < 2 * _PANEL:
+        out.addmm_(x.T, x, beta=beta, alpha=alpha)
+        return
+    for i in range(0, d, _PANEL):
+        j = min(i + _PANEL, d)
+        out[i:j, i:].addmm_(x[:, i:j].T, x[:, i:], beta=beta, alpha=alpha)
