@@ -105,7 +105,7 @@ def test_wide_factors_equal_their_definitions_step_after_step(d_in, d_out, rows,
 def test_wide_layer_update_is_the_damped_kronecker_solve(low_rank):
     """The preconditioned gradient of a layer wider than the panels (the low-rank path from the batch factors and
     the dense one) equals ``(G + sqrt(l)/pi I)^-1 grad (A + pi sqrt(l) I)^-1`` from the factors it read."""
-    lin = _wide_layer(2 * _PANEL + 9, 2 * _PANEL + 5)
+    lin = _wide_layer(2 * _PANEL + 16, 2 * _PANEL + 5)  # d_in a multiple of 16: the homogeneous column apart
     damping = 1e-2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -138,7 +138,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lpc_geom.optim._kfac_base import FisherType, _aligned_copy, _FisherPreconditioner, _fold, _LayerState
+from lpc_geom.optim._kfac_base import (
+    _ALIGN,
+    FisherType,
+    _aligned_copy,
+    _FisherPreconditioner,
+    _fold,
+    _LayerState,
+)
 from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter
 
 __all__ = ["KFAC", "DampingMode", "DiagonalFisher", "FisherType", "KFACLayer"]
@@ -364,14 +371,15 @@ class KFAC(_FisherPreconditioner):
             return None
         inv_A, inv_G = st.cache["inv_A"], st.cache["inv_G"]
         # (inv_G g^T)(abar inv_A), the homogeneous column of abar inv_A apart so that every product is d wide
-        left = torch.mm(inv_G, g.T, out=st.buffer("low_rank_left", (d_out, rows), gw))
+        # (left_t = g inv_G^T, R x d_out, is inv_G g^T transposed: the wide axis last is the faster product)
+        left_t = torch.mm(g, inv_G.T, out=st.buffer("low_rank_left", (rows, d_out), gw))
         right = st.buffer("low_rank_right", (rows, d), gw)
         if not homogeneous:
             torch.mm(a, inv_A, out=right)
-            return torch.mm(left, right, out=st.buffer("update", (d_out, d), gw)), None
+            return torch.mm(left_t.T, right, out=st.buffer("update", (d_out, d), gw)), None
         torch.addmm(inv_A[d, :d], a, inv_A[:d, :d], out=right)
         right_b = torch.addmv(inv_A[d, d], a, inv_A[:d, d])
-        return torch.mm(left, right, out=st.buffer("update", (d_out, d), gw)), left @ right_b
+        return torch.mm(left_t.T, right, out=st.buffer("update", (d_out, d), gw)), torch.mv(left_t.T, right_b)
 
     def _precondition(self, st: _LayerState, grad: torch.Tensor) -> torch.Tensor:
         c = st.cache
@@ -383,7 +391,14 @@ class KFAC(_FisherPreconditioner):
                 half = torch.mm(inv_A.T, grad.T, out=st.buffer("half", (d_bar, d_out), grad))
                 return torch.mm(half, inv_G.T, out=st.buffer("update", (d_bar, d_out), grad)).T
             half = torch.mm(inv_G, grad, out=st.buffer("half", (d_out, d_bar), grad))
-            return torch.mm(half, inv_A, out=st.buffer("update", (d_out, d_bar), grad))
+            update = st.buffer("update", (d_out, d_bar), grad)
+            d = d_bar - 1
+            if d and d % _ALIGN == 0:  # the homogeneous column apart: the large product is d wide, rows aligned
+                torch.mm(half, inv_A[:, :d], out=update[:, :d])
+                torch.mv(half, inv_A[:, d], out=update[:, d])
+            else:
+                torch.mm(half, inv_A, out=update)
+            return update
         t = c["QG"].T @ grad @ c["QA"]
         t = t / (c["dG"][:, None] * c["dA"][None, :] + self.damping)
         return c["QG"] @ t @ c["QA"].T
