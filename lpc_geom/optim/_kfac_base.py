@@ -53,7 +53,7 @@ class _LayerState:
     refreshed_damping: float | None = None
     batch: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     batch_rows: int = 0
-    probes: tuple[torch.Tensor, torch.Tensor] | None = None
+    probes: tuple[torch.Tensor, ...] | None = None
     deferred: dict[str, tuple[float, _Fold, torch.Tensor]] = field(default_factory=dict)
     work: dict[str, torch.Tensor] = field(default_factory=dict)
     upper_only: set[str] = field(default_factory=set)
