@@ -30,6 +30,10 @@ from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter, adapter_for, adapte
 log = logging.getLogger("lpc_geom.optim.kfac")
 
 FisherType = Literal["empirical", "mc", "exact"]
+#: Matrices kept from step to step get rows padded to a multiple of this many elements (64 bytes in float32):
+#: BLAS kernels write a product whose rows start misaligned (a ``d + 1`` wide factor or gradient with the
+#: homogeneous coordinate) markedly slower.
+_ALIGN = 16
 #: ``fold(dst, beta, alpha)``: ``dst <- beta dst + alpha S`` for the statistics ``S`` it forms
 #: (``dst`` ignored when ``beta == 0``)
 _Fold = Callable[[torch.Tensor, float, float], None]
@@ -49,8 +53,42 @@ class _LayerState:
     refreshed_damping: float | None = None
     batch: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     batch_rows: int = 0
-    probes: tuple[torch.Tensor, torch.Tensor] | None = None
+    probes: tuple[torch.Tensor, ...] | None = None
     deferred: dict[str, tuple[float, _Fold, torch.Tensor]] = field(default_factory=dict)
+    work: dict[str, torch.Tensor] = field(default_factory=dict)
+    upper_only: set[str] = field(default_factory=set)
+
+    def mark_upper_only(self, key: str) -> None:
+        """From now on only the upper triangle (with the diagonal) of ``key``'s symmetric statistics is kept up
+        to date, until :meth:`full` mirrors it; a moving average that held a full matrix (a loaded state) is
+        replaced by its symmetric part first, which is all of it that the factors are read for."""
+        if key in self.upper_only:
+            return
+        m = self.ema.get(key)
+        if m is not None:
+            m.copy_((m + m.mT).mul_(0.5))
+        self.upper_only.add(key)
+
+    def full(self, key: str) -> torch.Tensor | None:
+        """The moving average ``key``, its strict lower triangle mirrored from the upper one if it is stale."""
+        m = self.ema.get(key)
+        if m is not None and key in self.upper_only:
+            m.copy_(torch.triu(m) + torch.triu(m, 1).mT)
+            self.upper_only.discard(key)
+        return m
+
+    def buffer(
+        self, key: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """A scratch matrix ``key`` of ``shape`` (rows aligned, :func:`_aligned_empty`), kept from step to step.
+
+        Its content is whatever the last user left; it lives until the next call with the same ``key``.
+        """
+        dtype = like.dtype if dtype is None else dtype
+        buf = self.work.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype or buf.device != like.device:
+            buf = self.work[key] = _aligned_empty(shape, like, dtype)
+        return buf
 
     def accumulate(
         self, key: str, count: float, shape: tuple[int, ...], like: torch.Tensor, fold: _Fold, defer: bool
@@ -89,8 +127,24 @@ class _LayerState:
         self.counts[key] = after
         buf = self.means.get(key)
         if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
-            buf = self.means[key] = like.new_empty(shape)
+            # zeroed once: a triangle left unwritten (see mark_upper_only) then stays finite
+            buf = self.means[key] = _aligned_empty(shape, like).zero_()
         return buf, before / after, 1.0 / after
+
+
+def _aligned_empty(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised tensor of ``shape`` on ``like``'s device; a matrix gets its rows padded to a multiple of
+    :data:`_ALIGN` elements (a view of a wider buffer), so that every row starts on a 64-byte boundary."""
+    dtype = like.dtype if dtype is None else dtype
+    if len(shape) != 2 or shape[1] % _ALIGN == 0:
+        return like.new_empty(shape, dtype=dtype)
+    rows, cols = shape
+    return like.new_empty((rows, cols + (-cols) % _ALIGN), dtype=dtype)[:, :cols]
+
+
+def _aligned_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` laid out as :func:`_aligned_empty` lays out a new tensor."""
+    return _aligned_empty(tuple(t.shape), t).copy_(t)
 
 
 def _fold(dst: torch.Tensor, total: torch.Tensor, beta: float, alpha: float) -> None:
@@ -193,10 +247,10 @@ class _FisherPreconditioner(ABC):
         return 0
 
     def _precondition_low_rank(
-        self, st: _LayerState, grad: torch.Tensor, a: torch.Tensor, g: torch.Tensor
-    ) -> torch.Tensor | None:
-        """The preconditioned gradient from the batch factors ``grad = g^T abar`` (``a`` (R, d_in), ``g``
-        (R, d_out)), or ``None`` when ``grad`` is not that product."""
+        self, st: _LayerState, gw: torch.Tensor, gb: torch.Tensor | None, a: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The preconditioned gradient from the batch factors ``[gw | gb] = g^T abar`` (``a`` (R, d_in), ``g``
+        (R, d_out)) as its weight and bias parts, or ``None`` when the gradient is not that product."""
         return None
 
     # ------------------------------------------------------------------ discovery
@@ -379,7 +433,7 @@ class _FisherPreconditioner(ABC):
             for key in st.counts:
                 mean = st.means[key]
                 if key not in st.ema:
-                    st.ema[key] = mean.clone()
+                    st.ema[key] = _aligned_copy(mean)
                 else:
                     st.ema[key].lerp_(mean, weight)
             for key, (count, fold, _) in st.deferred.items():
@@ -402,7 +456,7 @@ class _FisherPreconditioner(ABC):
             Learning rate for KL clipping on this step (default: the attribute ``lr``).
         """
         self._flush_statistics()
-        updates: list[tuple[_Adapter, torch.Tensor]] = []
+        updates: list[tuple[_Adapter, tuple[torch.Tensor, torch.Tensor | None]]] = []
         low_rank: list[str] = []
         vgs: list[torch.Tensor] = []
         for name, adapter in self._adapters.items():
@@ -410,32 +464,38 @@ class _FisherPreconditioner(ABC):
             batch, st.batch, st.batch_rows = st.batch, [], 0
             if not st.ema:
                 continue
-            grad = adapter.grad_matrix()
-            if grad is None:
+            if adapter.weight.grad is None:
                 continue
             if self._refresh_due(st):
                 self._refresh(st)
                 st.refreshed_damping = self.damping
             dtype = next(iter(st.ema.values())).dtype
-            g = grad.to(dtype)
+            gw, gb = adapter.grad_parts()
+            gw, gb = gw.to(dtype), None if gb is None else gb.to(dtype)
             v = None
             if batch:
                 a_rows, g_rows = self._batch_rows(adapter, batch, dtype)
-                v = self._precondition_low_rank(st, g, a_rows, g_rows)
+                v = self._precondition_low_rank(st, gw, gb, a_rows, g_rows)
             if v is None:
-                v = self._precondition(st, g)
+                grad = st.buffer("grad", adapter.matrix_shape, gw)
+                grad[:, : gw.shape[1]].copy_(gw)
+                if gb is not None:
+                    grad[:, -1].copy_(gb)
+                full = self._precondition(st, grad)
+                v = (full[:, : gw.shape[1]], None if gb is None else full[:, -1])
             else:
                 low_rank.append(name)
-            vgs.append(torch.dot(v.reshape(-1), g.reshape(-1)).to(torch.float64))
+            vg = _frobenius(v[0], gw)
+            vgs.append(vg if gb is None else vg + torch.dot(v[1], gb))
             updates.append((adapter, v))
         self.last_low_rank = tuple(low_rank)
         lr = self.lr if lr is None else lr
         nu = 1.0
-        vg = torch.stack(vgs).sum().item() if vgs else 0.0
+        vg = torch.stack(vgs).to(torch.float64).sum().item() if vgs else 0.0
         if self.kl_clip and updates and vg > 0.0:
             nu = min(1.0, math.sqrt(self.kl_clip / (lr**2 * vg)))
-        for adapter, v in updates:
-            adapter.write_grad(v, nu)
+        for adapter, (vw, vb) in updates:
+            adapter.write_grad(vw, vb, nu)
         self.last_kl_scale = nu
         self.steps += 1
 
@@ -456,7 +516,7 @@ class _FisherPreconditioner(ABC):
         """Step counter and, per layer, the moving averages and what was computed from them (cloned)."""
         layers = {
             name: {
-                "ema": {k: v.clone() for k, v in st.ema.items()},
+                "ema": {k: st.full(k).clone() for k in st.ema},
                 "cache": {k: v.clone() for k, v in st.cache.items()},
                 "pi": st.pi,
                 "damping": st.refreshed_damping,
@@ -488,7 +548,7 @@ class _FisherPreconditioner(ABC):
             dtype = torch.promote_types(weight.dtype, torch.float32)
 
             def moved(tensors: Mapping[str, torch.Tensor], device=weight.device, dtype=dtype) -> dict:
-                return {k: v.to(device=device, dtype=dtype).clone() for k, v in tensors.items()}
+                return {k: _aligned_copy(v.to(device=device, dtype=dtype)) for k, v in tensors.items()}
 
             self._state[name] = _LayerState(
                 ema=moved(entry["ema"]),
@@ -497,6 +557,13 @@ class _FisherPreconditioner(ABC):
                 refreshed_damping=entry["damping"],
             )
         self.steps = int(state["steps"])
+
+
+def _frobenius(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``<x, y> = sum_ij x_ij y_ij`` of two matrices (one dot product when both are contiguous)."""
+    if x.is_contiguous() and y.is_contiguous():
+        return torch.dot(x.reshape(-1), y.reshape(-1))
+    return (x * y).sum()
 
 
 def _batched_grad(logits: torch.Tensor, edges: list, v: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

@@ -136,21 +136,18 @@ class _Adapter(ABC):
     def _weight_grad_out_in(self) -> torch.Tensor:
         return self.weight.grad.reshape(self.weight.shape[0], -1)
 
-    def grad_matrix(self) -> torch.Tensor | None:
-        """The gradient as a ``(d_out, d_in [+ 1])`` matrix, or ``None`` when the weight has no grad."""
-        if self.weight.grad is None:
-            return None
-        gw = self._weight_grad_out_in()
-        if self.bias is None:
-            return gw
-        gb = self.bias.grad if self.bias.grad is not None else torch.zeros_like(self.bias)
-        return torch.cat([gw, gb.reshape(-1, 1).to(gw.dtype)], dim=1)
+    def grad_parts(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weight gradient as the ``(d_out, d_in)`` matrix (a view of ``.grad``, which must exist) and the
+        bias gradient (zeros while the bias has none; ``None`` for a layer without bias)."""
+        gb = None
+        if self.bias is not None:
+            gb = self.bias.grad if self.bias.grad is not None else torch.zeros_like(self.bias)
+        return self._weight_grad_out_in(), gb
 
-    def write_grad(self, v: torch.Tensor, scale: float = 1.0) -> None:
-        """Overwrite ``.grad`` with ``scale`` times the ``(d_out, d_in [+ 1])`` matrix ``v``."""
-        d_in = v.shape[1] - int(self.has_bias)
-        _scaled_copy(self.weight.grad, v[:, :d_in].reshape(self.weight.grad.shape), scale)
-        self._write_bias(v[:, d_in] if self.bias is not None else None, scale)
+    def write_grad(self, vw: torch.Tensor, vb: torch.Tensor | None, scale: float = 1.0) -> None:
+        """Overwrite ``.grad`` with ``scale`` times the ``(d_out, d_in)`` matrix ``vw`` and the bias part ``vb``."""
+        _scaled_copy(self.weight.grad, vw.reshape(self.weight.grad.shape), scale)
+        self._write_bias(vb, scale)
 
     def _write_bias(self, v: torch.Tensor | None, scale: float) -> None:
         if v is None:
@@ -199,11 +196,9 @@ class _LinearAdapter(_Adapter):
         d0, d1 = self.weight.shape
         return (d0, d1) if self.layout == "out_in" else (d1, d0)
 
-    def write_grad(self, v: torch.Tensor, scale: float = 1.0) -> None:
-        d_in = v.shape[1] - int(self.has_bias)
-        w = v[:, :d_in]
-        _scaled_copy(self.weight.grad, w if self.layout == "out_in" else w.T, scale)
-        self._write_bias(v[:, d_in] if self.bias is not None else None, scale)
+    def write_grad(self, vw: torch.Tensor, vb: torch.Tensor | None, scale: float = 1.0) -> None:
+        _scaled_copy(self.weight.grad, vw if self.layout == "out_in" else vw.T, scale)
+        self._write_bias(vb, scale)
 
 
 class _ConvAdapter(_Adapter):

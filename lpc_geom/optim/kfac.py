@@ -111,7 +111,14 @@ filled from the column sums of ``a`` (no concatenated ``abar``); for a factor la
 rows at most its size, the MLP layers at batch 128) the product waits for :meth:`KFAC.step` and goes
 straight into the moving average, ``A <- beta A + (1 - beta) abar^T abar / R``, in the same ``addmm``
 (the rows it keeps until then take no more memory than the factor); with a process group the sums are
-all-reduced first, so they are never deferred.
+all-reduced first, so they are never deferred. A factor at least two panels wide (``2 x 128``) is formed on its
+upper triangle only, one ``addmm`` per panel of 128 columns ``x_i``, ``S[i, i:] = x_i^T x[:, i:]`` (five eighths
+of the multiply-adds at width 512); its strict lower triangle is then stale and is mirrored from the upper one
+when the factor is read (:meth:`KFAC.factors`, the refresh of the inverses, :meth:`KFAC.state_dict`), so the
+factors read are exactly symmetric. Matrices kept from step to step (factors, inverses, work buffers) have
+their rows padded to 64-byte boundaries: BLAS writes a ``d + 1`` wide product with misaligned rows markedly
+slower. The low-rank product keeps the homogeneous column apart, ``abar A^{-1} = [a P + 1 r^T, a c + s]``
+for ``A^{-1} = [[P, c], [r^T, s]]``, so that its products are ``d`` wide and need no concatenated gradient.
 
 Diagonal variant
 ----------------
@@ -131,7 +138,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from lpc_geom.optim._kfac_base import FisherType, _FisherPreconditioner, _fold, _LayerState
+from lpc_geom.optim._kfac_base import (
+    _ALIGN,
+    FisherType,
+    _aligned_copy,
+    _FisherPreconditioner,
+    _fold,
+    _LayerState,
+)
 from lpc_geom.optim._kfac_layers import KFACLayer, _Adapter
 
 __all__ = ["KFAC", "DampingMode", "DiagonalFisher", "FisherType", "KFACLayer"]
@@ -139,6 +153,7 @@ __all__ = ["KFAC", "DampingMode", "DiagonalFisher", "FisherType", "KFACLayer"]
 DampingMode = Literal["factored", "eigen"]
 _PROBES = 4  # random probe vectors per side that check .grad against the captured batch factors
 _PROBE_SEED = 0x4B464143
+_PANEL = 128  # columns per panel of a second-moment product formed on its upper triangle only
 
 
 class KFAC(_FisherPreconditioner):
@@ -254,8 +269,8 @@ class KFAC(_FisherPreconditioner):
 
     def factors(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The moving-average factors ``(A, G)`` of layer ``name`` (``None`` before any statistics)."""
-        ema = self._state[name].ema
-        return ema.get("A"), ema.get("G")
+        st = self._state[name]
+        return st.full("A"), st.full("G")
 
     def _accumulate(self, st: _LayerState, adapter: _Adapter, a: torch.Tensor, g: torch.Tensor, n: int) -> None:
         for key, rows, count, homogeneous in (
@@ -263,6 +278,7 @@ class KFAC(_FisherPreconditioner):
             ("G", g.reshape(-1, g.shape[-1]), n, False),
         ):
             d = rows.shape[1] + int(homogeneous)
+            st.mark_upper_only(key)
             # Deferred to the step (one product into the moving average) when keeping the rows until then
             # costs no more memory than a factor; with a process group the sums must be reduced first.
             st.accumulate(key, rows.shape[0] if count is None else count, (d, d), rows,
@@ -273,18 +289,18 @@ class KFAC(_FisherPreconditioner):
         return self.steps % self.update_freq == 0 or st.refreshed_damping != self.damping
 
     def _refresh(self, st: _LayerState) -> None:
-        A, G = st.ema["A"], st.ema["G"]
+        A, G = st.full("A"), st.full("G")
         mean_a, mean_g = A.diagonal().mean().item(), G.diagonal().mean().item()
         st.pi = math.sqrt(mean_a / mean_g) if mean_a > 0 and mean_g > 0 else 1.0
         if self.damping_mode == "factored":
             root = math.sqrt(self.damping)
             st.cache = {
-                "inv_A": self._damped_inverse(A, root * st.pi),
-                "inv_G": self._damped_inverse(G, root / st.pi),
+                "inv_A": _aligned_copy(self._damped_inverse(A, root * st.pi)),
+                "inv_G": _aligned_copy(self._damped_inverse(G, root / st.pi)),
             }
         else:
             (dA, QA), (dG, QG) = self._eigh(A), self._eigh(G)
-            st.cache = {"dA": dA, "QA": QA, "dG": dG, "QG": QG}
+            st.cache = {"dA": dA, "QA": _aligned_copy(QA), "dG": dG, "QG": _aligned_copy(QG)}
 
     def _damped_inverse(self, m: torch.Tensor, shift: float) -> torch.Tensor:
         """``(m + shift I)^{-1}`` through a Cholesky factorisation, retried in float64 when it fails."""
@@ -326,33 +342,63 @@ class KFAC(_FisherPreconditioner):
         return (d_out * d_in * (d_out + d_in) - 1) // (d_out * d_out + d_in * d_in + d_out * d_in)
 
     def _precondition_low_rank(
-        self, st: _LayerState, grad: torch.Tensor, a: torch.Tensor, g: torch.Tensor
-    ) -> torch.Tensor | None:
+        self, st: _LayerState, gw: torch.Tensor, gb: torch.Tensor | None, a: torch.Tensor, g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         rows, d = a.shape
-        d_out, d_bar = grad.shape
-        homogeneous = d_bar == d + 1
-        if st.probes is None or st.probes[0].dtype != grad.dtype or st.probes[0].device != grad.device:
-            gen = torch.Generator(device=grad.device).manual_seed(_PROBE_SEED)
-            kw = {"generator": gen, "dtype": grad.dtype, "device": grad.device}
-            st.probes = (torch.randn(d_out, _PROBES, **kw), torch.randn(d_bar, _PROBES, **kw))
-        U, P = st.probes
+        d_out = gw.shape[0]
+        homogeneous = gb is not None
+        d_bar = d + int(homogeneous)
+        if st.probes is None or st.probes[0].dtype != gw.dtype or st.probes[0].device != gw.device:
+            gen = torch.Generator(device=gw.device).manual_seed(_PROBE_SEED)
+            kw = {"generator": gen, "dtype": gw.dtype, "device": gw.device}
+            U, P = torch.randn(d_out, _PROBES, **kw), torch.randn(d_bar, _PROBES, **kw)
+            # kept transposed: a product with few rows and the long axis last is what BLAS does fastest here
+            st.probes = (U.T.contiguous(), P.T.contiguous(), U.T.abs(), P.T.abs())
+        Ut, Pt, Ut_abs, Pt_abs = st.probes
 
-        def right(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:  # abar @ m without forming abar
-            return torch.addmm(m[d], x, m[:d]) if homogeneous else x @ m
+        def right_t(m_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # (abar @ m_t^T)^T without forming abar
+            return torch.addmm(m_t[:, d:], m_t[:, :d], x.T) if homogeneous else m_t @ x.T
 
-        # grad must be the product of the captured factors: anything else in .grad (a penalty on the
+        # The gradient must be the product of the captured factors: anything else in .grad (a penalty on the
         # weight, clipping, a DDP average, a backward the hooks did not see) shows in the probes.
-        diff = U.T @ (grad @ P) - (g @ U).T @ right(a, P)
-        bound = (g.abs() @ U.abs()).T @ right(a.abs(), P.abs())
-        gamma = (rows + d_out + d_bar) * torch.finfo(grad.dtype).eps
+        probed = (Ut @ gw) @ Pt[:, :d].T
+        if homogeneous:
+            probed.addr_(Ut @ gb, Pt[:, d])
+        diff = probed - (Ut @ g.T) @ right_t(Pt, a).T
+        bound = (Ut_abs @ g.abs().T) @ right_t(Pt_abs, a.abs()).T
+        gamma = (rows + d_out + d_bar) * torch.finfo(gw.dtype).eps
         if bool((diff.abs() > 2.0 * gamma * bound).any()):
             return None
-        return (st.cache["inv_G"] @ g.T) @ right(a, st.cache["inv_A"])
+        inv_A, inv_G = st.cache["inv_A"], st.cache["inv_G"]
+        # (inv_G g^T)(abar inv_A), the homogeneous column of abar inv_A apart so that every product is d wide
+        # (left_t = g inv_G^T, R x d_out, is inv_G g^T transposed: the wide axis last is the faster product)
+        left_t = torch.mm(g, inv_G.T, out=st.buffer("low_rank_left", (rows, d_out), gw))
+        right = st.buffer("low_rank_right", (rows, d), gw)
+        if not homogeneous:
+            torch.mm(a, inv_A, out=right)
+            return torch.mm(left_t.T, right, out=st.buffer("update", (d_out, d), gw)), None
+        torch.addmm(inv_A[d, :d], a, inv_A[:d, :d], out=right)
+        right_b = torch.addmv(inv_A[d, d], a, inv_A[:d, d])
+        return torch.mm(left_t.T, right, out=st.buffer("update", (d_out, d), gw)), torch.mv(left_t.T, right_b)
 
     def _precondition(self, st: _LayerState, grad: torch.Tensor) -> torch.Tensor:
         c = st.cache
         if self.damping_mode == "factored":
-            return c["inv_G"] @ grad @ c["inv_A"]
+            inv_A, inv_G = c["inv_A"], c["inv_G"]
+            d_out, d_bar = grad.shape
+            if d_out > d_bar:
+                # V^T = inv_A^T grad^T inv_G^T: the same products with the wide axis last (faster in BLAS)
+                half = torch.mm(inv_A.T, grad.T, out=st.buffer("half", (d_bar, d_out), grad))
+                return torch.mm(half, inv_G.T, out=st.buffer("update", (d_bar, d_out), grad)).T
+            half = torch.mm(inv_G, grad, out=st.buffer("half", (d_out, d_bar), grad))
+            update = st.buffer("update", (d_out, d_bar), grad)
+            d = d_bar - 1
+            if d and d % _ALIGN == 0:  # the homogeneous column apart: the large product is d wide, rows aligned
+                torch.mm(half, inv_A[:, :d], out=update[:, :d])
+                torch.mv(half, inv_A[:, d], out=update[:, d])
+            else:
+                torch.mm(half, inv_A, out=update)
+            return update
         t = c["QG"].T @ grad @ c["QA"]
         t = t / (c["dG"][:, None] * c["dA"][None, :] + self.damping)
         return c["QG"] @ t @ c["QA"].T
@@ -410,13 +456,31 @@ def _symmetric_part(m: torch.Tensor) -> torch.Tensor:
 
 
 def _fold_second_moment(out: torch.Tensor, beta: float, alpha: float, *, a: torch.Tensor, homogeneous: bool) -> None:
-    """``out <- beta out + alpha sum_r abar_r abar_r^T`` in place, with ``abar = (a, 1)`` when ``homogeneous``,
-    without concatenating (``out``'s old content is ignored when ``beta == 0``)."""
+    """``out <- beta out + alpha sum_r abar_r abar_r^T`` in place on the upper triangle of ``out`` (with the
+    diagonal; the strict lower triangle of the ``a^T a`` block may be left as it was, see
+    :meth:`_LayerState.mark_upper_only`), with ``abar = (a, 1)`` when ``homogeneous``, without concatenating
+    (``out``'s old content is ignored when ``beta == 0``)."""
     d = a.shape[1]
-    out[:d, :d].addmm_(a.T, a, beta=beta, alpha=alpha)
+    _gram_upper(out[:d, :d], a, beta, alpha)
     if not homogeneous:
         return
     col = a.sum(0)
     _fold(out[:d, d], col, beta, alpha)
     _fold(out[d, :d], col, beta, alpha)
     out[d, d] = (beta * out[d, d] if beta else 0.0) + alpha * a.shape[0]
+
+
+def _gram_upper(out: torch.Tensor, x: torch.Tensor, beta: float, alpha: float) -> None:
+    """``out <- beta out + alpha x^T x`` on the upper triangle and the diagonal of ``out``.
+
+    A wide ``x`` is split into column panels ``x_i`` of :data:`_PANEL` columns and only the blocks on and
+    right of the diagonal are formed, ``out[i, i:] <- beta out[i, i:] + alpha x_i^T x[:, i:]``: about
+    ``(1 + 1/p)/2`` of the multiply-adds of the full product for ``p`` panels.
+    """
+    d = x.shape[1]
+    if d < 2 * _PANEL:
+        out.addmm_(x.T, x, beta=beta, alpha=alpha)
+        return
+    for i in range(0, d, _PANEL):
+        j = min(i + _PANEL, d)
+        out[i:j, i:].addmm_(x[:, i:j].T, x[:, i:], beta=beta, alpha=alpha)
