@@ -235,11 +235,14 @@ class AdaptiveGamma(ExponentialGamma):
     observed: int = 0
     last_tolerance: float | None = None
     train_accuracy: float | None = None
+    innovations: list[float] = field(default_factory=list)
+    falls: int = 0
     uses_validation: ClassVar[bool] = True
     #: Fields that hold the controller's state, not options.
     STATE: ClassVar[tuple[str, ...]] = ("run_epochs", "gamma", "step", "phase", "smoothed", "best", "plateau",
                                         "flat", "below", "wait", "back_offs", "brackets", "grew", "recent",
-                                        "good_gamma", "observed", "last_tolerance", "train_accuracy")
+                                        "good_gamma", "observed", "last_tolerance", "train_accuracy",
+                                        "innovations", "falls")
 
     def __call__(self, epoch: int) -> float:
         return self.start if self.gamma is None else self.gamma
@@ -278,8 +281,17 @@ class AdaptiveGamma(ExponentialGamma):
         r"""Epochs after which gamma no longer grows, :math:`E_g = \lceil g E \rceil`."""
         return math.ceil(self.grow_until * self._epochs() - 1e-9)
 
-    def tolerance_for(self, best: float, samples: int | None) -> float:
-        r"""The tolerance :math:`\tau = \max(\tau_{min}, z \sqrt{r (1 - r) / n} \sqrt{\alpha / (2 - \alpha)})`.
+    def noise_window(self) -> int:
+        r"""Innovations the measured noise is estimated from, :math:`W = \max(3, \lceil E / 10 \rceil)`."""
+        return max(3, math.ceil(self._epochs() / 10 - 1e-9))
+
+    def gamma_floor(self) -> float:
+        r"""The smallest gamma a back-off reaches, :math:`\gamma_0 / f_0^{E_g}`: the range the growth window
+        spans above the start, mirrored below it."""
+        return self.start * math.exp(-self.growth_epochs() * math.log(self.initial_step()))
+
+    def tolerance_for(self, best: float, samples: int | None, innovations: list[float] | None = None) -> float:
+        r"""The tolerance :math:`\tau = \max(\tau_{min}, \min(\sigma_B, \sigma_M))` (class docstring).
 
         Parameters
         ----------
@@ -287,6 +299,9 @@ class AdaptiveGamma(ExponentialGamma):
             The best smoothed validation accuracy so far, :math:`r`.
         samples : int or None
             The validation size :math:`n`; ``None``: an exact accuracy, the floor :math:`\tau_{min}` alone.
+        innovations : list of float, optional
+            The latest innovations :math:`d_e = a_e - s_{e-1}`; with at least :meth:`noise_window` of them
+            the measured term :math:`\sigma_M` caps the binomial one :math:`\sigma_B`.
 
         Returns
         -------
@@ -295,8 +310,12 @@ class AdaptiveGamma(ExponentialGamma):
         if samples is None:
             return self.tolerance
         alpha = self.smoothing
-        noise = math.sqrt(best * (1.0 - best) / samples) * math.sqrt(alpha / (2.0 - alpha))
-        return max(self.tolerance, NOISE_SIGMAS * noise)
+        noise = NOISE_SIGMAS * math.sqrt(best * (1.0 - best) / samples) * math.sqrt(alpha / (2.0 - alpha))
+        if innovations is not None and len(innovations) >= self.noise_window():
+            mean = sum(innovations) / len(innovations)
+            variance = sum((d - mean) ** 2 for d in innovations) / (len(innovations) - 1)
+            noise = min(noise, NOISE_SIGMAS * math.sqrt(alpha / 2.0 * variance))
+        return max(self.tolerance, noise)
 
     def _grow(self, gamma: float, decision: str) -> str:
         if self.observed % self.every != 0 or gamma >= self.gamma_max:
@@ -339,10 +358,12 @@ class AdaptiveGamma(ExponentialGamma):
         if self.step is None:
             self.step = self.initial_step()
         self.observed += 1
+        if self.smoothed is not None:
+            self.innovations = [*self.innovations, accuracy - self.smoothed][-self.noise_window():]
         self.smoothed = accuracy if self.smoothed is None else self.smoothed + self.smoothing * (
             accuracy - self.smoothed)
         self.best = self.smoothed if self.best is None else max(self.best, self.smoothed)
-        self.last_tolerance = self.tolerance_for(self.best, samples)
+        self.last_tolerance = self.tolerance_for(self.best, samples, self.innovations)
         self.recent = [*self.recent, gamma][-(self.lag + 1):]
         done = epoch + 1
         if self.phase == WARMING:
@@ -355,7 +376,7 @@ class AdaptiveGamma(ExponentialGamma):
             if self.flat >= max(self.patience, math.ceil(epochs / 20)) or done >= math.ceil(
                     self.growth_epochs() / 2):
                 self.best = self.smoothed  # judged from here on against the level the fit reached
-                self.last_tolerance = self.tolerance_for(self.best, samples)
+                self.last_tolerance = self.tolerance_for(self.best, samples, self.innovations)
                 self.good_gamma = gamma
                 if done < self.growth_epochs():
                     self.phase = GROWING
@@ -369,7 +390,7 @@ class AdaptiveGamma(ExponentialGamma):
                 return HOLD
         may_grow = done < self.growth_epochs() and self.brackets < SETTLE_BACK_OFFS
         if self.smoothed >= self.best - self.last_tolerance:
-            self.below = 0
+            self.below, self.falls = 0, 0
             self.good_gamma = min(self.recent)
             if self.phase == COOLING:
                 self.phase = GROWING if may_grow else HOLDING
@@ -384,7 +405,14 @@ class AdaptiveGamma(ExponentialGamma):
         if self.grew and self.good_gamma is not None and self.good_gamma < gamma:
             self.gamma = self.good_gamma
         else:
-            self.gamma = gamma / self.step
+            floor = self.gamma_floor()
+            if gamma <= floor * (1.0 + 1e-9):  # no penalty left to take back: the fall is not gamma's doing
+                self.best, self.below = self.smoothed, 0
+                self.last_tolerance = self.tolerance_for(self.best, samples, self.innovations)
+                return HOLD
+            # log gamma falls by 2^j log f_0 at the j-th consecutive fall (the accuracy never held in between)
+            self.gamma = max(gamma * math.exp(-(2.0 ** self.falls) * math.log(self.initial_step())), floor)
+            self.falls += 1
         if self.grew:  # an overshoot: the gamma worth having lies below the one that grew last
             self.step = math.sqrt(self.step)
             self.brackets += 1
