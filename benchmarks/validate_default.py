@@ -108,7 +108,8 @@ def controller_settings(epochs: int) -> dict[str, Any]:
     controller = build_gamma_schedule("adaptive", run_epochs=epochs)
     return {"initial_step": controller.initial_step(), "growth_epochs": controller.growth_epochs(),
             "lag": controller.lag, "smoothing": controller.smoothing, "patience": controller.patience,
-            "tolerance": controller.tolerance, "validation_fraction": controller.validation_fraction}
+            "tolerance": controller.tolerance, "validation_fraction": controller.validation_fraction,
+            "noise_window": controller.noise_window(), "gamma_floor": controller.gamma_floor()}
 
 
 def dataset_options(name: str, spec: Spec, seed: int, out: Path, quick: bool) -> dict[str, Any]:
@@ -297,8 +298,11 @@ def main(argv=None) -> int:
         f"training data held out, smoothing {settings['smoothing']:g}, warm-up until the training accuracy "
         f"plateaus, growth x{settings['initial_step']:.4g} per epoch (square-rooted at each back-off) "
         f"up to epoch {settings['growth_epochs']}, then held; tolerance max({100 * settings['tolerance']:g} pt, "
-        "2 standard deviations of the smoothed accuracy), patience "
-        f"{settings['patience']}. LinPen and NoPen train on every training sample. Dataset seeds = run seeds. "
+        "2 standard deviations of the smoothed accuracy, the smaller of the binomial bound of the split and the "
+        f"noise measured over the last {settings['noise_window']} epochs), patience {settings['patience']}; a "
+        "fall that persists at a gamma that did not grow divides it by the first step, its square, its fourth "
+        f"power, ..., down to {settings['gamma_floor']:.2g}. LinPen and NoPen train on every training sample. "
+        "Dataset seeds = run seeds. "
         "Mean ± std over seeds; separation ratios of the training (sep. train) and test (sep. test) latents; "
         "growth from epoch: the end of the warm-up; peak gamma: the largest gamma trained at.\n\nDatasets:\n\n"
         + specs + "\n\n" + tables

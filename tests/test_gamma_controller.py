@@ -5,6 +5,7 @@ import json
 import math
 import os
 import signal
+import statistics
 
 import pytest
 import torch
@@ -130,20 +131,47 @@ def test_the_cool_down_lasts_the_smoothing_delay_plus_one():
                    (RESUME, pytest.approx(math.sqrt(2.0)))]
 
 
-def test_a_back_off_without_growth_before_it_divides_by_the_step_and_keeps_it():
+def test_a_back_off_without_growth_before_it_divides_by_the_initial_step_and_keeps_the_step():
     s = plain()
     decisions(s, WARM)
     got = decisions(s, [0.70, 0.6, 0.6, 0.6, 0.6], first=5)
     # an overshoot: back to the good gamma 2, step sqrt(2); not recovered after the cool-down: no growth to
-    # undo, gamma / sqrt(2) with the same step
-    assert got == [(GROW, 4.0), (HOLD, 4.0), (BACK_OFF, 2.0), (HOLD, 2.0),
-                   (BACK_OFF, pytest.approx(2.0 / math.sqrt(2.0)))]
-    assert s.step == pytest.approx(math.sqrt(2.0)) and s.back_offs == 2 and s.brackets == 1
+    # undo, a fall outside the bracket: gamma / f_0 (2), the line search's step unchanged
+    assert got == [(GROW, 4.0), (HOLD, 4.0), (BACK_OFF, 2.0), (HOLD, 2.0), (BACK_OFF, pytest.approx(1.0))]
+    assert s.step == pytest.approx(math.sqrt(2.0)) and s.back_offs == 2 and s.brackets == 1 and s.falls == 1
     early = plain()
     decisions(early, WARM)  # growth began at gamma 2; the good gamma is the start, 1
     got = decisions(early, [0.6] * 4, first=5)
-    assert got == [(HOLD, 2.0), (BACK_OFF, 1.0), (HOLD, 1.0), (BACK_OFF, pytest.approx(1.0 / math.sqrt(2.0)))]
+    assert got == [(HOLD, 2.0), (BACK_OFF, 1.0), (HOLD, 1.0), (BACK_OFF, pytest.approx(0.5))]
     assert early(9) < early.start  # an accuracy that keeps falling takes gamma below the start
+
+
+def test_a_fall_that_persists_doubles_the_back_off_in_log_gamma_and_a_hold_resets_it():
+    s = plain()
+    decisions(s, WARM)
+    decisions(s, [0.7] * 16, first=5)  # grown to 2^15, held past the window
+    held = s(21)
+    # never recovering: the j-th consecutive back-off divides by f_0^(2^j) = 2, 4, 16
+    got = decisions(s, [0.6] * 6, first=21)
+    assert got == [(HOLD, held), (BACK_OFF, held / 2), (HOLD, held / 2), (BACK_OFF, held / 8),
+                   (HOLD, held / 8), (BACK_OFF, held / 128)]
+    assert s.falls == 3
+    # an epoch that holds ends the run of falls: the next fall divides by f_0 again
+    got = decisions(s, [0.7, 0.6, 0.6], first=27)
+    assert got == [(HOLD, held / 128), (HOLD, held / 128), (BACK_OFF, held / 256)] and s.falls == 1
+
+
+def test_at_the_gamma_floor_a_fall_resets_the_best_instead_of_backing_off():
+    s = plain()
+    assert s.gamma_floor() == pytest.approx(2.0 ** -20)  # start / f_0^(E_g), E_g = 20
+    decisions(s, WARM)
+    got = decisions(s, [0.6] * 14, first=5)  # back to 1, then / 2, 4, 16, 256, then capped at the floor
+    gammas = [g for d, g in got if d == BACK_OFF]
+    assert gammas == pytest.approx([1.0, 0.5, 0.125, 2.0 ** -7, 2.0 ** -15, 2.0 ** -20])
+    assert s.back_offs == 6
+    # at the floor the penalty is not what costs accuracy: the level reached becomes the best, gamma stays
+    assert decisions(s, [0.6, 0.6], first=19) == [(HOLD, 2.0 ** -20)] * 2
+    assert s.best == pytest.approx(0.6) and s.back_offs == 6 and s.below == 0
 
 
 def test_growth_settles_after_the_back_offs_and_stops_at_the_growth_window():
@@ -198,6 +226,7 @@ def test_the_initial_step_is_the_papers_rate_stretched_to_the_run():
 def test_smoothing_best_and_tolerance_follow_their_formulas(accuracies, samples, floor, alpha):
     s = build_gamma_schedule("adaptive", run_epochs=40, tolerance=floor, smoothing=alpha)
     smoothed = best = None
+    smoothed_list = []  # s_0, s_1, ...: the innovation of epoch e is a_e - s_{e-1}
     for epoch, accuracy in enumerate(accuracies):
         warming = s.phase == WARMING
         s.observe_validation(epoch, accuracy, samples=samples)
@@ -205,7 +234,12 @@ def test_smoothing_best_and_tolerance_follow_their_formulas(accuracies, samples,
         best = smoothed if best is None else max(best, smoothed)
         if warming and s.phase != WARMING:  # the end of the warm-up resets the best to the level reached
             best = smoothed
-        expected = max(floor, 2.0 * math.sqrt(best * (1 - best) / samples) * math.sqrt(alpha / (2 - alpha)))
+        expected = 2.0 * math.sqrt(best * (1 - best) / samples) * math.sqrt(alpha / (2 - alpha))
+        innovations = [a - b for a, b in zip(accuracies[1:epoch + 1], smoothed_list, strict=False)][-4:]
+        if len(innovations) >= 4:  # W = max(3, ceil(40 / 10)): the measured noise caps the binomial bound
+            expected = min(expected, 2.0 * math.sqrt(alpha / 2 * statistics.variance(innovations)))
+        expected = max(floor, expected)
+        smoothed_list.append(smoothed)
         assert s.smoothed == pytest.approx(smoothed, abs=1e-12) and s.best == pytest.approx(best, abs=1e-12)
         assert s.last_tolerance == pytest.approx(expected, rel=1e-9, abs=1e-12) and s.last_tolerance >= floor
     assert plain(tolerance=0.03).tolerance_for(1.0, 10) == 0.03  # r = 1: no noise term
@@ -215,13 +249,25 @@ def test_smoothing_best_and_tolerance_follow_their_formulas(accuracies, samples,
 def test_a_dip_within_the_noise_of_a_small_split_grows_and_a_large_split_backs_off():
     # best 0.8 on 240 samples: 2 standard errors = 2 sqrt(0.16 / 240) = 0.0516 (smoothing 1); a 3-point dip is
     # noise there, but beyond the tolerance on 24,000 samples (0.0052, floor 0.01)
+    # (before W = 4 innovations exist, the binomial bound alone)
     small, large = plain(), plain()
     flat = [0.8] * 3
-    assert [d for d, _ in decisions(small, [*flat, 0.77, 0.77], samples=240)] == [WARM_UP] * 2 + [GROW] * 3
+    assert [d for d, _ in decisions(small, [*flat, 0.77], samples=240)] == [WARM_UP] * 2 + [GROW] * 2
     assert small.last_tolerance == pytest.approx(2 * (0.8 * 0.2 / 240) ** 0.5)
     assert [d for d, _ in decisions(large, [*flat, 0.77, 0.77], samples=24_000)] == [WARM_UP] * 2 + [
         GROW, HOLD, BACK_OFF]
     assert large.last_tolerance == 0.01
+
+
+def test_a_split_that_measures_steady_judges_a_dip_by_its_measured_noise_not_the_binomial_bound():
+    # the same 240 samples, but six epochs without a change: the innovations of the last W = 4 epochs,
+    # 0, 0, 0, -0.03, have variance 2.25e-4: tolerance 2 sqrt(0.5 * 2.25e-4) = 0.0212 < 0.0516, so the
+    # 3-point dip is a loss
+    steady = plain()
+    got = [d for d, _ in decisions(steady, [0.8] * 6 + [0.77, 0.77], samples=240)]
+    assert got == [WARM_UP] * 2 + [GROW] * 4 + [HOLD, BACK_OFF]
+    assert steady.last_tolerance == pytest.approx(2 * math.sqrt(0.5 * statistics.variance([0, 0, -0.03, 0])))
+    assert steady.noise_window() == 4 and build_gamma_schedule("adaptive", run_epochs=100).noise_window() == 10
 
 
 @given(st.lists(st.floats(0, 1), min_size=1, max_size=40), st.integers(0, 39), st.sampled_from([None, 50, 900]))
@@ -322,11 +368,17 @@ def test_tiny_run_records_decisions_and_a_run_stopped_by_a_signal_resumes_exactl
             assert after["gamma"] == pytest.approx(3.0 * before["gamma"])
     n = json.loads((tmp_path / "full" / "summary.json").read_text())["validation_samples"]
     smoothed = best = None
+    innovations = []
     for row in full.history:
         assert 0 <= row["val_acc"] <= 1
+        if smoothed is not None:
+            innovations = [*innovations, row["val_acc"] - smoothed][-3:]  # W = max(3, ceil(6 / 10))
         smoothed = row["val_acc"] if smoothed is None else smoothed + 0.3 * (row["val_acc"] - smoothed)
         best = smoothed if best is None else max(best, smoothed)
-        tau = max(0.01, 2 * math.sqrt(best * (1 - best) / n) * math.sqrt(0.3 / 1.7))
+        tau = 2 * math.sqrt(best * (1 - best) / n) * math.sqrt(0.3 / 1.7)
+        if len(innovations) == 3:
+            tau = min(tau, 2 * math.sqrt(0.3 / 2 * statistics.variance(innovations)))
+        tau = max(0.01, tau)
         assert row["gamma_tolerance"] == pytest.approx(tau)
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert summary["validation_fraction"] == 0.1 and summary["validation_seed"] == 0

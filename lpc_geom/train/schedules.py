@@ -132,10 +132,13 @@ class AdaptiveGamma(ExponentialGamma):
 
     .. math::
 
-        \tau_e = \max\left(\tau_{min},\; z \sqrt{\frac{r_e (1 - r_e)}{n}} \sqrt{\frac{\alpha}{2 - \alpha}}
-        \right), \qquad z = 2,
+        \tau_e = \max\left(\tau_{min},\; \min(\sigma_B, \sigma_M)\right), \qquad
+        \sigma_B = z \sqrt{\frac{r_e (1 - r_e)}{n}} \sqrt{\frac{\alpha}{2 - \alpha}}, \qquad
+        \sigma_M = z \sqrt{\frac{\alpha}{2} v_e}, \qquad z = 2,
 
-    :math:`\tau_{min}` the ``tolerance`` option and :math:`z` = :data:`NOISE_SIGMAS`. The run's length
+    :math:`\tau_{min}` the ``tolerance`` option, :math:`z` = :data:`NOISE_SIGMAS` and :math:`v_e` the sample
+    variance of the last :math:`W = \max(3, \lceil E / 10 \rceil)` innovations
+    :math:`d_{e'} = a_{e'} - s_{e'-1}` (:math:`\sigma_M` only once :math:`W` of them exist). The run's length
     :math:`E` (``run_epochs``, set by the trainer through :func:`build_gamma_schedule`) fixes the windows:
     growth ends after :math:`E_g = \lceil g E \rceil` epochs (:math:`g` = ``grow_until``), so that gamma is
     held for the remaining :math:`E - E_g`, and the initial step is the paper's rate stretched to the
@@ -158,15 +161,29 @@ class AdaptiveGamma(ExponentialGamma):
     * **back off** (:data:`BACK_OFF`): after ``patience`` consecutive epochs that do not hold, and if
       gamma grew since the last back-off (an overshoot), :math:`\gamma \leftarrow \gamma_{good}` and the
       step shrinks to :math:`f_{k+1} = \sqrt{f_k}`; otherwise (the accuracy fell at a gamma that did not
-      grow, or did not recover after a back-off) :math:`\gamma \leftarrow \gamma / f_k` with the same
-      step, below :math:`\gamma_0` if need be. Gamma is then held for :math:`L + 1` epochs (the
-      cool-down), in which the smoothed accuracy forgets the epochs at the larger gamma;
+      grow, or did not recover after a back-off) :math:`\gamma \leftarrow \max(\gamma / f_0^{2^j},
+      \gamma_{min})` with the same step, :math:`j` the number of such back-offs since an epoch last held
+      and :math:`\gamma_{min} = \gamma_0 / f_0^{E_g}` (:meth:`gamma_floor`): below :math:`\gamma_0` if
+      need be. At :math:`\gamma_{min}` a fall does not back off: the best resets to :math:`s_e` and gamma
+      holds. Gamma is then held for :math:`L + 1` epochs (the cool-down), in which the smoothed accuracy
+      forgets the epochs at the larger gamma;
     * **resume** (:data:`RESUME`): after the cool-down, an epoch that holds grows again with the smaller
       step, unless the run is past :math:`E_g` or :data:`SETTLE_BACK_OFFS` overshoots have happened
       (gamma then holds); one that does not counts towards the next back-off.
 
     Back-offs stay possible in every phase after the warm-up, so that an accuracy that falls while gamma
     is held (collapse costs accuracy slowly, and on some data at any gamma) is answered too.
+
+    Why a fall that persists halves gamma ever faster: once the network fits its training data the
+    cross-entropy's gradient vanishes and the compression term alone reshapes the latents, so that at a
+    fixed gamma (even :math:`\gamma_0`, on small noisy data) the cost in accuracy grows with the epochs
+    trained rather than with gamma; a back-off by one small step then only slows the loss. A fall that
+    persists after a back-off says the gamma the data bear lies an unknown distance below: doubling the
+    back-off in :math:`\log \gamma` reaches it in a number of back-offs logarithmic in that distance, the
+    counterpart of the line search's halving steps above. The floor mirrors the growth window's range below
+    :math:`\gamma_0`; there the penalty is negligible and a best that is not regained is no longer
+    gamma's doing (an overfitting network, or a best inflated by noise), so the level reached is the new
+    reference.
 
     Why: the compression term trades the classifier's accuracy for collapse, and on a new dataset the
     gamma at which the trade starts costing accuracy is unknown (the paper's schedules grow to
@@ -191,11 +208,20 @@ class AdaptiveGamma(ExponentialGamma):
       :math:`E - E_g` epochs, keeps the gamma found; growth rates and windows scale with :math:`E`, so the
       rule means the same for a 50- and a 500-epoch run.
 
-    Why the tolerance grows with the noise: the validation accuracy is a mean of :math:`n` Bernoulli
-    outcomes, whose standard error at a true accuracy :math:`p` is at most :math:`\sqrt{p (1 - p) / n}`
-    (estimated at :math:`p = r_e`); the smoothing scales the standard deviation of independent
-    fluctuations by :math:`\sqrt{\alpha / (2 - \alpha)}`. Within :math:`z = 2` of those a fall is noise.
-    With ``samples=None`` (the accuracy is exact) the tolerance is the floor alone.
+    Why the tolerance grows with the noise, and why measured: the validation accuracy is a mean of
+    :math:`n` Bernoulli outcomes, whose standard error at a true accuracy :math:`p` is at most
+    :math:`\sqrt{p (1 - p) / n}` (estimated at :math:`p = r_e`); the smoothing scales the standard
+    deviation of independent fluctuations by :math:`\sqrt{\alpha / (2 - \alpha)}`. That bound describes
+    drawing the split; but :math:`s_e` and :math:`r_e` are measured on the same split, so what separates
+    them is how much the predictions on those samples change from epoch to epoch, usually far less (a
+    network that has fitted its data changes few predictions per epoch). It is measured: for independent
+    fluctuations of variance :math:`\sigma^2` about a level, the innovation has variance
+    :math:`2 \sigma^2 / (2 - \alpha)` and :math:`s_e` has :math:`\alpha \sigma^2 / (2 - \alpha)`, hence
+    :math:`\mathrm{Var}(s_e) = \frac{\alpha}{2} \mathrm{Var}(d)`; the variance about the innovations' mean
+    leaves a steady trend out, so that a slow decline does not widen its own tolerance. The binomial
+    bound caps the measured term (and stands in for it while fewer than :math:`W` innovations exist).
+    Within :math:`z = 2` of those a fall is noise. With ``samples=None`` (the accuracy is exact) the
+    tolerance is the floor alone.
 
     The training accuracy (:meth:`observe`) only ends the warm-up; it is not judged afterwards: the
     penalty lowers it on samples the network had memorised (label noise), which costs nothing on new data.
@@ -207,7 +233,8 @@ class AdaptiveGamma(ExponentialGamma):
     ``brackets`` (the overshoots among them); ``grew`` (whether gamma grew since the last back-off);
     ``recent`` (the gammas of the last :math:`L + 1` epochs); ``good_gamma``; ``observed`` (observations
     so far); ``last_tolerance`` (:math:`\tau_e` of the latest observation, recorded in the
-    history beside the decision); ``train_accuracy`` (the epoch's :math:`t_e` until it is used).
+    history beside the decision); ``train_accuracy`` (the epoch's :math:`t_e` until it is used);
+    ``innovations`` (the last :math:`W` innovations); ``falls`` (:math:`j`).
     ``__call__`` returns the current gamma whatever the epoch: the schedule is driven by its observations.
     """
 
@@ -235,11 +262,14 @@ class AdaptiveGamma(ExponentialGamma):
     observed: int = 0
     last_tolerance: float | None = None
     train_accuracy: float | None = None
+    innovations: list[float] = field(default_factory=list)
+    falls: int = 0
     uses_validation: ClassVar[bool] = True
     #: Fields that hold the controller's state, not options.
     STATE: ClassVar[tuple[str, ...]] = ("run_epochs", "gamma", "step", "phase", "smoothed", "best", "plateau",
                                         "flat", "below", "wait", "back_offs", "brackets", "grew", "recent",
-                                        "good_gamma", "observed", "last_tolerance", "train_accuracy")
+                                        "good_gamma", "observed", "last_tolerance", "train_accuracy",
+                                        "innovations", "falls")
 
     def __call__(self, epoch: int) -> float:
         return self.start if self.gamma is None else self.gamma
@@ -278,8 +308,17 @@ class AdaptiveGamma(ExponentialGamma):
         r"""Epochs after which gamma no longer grows, :math:`E_g = \lceil g E \rceil`."""
         return math.ceil(self.grow_until * self._epochs() - 1e-9)
 
-    def tolerance_for(self, best: float, samples: int | None) -> float:
-        r"""The tolerance :math:`\tau = \max(\tau_{min}, z \sqrt{r (1 - r) / n} \sqrt{\alpha / (2 - \alpha)})`.
+    def noise_window(self) -> int:
+        r"""Innovations the measured noise is estimated from, :math:`W = \max(3, \lceil E / 10 \rceil)`."""
+        return max(3, math.ceil(self._epochs() / 10 - 1e-9))
+
+    def gamma_floor(self) -> float:
+        r"""The smallest gamma a back-off reaches, :math:`\gamma_0 / f_0^{E_g}`: the range the growth window
+        spans above the start, mirrored below it."""
+        return self.start * math.exp(-self.growth_epochs() * math.log(self.initial_step()))
+
+    def tolerance_for(self, best: float, samples: int | None, innovations: list[float] | None = None) -> float:
+        r"""The tolerance :math:`\tau = \max(\tau_{min}, \min(\sigma_B, \sigma_M))` (class docstring).
 
         Parameters
         ----------
@@ -287,6 +326,9 @@ class AdaptiveGamma(ExponentialGamma):
             The best smoothed validation accuracy so far, :math:`r`.
         samples : int or None
             The validation size :math:`n`; ``None``: an exact accuracy, the floor :math:`\tau_{min}` alone.
+        innovations : list of float, optional
+            The latest innovations :math:`d_e = a_e - s_{e-1}`; with at least :meth:`noise_window` of them
+            the measured term :math:`\sigma_M` caps the binomial one :math:`\sigma_B`.
 
         Returns
         -------
@@ -295,8 +337,12 @@ class AdaptiveGamma(ExponentialGamma):
         if samples is None:
             return self.tolerance
         alpha = self.smoothing
-        noise = math.sqrt(best * (1.0 - best) / samples) * math.sqrt(alpha / (2.0 - alpha))
-        return max(self.tolerance, NOISE_SIGMAS * noise)
+        noise = NOISE_SIGMAS * math.sqrt(best * (1.0 - best) / samples) * math.sqrt(alpha / (2.0 - alpha))
+        if innovations is not None and len(innovations) >= self.noise_window():
+            mean = sum(innovations) / len(innovations)
+            variance = sum((d - mean) ** 2 for d in innovations) / (len(innovations) - 1)
+            noise = min(noise, NOISE_SIGMAS * math.sqrt(alpha / 2.0 * variance))
+        return max(self.tolerance, noise)
 
     def _grow(self, gamma: float, decision: str) -> str:
         if self.observed % self.every != 0 or gamma >= self.gamma_max:
@@ -339,10 +385,12 @@ class AdaptiveGamma(ExponentialGamma):
         if self.step is None:
             self.step = self.initial_step()
         self.observed += 1
+        if self.smoothed is not None:
+            self.innovations = [*self.innovations, accuracy - self.smoothed][-self.noise_window():]
         self.smoothed = accuracy if self.smoothed is None else self.smoothed + self.smoothing * (
             accuracy - self.smoothed)
         self.best = self.smoothed if self.best is None else max(self.best, self.smoothed)
-        self.last_tolerance = self.tolerance_for(self.best, samples)
+        self.last_tolerance = self.tolerance_for(self.best, samples, self.innovations)
         self.recent = [*self.recent, gamma][-(self.lag + 1):]
         done = epoch + 1
         if self.phase == WARMING:
@@ -355,7 +403,7 @@ class AdaptiveGamma(ExponentialGamma):
             if self.flat >= max(self.patience, math.ceil(epochs / 20)) or done >= math.ceil(
                     self.growth_epochs() / 2):
                 self.best = self.smoothed  # judged from here on against the level the fit reached
-                self.last_tolerance = self.tolerance_for(self.best, samples)
+                self.last_tolerance = self.tolerance_for(self.best, samples, self.innovations)
                 self.good_gamma = gamma
                 if done < self.growth_epochs():
                     self.phase = GROWING
@@ -369,7 +417,7 @@ class AdaptiveGamma(ExponentialGamma):
                 return HOLD
         may_grow = done < self.growth_epochs() and self.brackets < SETTLE_BACK_OFFS
         if self.smoothed >= self.best - self.last_tolerance:
-            self.below = 0
+            self.below, self.falls = 0, 0
             self.good_gamma = min(self.recent)
             if self.phase == COOLING:
                 self.phase = GROWING if may_grow else HOLDING
@@ -384,7 +432,14 @@ class AdaptiveGamma(ExponentialGamma):
         if self.grew and self.good_gamma is not None and self.good_gamma < gamma:
             self.gamma = self.good_gamma
         else:
-            self.gamma = gamma / self.step
+            floor = self.gamma_floor()
+            if gamma <= floor * (1.0 + 1e-9):  # no penalty left to take back: the fall is not gamma's doing
+                self.best, self.below = self.smoothed, 0
+                self.last_tolerance = self.tolerance_for(self.best, samples, self.innovations)
+                return HOLD
+            # log gamma falls by 2^j log f_0 at the j-th consecutive fall (the accuracy never held in between)
+            self.gamma = max(gamma * math.exp(-(2.0 ** self.falls) * math.log(self.initial_step())), floor)
+            self.falls += 1
         if self.grew:  # an overshoot: the gamma worth having lies below the one that grew last
             self.step = math.sqrt(self.step)
             self.brackets += 1
