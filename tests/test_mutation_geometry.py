@@ -22,6 +22,7 @@ from lpc_geom.models.geometry import (
     SphereHead,
     StiefelHead,
     StiefelLinear,
+    build_geometry_head,
     check_on_manifold,
     expmap0,
     manifold_violation,
@@ -434,3 +435,15 @@ def test_stiefel_head_output_defaults_and_refusal():
     sphere = geoopt.Sphere()
     with pytest.raises(ValueError, match=exactly(f"StiefelHead needs a geoopt Stiefel manifold, got {sphere!r}")):
         StiefelHead(IN, D, K, manifold=sphere)
+
+
+def test_build_geometry_head_messages_whole():
+    with pytest.raises(ValueError, match=exactly("geometry 'euclidean' is the reference LPC head, built by "
+                                                 "lpc_geom.models.heads; build_geometry_head builds sphere, "
+                                                 "poincare, stiefel")):
+        build_geometry_head("Euclidean", IN, D, K)
+    with pytest.raises(ValueError, match=exactly("unknown geometry 'Lorentz'; accepted geometries: euclidean, "
+                                                 "sphere, poincare, stiefel")):
+        build_geometry_head("Lorentz", IN, D, K)
+    head = build_geometry_head("SPHERE", IN, D, K, radius=2.0, radius_mode="fixed")
+    assert type(head) is SphereHead and float(head.radius) == pytest.approx(2.0)
