@@ -277,17 +277,21 @@ def test_expmap0_near_the_origin_is_the_identity_to_first_order(c):
 
 
 def test_mobius_add_against_the_closed_form():
-    c = torch.tensor(0.7, dtype=torch.float64)
-    x = torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64)
-    y = torch.tensor([[-0.1, 0.4, 0.25], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    # (2, 1, 3) against (1, 3, 3): every reduction must run over the last axis of the broadcast pair.
     cc = 0.7
-    expected = []
-    for yi in y:
-        xy, x2, y2 = float(x[0] @ yi), float(x[0] @ x[0]), float(yi @ yi)
-        num = (1 + 2 * cc * xy + cc * y2) * x[0] + (1 - cc * x2) * yi
-        expected.append(num / (1 + 2 * cc * xy + cc * cc * x2 * y2))
-    torch.testing.assert_close(mobius_add(x, y, c), torch.stack(expected), rtol=1e-14, atol=1e-16)
-    torch.testing.assert_close(mobius_add(x, -x, c), torch.zeros(1, 3, dtype=torch.float64), rtol=0, atol=1e-16)
+    c = torch.tensor(cc, dtype=torch.float64)
+    x = torch.tensor([[[0.3, -0.2, 0.1]], [[-0.25, 0.05, 0.4]]], dtype=torch.float64)
+    y = torch.tensor([[[-0.1, 0.4, 0.25], [0.2, 0.1, -0.3], [0.05, -0.45, 0.1]]], dtype=torch.float64)
+    expected = torch.empty(2, 3, 3, dtype=torch.float64)
+    for i in range(2):
+        for j in range(3):
+            xi, yj = x[i, 0], y[0, j]
+            xy, x2, y2 = float(xi @ yj), float(xi @ xi), float(yj @ yj)
+            num = (1 + 2 * cc * xy + cc * y2) * xi + (1 - cc * x2) * yj
+            expected[i, j] = num / (1 + 2 * cc * xy + cc * cc * x2 * y2)
+    torch.testing.assert_close(mobius_add(x, y, c), expected, rtol=1e-14, atol=1e-16)
+    torch.testing.assert_close(mobius_add(x, -x, c), torch.zeros(2, 1, 3, dtype=torch.float64), rtol=0,
+                               atol=1e-16)
 
 
 def test_poincare_head_defaults_and_class_points():
