@@ -246,7 +246,7 @@ def test_sphere_head_refusals_and_their_boundaries():
 def test_sphere_head_defaults():
     head = SphereHead(IN, D, K)
     assert head.radius_mode == "penalised" and head.within_class == 0.0 and head.eps == 1e-6
-    assert float(head.radius) == pytest.approx(16.0, rel=1e-6)
+    assert float(head.radius.detach()) == pytest.approx(16.0, rel=1e-6)
     assert head.projection.bias is None and isinstance(head.manifold, geoopt.Sphere)
     assert head.classifier.weight.manifold is head.manifold
     torch.manual_seed(0)
@@ -303,7 +303,7 @@ def test_poincare_head_defaults_and_class_points():
     assert head.projection.bias is not None
     assert PoincareHead(IN, D, K, bias=False).projection.bias is None
     learnable = PoincareHead(IN, D, K, learnable_c=True)
-    assert learnable.class_points == "tangent" and float(learnable.c) == pytest.approx(1.0, rel=1e-6)
+    assert learnable.class_points == "tangent" and float(learnable.c.detach()) == pytest.approx(1.0, rel=1e-6)
     assert hasattr(learnable.classifier.offsets, "tangent_points")
     fixed = PoincareHead(IN, D, K, manifold=geoopt.PoincareBall(c=0.3), class_points="tangent")
     assert fixed.class_points == "tangent" and not hasattr(fixed.classifier.offsets, "points")
@@ -450,4 +450,4 @@ def test_build_geometry_head_messages_whole():
                                                  "sphere, poincare, stiefel")):
         build_geometry_head("Lorentz", IN, D, K)
     head = build_geometry_head("SPHERE", IN, D, K, radius=2.0, radius_mode="fixed")
-    assert type(head) is SphereHead and float(head.radius) == pytest.approx(2.0)
+    assert type(head) is SphereHead and float(head.radius.detach()) == pytest.approx(2.0)
