@@ -136,6 +136,9 @@ class ClassStatistics:
         In memory only: the (checked) latents and their chart coordinates (float64, or float32 for float32
         input on a flat geometry), the class codes, and on flat geometries the residual norms
         :math:`\\|u_i - \\mu_{y_i}\\|` (the own-class distances), needed by the distance-based figures.
+    logits : Tensor or None
+        In memory, when :func:`statistics_from_arrays` was given a linear head on a flat geometry: the
+        head's float64 outputs (N, K_out), :math:`W z_i + b = W e_i + (W \\mu_{y_i} + b)` from the residuals.
     """
 
     geometry: Geometry
@@ -157,6 +160,7 @@ class ClassStatistics:
     codes: torch.Tensor | None = None
     own_norms: torch.Tensor | None = None
     mean_coords: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
     @property
     def units(self) -> UnitStatistics:
@@ -259,7 +263,12 @@ def centred_means_svd(means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def statistics_from_arrays(
-    geom: Geometry, z: torch.Tensor, eps: float, enc: EncodedLabels, codes: torch.Tensor
+    geom: Geometry,
+    z: torch.Tensor,
+    eps: float,
+    enc: EncodedLabels,
+    codes: torch.Tensor,
+    linear: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> ClassStatistics:
     r""":class:`ClassStatistics` of validated arrays (float64 results).
 
@@ -278,6 +287,10 @@ def statistics_from_arrays(
        own-class distances :math:`\|e_i\|`. Every product is taken in float64 on the
        centred residuals, so the error is relative to the spread itself, however collapsed the classes,
        and float32 input gives the figures of its float64 copy.
+
+    With ``linear = (W, b)`` (float64, W of shape (K_out, d)) on a flat geometry, pass 2 also gives the
+    head's outputs :math:`W z_i + b = W e_i + (W\mu_{y_i} + b)` (``logits``), in the same product as the
+    projections onto the mean axes.
 
     The hypercube figures' :class:`UnitStatistics` take a third pass, on first use
     (:func:`unit_statistics`).
@@ -301,8 +314,16 @@ def statistics_from_arrays(
     means = shift + offset
     svals, axes = centred_means_svd(means)
 
-    axes_t = axes.T.contiguous()
     m = axes.shape[0]
+    logits = head_at_means = None
+    if linear is not None and geom.is_flat:
+        W, b = linear
+        head_at_means = means @ W.T if b is None else torch.addmm(b, means, W.T)
+        logits = torch.empty(n, W.shape[0], **f64)
+        # one product for both (wider products are cheaper per column); its transpose view is the fast one
+        columns = torch.cat([axes, W]).T
+    else:
+        columns = axes.T.contiguous()
     within_axes = torch.zeros(m, **f64)
     res_norms = torch.empty(n, **f64)
     coords = torch.empty(n, m, **f64) if 2 * m < d else None
@@ -310,7 +331,10 @@ def statistics_from_arrays(
         cb = codes[rows]
         e = u[rows].to(torch.float64, copy=True).sub_(shift.index_select(0, cb)).sub_(offset.index_select(0, cb))
         res_norms[rows] = torch.linalg.vector_norm(e, dim=1)
-        proj = e @ axes_t
+        proj = e @ columns
+        if logits is not None:
+            torch.add(proj[:, m:], head_at_means.index_select(0, cb), out=logits[rows])
+            proj = proj[:, :m]
         if coords is not None:
             coords[rows] = proj
         within_axes += proj.square_().sum(0)
@@ -336,6 +360,7 @@ def statistics_from_arrays(
         eps=eps,
         # The in-memory fields, which the distance-based figures read.
         latents=z, chart=u, codes=codes, own_norms=res_norms if geom.is_flat else None, mean_coords=coords,
+        logits=logits,
     )
 
 
