@@ -364,7 +364,8 @@ def kth_neighbour_distance(geom: Geometry, z: torch.Tensor, k: int, chunk: int =
         dist, _ = cKDTree(pts).query(pts, k=k + 1)
         return torch.from_numpy(np.ascontiguousarray(dist[:, k])).to(z.device)
     idx = torch.arange(n, device=z.device)
-    return _kth_among(geom, z, (z * z).sum(1), idx, idx, k, chunk, 0)
+    z_sq = None if geom.kind != "stereographic" or geom.k == 0.0 else (z * z).sum(1)  # the ranking's weights
+    return _kth_among(geom, z, z_sq, idx, idx, k, chunk, 0)
 
 
 def _pow2_scale(x: torch.Tensor) -> float:
@@ -376,7 +377,7 @@ def _pow2_scale(x: torch.Tensor) -> float:
 def _kth_among(
     geom: Geometry,
     z: torch.Tensor,
-    z_sq: torch.Tensor,
+    z_sq: torch.Tensor | None,
     rows: torch.Tensor,
     pts: torch.Tensor,
     k: int,
@@ -384,7 +385,8 @@ def _kth_among(
     depth: int,
 ) -> torch.Tensor:
     """k-th neighbour distances of the rows ``z[rows]`` among the points ``z[pts]`` (sorted indices that
-    contain every row's k nearest, and the row itself); see :func:`kth_neighbour_distance`.
+    contain every row's k nearest, and the row itself); see :func:`kth_neighbour_distance`. ``z_sq``: the
+    squared norms of the rows of ``z`` on stereographic models of nonzero curvature, else ``None``.
 
     Rows are ranked on :math:`q_{ij} = \\|z_i - z_j\\|^2 w_j`: the geodesic distance is an increasing function
     of it for each row (``w = 1`` on flat spaces and the sphere; :math:`w_j = 1/(1 + k\\|z_j\\|^2)` on
@@ -396,10 +398,11 @@ def _kth_among(
     info = np.finfo(np.float32 if dtype == torch.float32 else np.float64)
     gamma = (d + (16 if dtype == torch.float32 else 4)) * float(info.eps)
     tau = 16.0 * d * float(info.smallest_subnormal)
-    P = z[pts]
+    P = z[pts]  # a copy: shifted and scaled in place
     centre = P.mean(0, keepdim=True)
-    scale = _pow2_scale(P - centre)
-    ps = ((P - centre) * scale).to(dtype)
+    P.sub_(centre)
+    scale = _pow2_scale(P)
+    ps = P.mul_(scale).to(dtype)
     ps_sq = ps.to(torch.float64).square().sum(1)
     # the ranking's weights (stereographic models), rounded like the products; the bound covers it
     w = None if flat else 1.0 / (1.0 + geom.k * z_sq[pts])
@@ -509,7 +512,7 @@ def _symmetric_gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
 def _kth_wide(
     geom: Geometry,
     z: torch.Tensor,
-    z_sq: torch.Tensor,
+    z_sq: torch.Tensor | None,
     rows: torch.Tensor,
     pts: torch.Tensor,
     mask: torch.Tensor,
