@@ -347,10 +347,9 @@ def kth_neighbour_distance(geom: Geometry, z: torch.Tensor, k: int, chunk: int =
     Rows whose candidates cannot be bounded that way, or with more than 8 ambiguous ones -- neighbours
     closer than the identity can resolve at this shift, such as a tight class far from the global mean
     (collapsed latents) -- get every point whose lower bound is at most :math:`U_i` (a set that provably
-    contains the k nearest); the rows
-    sharing candidates are grouped and the same computation is repeated on their candidates alone,
-    shifted by their own mean and rescaled, which makes the rounding bound as small as the group's spread
-    (direct differences after four levels without progress).
+    contains the k nearest); the rows sharing candidates are grouped and the same computation is repeated
+    on their candidates alone, shifted by their own mean and rescaled, which makes the rounding bound as
+    small as the group's spread (direct differences after four levels without progress).
 
     The result is therefore the exact k-th distance up to float64 rounding of the distance itself
     (computed from direct differences), at the cost of matrix products for almost all pairs.
