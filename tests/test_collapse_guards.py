@@ -330,3 +330,43 @@ def test_collapsed_float32_latents_keep_float64_accuracy():
     nc1 = float((((r @ vt[keep].T) ** 2).sum(0) / y.size / sv[keep] ** 2).sum())
     assert collapse.sigma_w(s) == pytest.approx(within / d, rel=1e-10)
     assert collapse.nc1(s) == pytest.approx(nc1, rel=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_head_outputs_from_the_statistics_pass(dtype, bias):
+    """A linear head's outputs computed with the statistics' second pass, W e_i + (W mu_c + b), equal the
+    direct float64 W z_i + b; only on flat geometries, and the mean-axis figures are unchanged."""
+    rng = np.random.default_rng(4)
+    K, d, n = 6, 40, 900
+    y = rng.integers(0, K, n)
+    z = (3.0 + rng.normal(size=(K, d))[y] + 0.1 * rng.normal(size=(n, d))).astype(dtype)
+    W, b = rng.normal(size=(K + 2, d)), (rng.normal(size=K + 2) if bias else None)
+    geom, zz, eps, enc, codes = collapse.prepare_inputs(z, y, None)
+    Wt = torch.from_numpy(W)
+    bt = None if b is None else torch.from_numpy(b)
+    s = collapse.statistics_from_arrays(geom, zz, eps, enc, codes, (Wt, bt))
+    ref = z.astype(np.float64) @ W.T + (0.0 if b is None else b)
+    np.testing.assert_allclose(s.logits.numpy(), ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+    plain = collapse.statistics_from_arrays(geom, zz, eps, enc, codes)
+    assert plain.logits is None
+    np.testing.assert_allclose(s.within_axes.numpy(), plain.within_axes.numpy(), rtol=1e-12)
+    sphere = collapse.class_statistics(z / np.linalg.norm(z, axis=1, keepdims=True), y, manifold=geoopt.Sphere())
+    assert sphere.logits is None
+
+
+def test_analyze_with_a_linear_head_matches_given_logits(rng):
+    """nc4 and the Fisher-Rao figures from the fused outputs equal those from the direct W z + b."""
+    from lpc_geom import analyze
+    from lpc_geom.analysis.fisher.summary import classmean_fisher_rao
+
+    K, d, n = 5, 24, 600
+    y = rng.integers(0, K, n)
+    z = (rng.normal(size=(K, d))[y] + 0.3 * rng.normal(size=(n, d))).astype(np.float32)
+    W, b = rng.normal(size=(K, d)), rng.normal(size=K)
+    direct = torch.from_numpy(z.astype(np.float64) @ W.T + b)
+    fused = analyze(z, y, classifier=(W, b), groups=["collapse", "fisher"]).to_dict()
+    assert fused["nc4"] == analyze(z, y, logits=direct.numpy(), groups=["collapse"])["nc4"]
+    ref = classmean_fisher_rao(torch.softmax(direct, dim=1), torch.from_numpy(y), K)
+    assert fused["fisher_rao_classmean_min"] == pytest.approx(ref[0], rel=1e-12)
+    assert fused["fisher_rao_classmean_mean"] == pytest.approx(ref[1], rel=1e-12)

@@ -104,8 +104,10 @@ class AnalysisContext:
         return self.cached("centre_distances", lambda: centre_distances(self.stats))
 
     def head_logits(self) -> torch.Tensor:
-        """(N, K_out) float64 outputs of the classifier head at the latents (in memory), computed once."""
-        return self.cached("head_logits", lambda: self.head.logits(self.stats.latents))
+        """(N, K_out) float64 outputs of the classifier head at the latents (in memory), computed once (or
+        taken from the statistics, which compute a linear head's with their second pass when asked to)."""
+        s = self.stats
+        return self.cached("head_logits", lambda: s.logits if s.logits is not None else self.head.logits(s.latents))
 
     def output_index(self, n_out: int) -> torch.Tensor:
         """Index of each class's row in W / column in the logits."""

@@ -136,6 +136,9 @@ class ClassStatistics:
         In memory only: the (checked) latents and their chart coordinates (float64, or float32 for float32
         input on a flat geometry), the class codes, and on flat geometries the residual norms
         :math:`\\|u_i - \\mu_{y_i}\\|` (the own-class distances), needed by the distance-based figures.
+    logits : Tensor or None
+        In memory, when :func:`statistics_from_arrays` was given a linear head on a flat geometry: the
+        head's float64 outputs (N, K_out), :math:`W z_i + b = W e_i + (W \\mu_{y_i} + b)` from the residuals.
     """
 
     geometry: Geometry
@@ -157,6 +160,7 @@ class ClassStatistics:
     codes: torch.Tensor | None = None
     own_norms: torch.Tensor | None = None
     mean_coords: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
     @property
     def units(self) -> UnitStatistics:
@@ -259,7 +263,12 @@ def centred_means_svd(means: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def statistics_from_arrays(
-    geom: Geometry, z: torch.Tensor, eps: float, enc: EncodedLabels, codes: torch.Tensor
+    geom: Geometry,
+    z: torch.Tensor,
+    eps: float,
+    enc: EncodedLabels,
+    codes: torch.Tensor,
+    linear: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> ClassStatistics:
     r""":class:`ClassStatistics` of validated arrays (float64 results).
 
@@ -278,6 +287,10 @@ def statistics_from_arrays(
        own-class distances :math:`\|e_i\|`. Every product is taken in float64 on the
        centred residuals, so the error is relative to the spread itself, however collapsed the classes,
        and float32 input gives the figures of its float64 copy.
+
+    With ``linear = (W, b)`` (float64, W of shape (K_out, d)) on a flat geometry, pass 2 also gives the
+    head's outputs :math:`W z_i + b = W e_i + (W\mu_{y_i} + b)` (``logits``), in the same product as the
+    projections onto the mean axes.
 
     The hypercube figures' :class:`UnitStatistics` take a third pass, on first use
     (:func:`unit_statistics`).
@@ -301,8 +314,16 @@ def statistics_from_arrays(
     means = shift + offset
     svals, axes = centred_means_svd(means)
 
-    axes_t = axes.T.contiguous()
     m = axes.shape[0]
+    logits = head_at_means = None
+    if linear is not None and geom.is_flat:
+        W, b = linear
+        head_at_means = means @ W.T if b is None else torch.addmm(b, means, W.T)
+        logits = torch.empty(n, W.shape[0], **f64)
+        # one product for both (wider products are cheaper per column); its transpose view is the fast one
+        columns = torch.cat([axes, W]).T
+    else:
+        columns = axes.T.contiguous()
     within_axes = torch.zeros(m, **f64)
     res_norms = torch.empty(n, **f64)
     coords = torch.empty(n, m, **f64) if 2 * m < d else None
@@ -310,7 +331,10 @@ def statistics_from_arrays(
         cb = codes[rows]
         e = u[rows].to(torch.float64, copy=True).sub_(shift.index_select(0, cb)).sub_(offset.index_select(0, cb))
         res_norms[rows] = torch.linalg.vector_norm(e, dim=1)
-        proj = e @ axes_t
+        proj = e @ columns
+        if logits is not None:
+            torch.add(proj[:, m:], head_at_means.index_select(0, cb), out=logits[rows])
+            proj = proj[:, :m]
         if coords is not None:
             coords[rows] = proj
         within_axes += proj.square_().sum(0)
@@ -336,6 +360,7 @@ def statistics_from_arrays(
         eps=eps,
         # The in-memory fields, which the distance-based figures read.
         latents=z, chart=u, codes=codes, own_norms=res_norms if geom.is_flat else None, mean_coords=coords,
+        logits=logits,
     )
 
 
@@ -346,29 +371,34 @@ def unit_statistics(u: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, 
     The central moments are sums of the powers 2-4 of :math:`u_i - \bar u` about the grand mean
     :math:`\bar u = \sum_c (n_c/N)\mu_c`. The sign counts follow from the sign sums
     :math:`S_{cj} = \sum_{i \in c}\operatorname{sign} u_{ij}` and the zero counts :math:`Z_{cj}` as
-    :math:`n_{\pm} = (n_c - Z_{cj} \pm S_{cj})/2`.
+    :math:`n_{\pm} = (n_c - Z_{cj} \pm S_{cj})/2`. Signs, zeros and magnitudes are read from the input's own
+    values (float32 latents: no conversion), and their counts kept in that dtype while they are exact
+    integers in it (:math:`N < 2^{24}` in float32); the largest magnitudes are exact in any dtype.
     """
     n, d = u.shape
     k = counts.shape[0]
     f64 = {"dtype": torch.float64, "device": u.device}
-    signs = torch.zeros(k, d, **f64)
-    abs_max = torch.zeros(k, d, **f64)
+    exact_counts = u.dtype == torch.float64 or (u.dtype == torch.float32 and n < 2**24)
+    tally = {"dtype": u.dtype if exact_counts else torch.float64, "device": u.device}
+    signs = torch.zeros(k, d, **tally)
+    abs_max = torch.zeros(k, d, dtype=u.dtype, device=u.device)
     # zero coordinates (ReLU latents) need counts of their own; most float latents have none
-    zeros = torch.zeros(k, d, **f64) if int(torch.count_nonzero(u)) < n * d else None
+    zeros = torch.zeros(k, d, **tally) if int(torch.count_nonzero(u)) < n * d else None
     unit_mean = (counts / n) @ means
     power_sums = [torch.zeros(d, **f64) for _ in range(3)]
     for rows in _row_blocks(n, d):
-        ub, cb = u[rows].to(torch.float64), codes[rows]
-        signs.index_add_(0, cb, torch.sign(ub))
+        ub, cb = u[rows], codes[rows]
+        signs.index_add_(0, cb, torch.sign(ub).to(signs.dtype))
         if zeros is not None:
-            zeros.index_add_(0, cb, (ub == 0).to(torch.float64))
+            zeros.index_add_(0, cb, (ub == 0).to(zeros.dtype))
         class_abs_max(ub, cb, k, out=abs_max)
-        dev = ub - unit_mean
+        dev = ub.to(torch.float64, copy=True).sub_(unit_mean)
         pw = dev * dev
         power_sums[0] += pw.sum(0)
         power_sums[1] += dev.mul_(pw).sum(0)
         power_sums[2] += pw.square_().sum(0)
-    nonzero = counts[:, None] - (0.0 if zeros is None else zeros)
+    signs = signs.to(torch.float64)
+    nonzero = counts[:, None] - (0.0 if zeros is None else zeros.to(torch.float64))
     return UnitStatistics(
         unit_mean=unit_mean,
         unit_m2=power_sums[0] / n,
@@ -376,7 +406,7 @@ def unit_statistics(u: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor, 
         unit_m4=power_sums[2] / n,
         sign_pos=(nonzero + signs) * 0.5,
         sign_neg=(nonzero - signs) * 0.5,
-        abs_max=abs_max,
+        abs_max=abs_max.to(torch.float64),
     )
 
 
@@ -595,7 +625,8 @@ def _flat_centre_distances(s: ClassStatistics) -> torch.Tensor:
     codes = s.codes[:, None]
     gaps = torch.cdist(s.means, s.means, compute_mode="donot_use_mm_for_euclid_dist").square_()
     own_f = F.gather(1, codes)
-    sq = F.neg_().add_(own_f).mul_(2.0).add_(s.own_norms.square()[:, None]).add_(gaps.index_select(0, s.codes))
+    sq = torch.add(gaps.index_select(0, s.codes), F, alpha=-2.0, out=F)  # in place: one pass for both
+    sq.add_(s.own_norms.square()[:, None] + 2.0 * own_f)
     return sq.clamp_min_(0.0).sqrt_().scatter_(1, codes, s.own_norms[:, None])
 
 

@@ -34,9 +34,9 @@ Conventions:
   against the curvature radius, and the estimate is then the entropy with respect to the Riemannian
   volume. Euclidean latents use ``scipy.spatial.cKDTree`` for ``d <= 16`` and the same brute force above.
   Both give the exact k-th distances (up to the rounding of the distance itself): the brute force bounds
-  the rounding of its Gram-identity distances and measures exactly every candidate those bounds cannot
-  rule out, so tight classes far from the global mean (collapsed latents) are not mis-ranked
-  (:func:`~lpc_geom.analysis.geometry.kth_neighbour_distance`).
+  the rounding of its (float32 or float64) Gram-identity distances and measures from direct differences
+  every candidate those bounds leave ambiguous, so tight classes far from the global mean (collapsed
+  latents) are not mis-ranked (:func:`~lpc_geom.analysis.geometry.kth_neighbour_distance`).
 """
 
 from __future__ import annotations

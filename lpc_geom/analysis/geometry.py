@@ -286,14 +286,30 @@ def distances_to_centres(
 # Euclidean k-NN uses scipy's cKDTree up to this dimension (exact differences, fast); beyond it, and on
 # manifolds, chunked brute force with rounding bounds and exact re-measurement (kth_neighbour_distance).
 _KDTREE_MAX_DIM = 16
-# A k-th neighbour distance is taken from the Gram identity when its rounding bounds are this close
-# (relative); otherwise the candidates the bounds cannot rule out are measured exactly.
-_GRAM_RTOL = 1e-10
 # The k-NN of a point set among itself takes the products of its Gram matrix once, from its upper
-# triangle, when the matrix has at most this many entries (256 MiB of float64).
+# triangle, when the matrix has at most this many entries (128 MiB of float32, 256 MiB of float64).
 _MAX_GRAM_ENTRIES = 1 << 25
 # Levels of re-centring on a group's own candidates before falling back to direct differences.
 _MAX_RECENTRE_DEPTH = 4
+# Candidates per row beyond k on the first try (the rows whose k nearest they do not provably hold get 4k).
+_CANDIDATE_MARGIN = 4
+# Rows with more ambiguous candidates than this are re-centred on their candidates rather than measured
+# from direct differences (a matrix product on the group is cheaper than that many differences per row).
+_MAX_DIRECT = 8
+# float32 products are used only while their rounding bound (d + 16) eps32 stays below this.
+_MAX_FLOAT32_GAMMA = 1e-2
+
+
+def _product_dtype(d: int, device: torch.device) -> torch.dtype:
+    """float32 for the Gram products of the k-NN search where BLAS computes them in true float32 (no TF32
+    or bfloat16 shortcuts, whose rounding the bound below does not cover), float64 otherwise."""
+    if (d + 16) * float(np.finfo(np.float32).eps) > _MAX_FLOAT32_GAMMA:
+        return torch.float64
+    if torch.get_float32_matmul_precision() != "highest":
+        return torch.float64
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return torch.float64
+    return torch.float32 if device.type in ("cpu", "cuda") else torch.float64
 
 
 def kth_neighbour_distance(geom: Geometry, z: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
@@ -301,25 +317,42 @@ def kth_neighbour_distance(geom: Geometry, z: torch.Tensor, k: int, chunk: int =
 
     Requires ``k < len(z)``. Exact duplicates give exactly 0. Memory is ``chunk x len(z)``.
 
-    Brute force (``d > 16`` or a manifold). Squared distances come from the Gram identity on points shifted
-    by a centre :math:`c`, :math:`\|x - y\|^2 = \|x_s\|^2 + \|y_s\|^2 - 2\langle x_s, y_s\rangle`, whose
-    rounding error is at most :math:`\gamma(\|x_s\|^2 + \|y_s\|^2)` with :math:`\gamma = (d + 4)\,\varepsilon`
-    (the standard bound for a d-term dot product and the two norms). Each pair thus gets bounds
-    :math:`[\ell_{ij}, h_{ij}]` on its true distance, and for each row
+    Brute force (``d > 16`` or a manifold). The points are shifted by their mean :math:`c` and scaled by
+    the power of two :math:`s` that brings their largest coordinate into :math:`[1/2, 1)` (exact), and
+    rounded to the precision of the products, :math:`a_i = \mathrm{fl}(s(z_i - c))`: float32 where BLAS
+    computes float32 products in float32 (float64 otherwise). Squared distances come from the Gram
+    identity :math:`\hat\delta_{ij} = \|a_i\|^2 + \|a_j\|^2 - 2\langle a_i, a_j\rangle` (norms in
+    float64), whose error against the exact :math:`s^2\|z_i - z_j\|^2` is at most
 
-    * :math:`U_i` = the k-th smallest :math:`h_{ij}` bounds the true k-th distance from above, and the
-      k-th smallest :math:`\ell_{ij}` bounds it from below; when the two agree to ``1e-10`` (relative) the
-      Gram value is used;
-    * otherwise every candidate with :math:`\ell_{ij} \le U_i` (a set that provably contains the k
-      nearest) is re-measured. When there are at most ``2k`` of them they are measured from direct
-      differences. When there are more -- rows whose neighbours are closer than the identity can resolve
-      at this shift, such as a tight class far from the global mean -- the rows sharing candidates are
-      grouped and the same computation is repeated on their candidates alone, shifted by their own
-      mean, which makes the rounding bound as small as the group's spread (direct differences after
-      four levels without progress).
+    .. math:: |\hat\delta_{ij} - s^2\|z_i - z_j\|^2| \le \gamma\,(\|a_i\|^2 + \|a_j\|^2) + \tau,
 
-    The result is therefore the exact k-th distance up to float64 rounding of the distance itself, at
-    the cost of matrix products for almost all rows.
+    with :math:`\gamma = (d + 16)\,\varepsilon_{32}` for float32 products (the d-term dot product
+    :math:`\le d u (\|a_i\|^2 + \|a_j\|^2)`, the float32 rounding of the shifted points
+    :math:`\le 4u(\ldots)`, and the additions of the identity :math:`\le 3u(\ldots)`, :math:`u =
+    \varepsilon_{32}/2`: about half the budget), :math:`\gamma = (d + 4)\,\varepsilon_{64}` for float64
+    ones, and :math:`\tau = 16 d` times the smallest subnormal of the product dtype (underflow of tiny
+    coordinates and products). Each pair thus gets bounds :math:`[\ell_{ij}, h_{ij}]`, and for each row,
+    among its ``k + 4`` smallest :math:`\hat\delta_{ij}` (``4k`` for the rows where that is not enough: a
+    set that provably holds the k nearest when the lower bound of every point outside it exceeds
+    :math:`U_i` below):
+
+    * :math:`U_i` = the k-th smallest :math:`h_{ij}` bounds the true k-th distance from above, and
+      :math:`L_i` = the k-th smallest :math:`\ell_{ij}` from below;
+    * a point with :math:`h_{ij} < L_i` is certainly among the k nearest and one with
+      :math:`\ell_{ij} > U_i` certainly is not; with :math:`m_i` points of the first kind, the k-th
+      distance is the :math:`(k - m_i)`-th smallest exact distance among the others (the *ambiguous*
+      candidates, whose intervals meet :math:`[L_i, U_i]`: usually one or two), which are measured from
+      direct differences in float64.
+
+    Rows whose candidates cannot be bounded that way, or with more than 8 ambiguous ones -- neighbours
+    closer than the identity can resolve at this shift, such as a tight class far from the global mean
+    (collapsed latents) -- get every point whose lower bound is at most :math:`U_i` (a set that provably
+    contains the k nearest); the rows sharing candidates are grouped and the same computation is repeated
+    on their candidates alone, shifted by their own mean and rescaled, which makes the rounding bound as
+    small as the group's spread (direct differences after four levels without progress).
+
+    The result is therefore the exact k-th distance up to float64 rounding of the distance itself
+    (computed from direct differences), at the cost of matrix products for almost all pairs.
     """
     n, d = z.shape
     if geom.kind == "euclidean" and d <= _KDTREE_MAX_DIM:
@@ -330,13 +363,20 @@ def kth_neighbour_distance(geom: Geometry, z: torch.Tensor, k: int, chunk: int =
         dist, _ = cKDTree(pts).query(pts, k=k + 1)
         return torch.from_numpy(np.ascontiguousarray(dist[:, k])).to(z.device)
     idx = torch.arange(n, device=z.device)
-    return _kth_among(geom, z, (z * z).sum(1), idx, idx, k, chunk, 0)
+    z_sq = None if geom.kind != "stereographic" or geom.k == 0.0 else (z * z).sum(1)  # the ranking's weights
+    return _kth_among(geom, z, z_sq, idx, idx, k, chunk, 0)
+
+
+def _pow2_scale(x: torch.Tensor) -> float:
+    """The power of two ``s`` with ``s * max|x|`` in [1/2, 1) (1 when ``x`` is all zero)."""
+    top = float(x.abs().max()) if x.numel() else 0.0
+    return 1.0 if top == 0.0 else math.ldexp(1.0, -math.frexp(top)[1])
 
 
 def _kth_among(
     geom: Geometry,
     z: torch.Tensor,
-    z_sq: torch.Tensor,
+    z_sq: torch.Tensor | None,
     rows: torch.Tensor,
     pts: torch.Tensor,
     k: int,
@@ -344,7 +384,8 @@ def _kth_among(
     depth: int,
 ) -> torch.Tensor:
     """k-th neighbour distances of the rows ``z[rows]`` among the points ``z[pts]`` (sorted indices that
-    contain every row's k nearest, and the row itself); see :func:`kth_neighbour_distance`.
+    contain every row's k nearest, and the row itself); see :func:`kth_neighbour_distance`. ``z_sq``: the
+    squared norms of the rows of ``z`` on stereographic models of nonzero curvature, else ``None``.
 
     Rows are ranked on :math:`q_{ij} = \\|z_i - z_j\\|^2 w_j`: the geodesic distance is an increasing function
     of it for each row (``w = 1`` on flat spaces and the sphere; :math:`w_j = 1/(1 + k\\|z_j\\|^2)` on
@@ -352,63 +393,107 @@ def _kth_among(
     """
     p, d = pts.numel(), z.shape[1]
     flat = geom.kind != "stereographic" or geom.k == 0.0
-    gamma = (d + 4) * float(np.finfo(np.float64).eps)
-    P = z[pts]
+    dtype = _product_dtype(d, z.device)
+    info = np.finfo(np.float32 if dtype == torch.float32 else np.float64)
+    gamma = (d + (16 if dtype == torch.float32 else 4)) * float(info.eps)
+    tau = 16.0 * d * float(info.smallest_subnormal)
+    P = z[pts]  # a copy: shifted and scaled in place
     centre = P.mean(0, keepdim=True)
-    ps = P - centre
-    ps_sq = (ps * ps).sum(1)
+    P.sub_(centre)
+    scale = _pow2_scale(P)
+    ps = P.mul_(scale).to(dtype)
+    ps_sq = ps.to(torch.float64).square().sum(1)
+    # the ranking's weights (stereographic models), rounded like the products; the bound covers it
     w = None if flat else 1.0 / (1.0 + geom.k * z_sq[pts])
     w_max = 1.0 if flat else float(w.max())
+    ps_err = gamma * ps_sq + tau if w is None else (gamma * ps_sq + tau) * w
     ps_sq_max = float(ps_sq.max())
-    ps_err = gamma * ps_sq if w is None else gamma * ps_sq * w
+    ps_sq_lo, w_lo = ps_sq.to(dtype), None if w is None else w.to(dtype)
     out = torch.empty(rows.numel(), dtype=z.dtype, device=z.device)
-    m = min(p - 1, 2 * k)
+    # candidates per row: k plus a margin (enough for almost every row), then 4k for the rows whose k nearest
+    # the first set does not provably hold, then every point the bounds cannot rule out (_kth_wide)
+    widths = sorted({min(p - 1, k + _CANDIDATE_MARGIN), min(p - 1, 4 * k)})
     step = max(1, min(chunk, 2**23 // p))
-    sub = max(1, 2**23 // (m * d))
+    own_rows = rows.numel() == p and bool(torch.equal(rows, pts))  # the rows are the points themselves
+    gram = _symmetric_gram(ps) if own_rows and p * p <= _MAX_GRAM_ENTRIES else None
+    wide_rows, wide_masks = [], []  # rows for _kth_wide (indices into rows), and their candidates over pts
 
-    def to_dist(q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        if flat:
-            return geom.dist_from_sqdist(q, q, q)
-        return geom.dist_from_sqdist(q, z_sq[r], torch.zeros_like(q))
+    def bounds(q: torch.Tensor, row_sq: torch.Tensor, row_err: torch.Tensor, m: int):
+        """The m smallest of each row of q, their bounds, the k-th smallest lower bound L_i, whether they
+        hold the k nearest, and which of them are ambiguous."""
+        vals, cand = torch.topk(q, m, dim=1, largest=False)
+        est = vals.to(torch.float64).add_(row_sq[:, None])
+        err = row_err[:, None] + gamma * ps_sq[cand]
+        if w is not None:
+            err.mul_(w[cand])
+        hi, lo = est + err, (est - err).clamp_min_(0.0)
+        upper = torch.kthvalue(hi, k, dim=1).values
+        lower = torch.kthvalue(lo, k, dim=1).values
+        # a lower bound for every point outside the candidates
+        outside = est[:, -1] - (row_err + gamma * ps_sq_max) * w_max
+        contained = outside > upper if m < p - 1 else torch.ones_like(upper, dtype=torch.bool)
+        ambiguous = (lo <= upper[:, None]) & (hi >= lower[:, None])
+        return pts[cand], hi, upper, lower, contained, ambiguous
 
-    gram = _symmetric_gram(ps) if rows.numel() == p and p * p <= _MAX_GRAM_ENTRIES else None
     for s in range(0, rows.numel(), step):
         r = rows[s : s + step]
-        xs = z[r] - centre
-        xs_sq = (xs * xs).sum(1)
+        if own_rows:
+            xs, xs_sq = ps[s : s + step], ps_sq[s : s + step]
+        else:
+            xs = ((z[r] - centre) * scale).to(dtype)
+            xs_sq = xs.to(torch.float64).square().sum(1)
+        # q_ij: the squared distance estimate less the row's own norm (a constant of the row's ranking),
+        # except on stereographic models, whose weights need the whole of it
         if gram is None:
-            q = torch.addmm(ps_sq[None, :], xs, ps.T, alpha=-2.0)
-        else:  # the rows are the points themselves
-            q = torch.add(ps_sq[None, :], gram[s : s + step], alpha=-2.0)
-        q.add_(xs_sq[:, None]).clamp_min_(0.0)
+            q = torch.addmm(ps_sq_lo[None, :], xs, ps.T, alpha=-2.0)
+        else:
+            q = torch.add(ps_sq_lo[None, :], gram[s : s + step], alpha=-2.0)
+        row_sq = xs_sq
         if w is not None:
-            q.mul_(w[None, :])
+            q.add_(xs_sq.to(dtype)[:, None]).clamp_min_(0.0).mul_(w_lo[None, :])
+            row_sq = torch.zeros_like(xs_sq)
         q[torch.arange(r.numel(), device=z.device), torch.searchsorted(pts, r)] = float("inf")  # self
-        vals, cand = torch.topk(q, m, dim=1, largest=False)
-        # rounding bounds of the candidates, and a lower bound for every point outside them
-        err = gamma * (xs_sq[:, None] + ps_sq[cand])
-        if w is not None:
-            err = err * w[cand]
-        upper = torch.kthvalue(vals + err, k, dim=1).values
-        lower = torch.kthvalue((vals - err).clamp_min(0.0), k, dim=1).values
-        outside = vals[:, -1] - gamma * (xs_sq + ps_sq_max) * w_max
-        contained = outside > upper if m < p - 1 else torch.ones_like(upper, dtype=torch.bool)
-        resolved = contained & (upper - lower <= _GRAM_RTOL * lower)
-        out[s : s + step] = to_dist(vals[:, k - 1], r)
-        few = torch.nonzero(contained & ~resolved).squeeze(1)
-        for a in range(0, few.numel(), sub):
-            i = few[a : a + sub]
-            exact = geom.dist(z[r[i]][:, None, :], z[pts[cand[i]]])
-            exact.masked_fill_(torch.isinf(vals[i]), float("inf"))  # the row itself, when m = p - 1
-            out[s + i] = torch.sort(exact, dim=1).values[:, k - 1]
-        wide = torch.nonzero(~contained).squeeze(1)
-        if wide.numel():
-            # lower bounds of every pair (the row's part of the bound taken at w_max: looser, still valid)
-            lo = q[wide].sub_(ps_err[None, :])
-            mask = lo <= (upper[wide] + gamma * xs_sq[wide] * w_max)[:, None]
-            del lo
-            out[s + wide] = _kth_wide(geom, z, z_sq, r[wide], pts, mask, k, chunk, depth)
+        row_err = gamma * xs_sq + tau
+        todo = torch.arange(r.numel(), device=z.device)  # rows of this block left (q and the rest: theirs)
+        for m in widths:
+            cand, hi, upper, lower, contained, ambiguous = bounds(q, row_sq, row_err, m)
+            # more ambiguous candidates than direct differences are worth: re-centred on them instead
+            crowded = ambiguous.sum(1) > _MAX_DIRECT
+            done = contained & ~crowded
+            out[s + todo[done]] = _kth_from_candidates(geom, z, r[todo[done]], cand[done], hi[done], lower[done],
+                                                       ambiguous[done], k)
+            last = m == widths[-1]
+            # rows that more candidates would not help (crowded), or no more to try: every point they
+            # cannot rule out is a candidate
+            to_wide = ~done & (crowded | last)
+            if bool(to_wide.any()):
+                # lower bounds of every pair (the row's part of the bound taken at w_max: looser, still valid)
+                low = q[to_wide].to(torch.float64).add_(row_sq[to_wide, None]).sub_(ps_err[None, :])
+                wide_masks.append(low <= (upper[to_wide] + row_err[to_wide] * w_max)[:, None])
+                wide_rows.append(s + todo[to_wide])
+                del low
+            left = ~done & ~to_wide
+            if not bool(left.any()):
+                break
+            todo, q, row_sq, row_err = todo[left], q[left], row_sq[left], row_err[left]
+    if wide_rows:  # all blocks' at once, so that the rows of one tight cluster form one group
+        i, order = torch.sort(torch.cat(wide_rows))  # in order, like the rows: a group may be its points
+        out[i] = _kth_wide(geom, z, z_sq, rows[i], pts, torch.cat(wide_masks)[order], k, chunk, depth)
     return out
+
+
+def _kth_from_candidates(geom, z, r, cand, hi, lower, ambiguous, k) -> torch.Tensor:
+    """k-th distances of the rows ``z[r]`` whose candidates ``z[cand]`` (rows, m) hold their k nearest, from
+    the candidates' upper bounds ``hi``, the k-th smallest lower bound ``lower`` of each row and the
+    ``ambiguous`` candidates: the candidates certainly nearer (``hi < lower``) are counted, the ambiguous
+    ones measured from direct differences."""
+    nearer = (hi < lower[:, None]).sum(1)
+    i, j = torch.nonzero(ambiguous, as_tuple=True)
+    exact = torch.full_like(hi, float("inf"))
+    exact[i, j] = geom.dist(z[r[i]], z[cand[i, j]])
+    # nearer <= k - 1 (at most k - 1 lower bounds lie below the k-th) and nearer + ambiguous >= k
+    pick = (k - 1 - nearer).clamp_(0, hi.shape[1] - 1)
+    return torch.sort(exact, dim=1).values.gather(1, pick[:, None]).squeeze(1).to(z.dtype)
 
 
 def _symmetric_gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
@@ -426,7 +511,7 @@ def _symmetric_gram(x: torch.Tensor, block: int = 1024) -> torch.Tensor:
 def _kth_wide(
     geom: Geometry,
     z: torch.Tensor,
-    z_sq: torch.Tensor,
+    z_sq: torch.Tensor | None,
     rows: torch.Tensor,
     pts: torch.Tensor,
     mask: torch.Tensor,
@@ -434,10 +519,12 @@ def _kth_wide(
     chunk: int,
     depth: int,
 ) -> torch.Tensor:
-    """Rows whose candidate sets (``mask`` over ``pts``) hold more than 2k points: grouped by their first
-    candidate, then re-centred on each group's candidates (or measured from direct differences)."""
+    """Rows whose candidates (``mask`` over ``pts``) the bounds could not narrow down: grouped by the first of
+    their candidates and themselves, then re-centred on each group's candidates (or measured from direct
+    differences)."""
     out = torch.empty(rows.numel(), dtype=z.dtype, device=z.device)
-    key = mask.to(torch.int8).argmax(dim=1)  # first candidate: rows of one tight cluster share it
+    # the first of a row's candidates and itself: the rows of one tight cluster share it
+    key = torch.minimum(mask.to(torch.int8).argmax(dim=1), torch.searchsorted(pts, rows))
     for g in torch.unique(key):
         members = torch.nonzero(key == g).squeeze(1)
         union = torch.unique(torch.cat([pts[mask[members].any(0)], rows[members]]))

@@ -394,8 +394,14 @@ def analyze(
         align_to_classes(L.shape[1], enc, "logits", out_classes)
     if out_classes is not None and head is None and L is None:
         raise ValueError("classes names the classes of a classifier's outputs: pass it with classifier= or logits=")
+    # A linear head's outputs come with the statistics' second pass when a built-in group reads them (nc4
+    # without given logits, the Fisher-Rao distances): one product with the mean axes instead of another pass.
+    names = {g.name for g in selected}
+    linear = None
+    if head is not None and head.linear and ("fisher" in names or ("collapse" in names and L is None)):
+        linear = (head.weight, head.bias)
     ctx = AnalysisContext(
-        stats=statistics_from_arrays(geom, z, eps, enc, codes),
+        stats=statistics_from_arrays(geom, z, eps, enc, codes, linear),
         encoded=enc,
         classifier=clf,
         head=head,
