@@ -37,6 +37,7 @@ from lpc_geom.data import Dataset, load_dataset, stratified_split
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
 from lpc_geom.models.backbones import backbone_record
+from lpc_geom.models.fold import fold_batch_norms, has_foldable_batch_norms
 from lpc_geom.monitor import CollapseMonitor, write_history
 from lpc_geom.optim import build_optimizer, resolve_optimizer
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json
@@ -133,12 +134,18 @@ def _with_backbone(config: TrainConfig | Mapping[str, Any], backbone: str) -> Tr
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
             batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and latents of ``x`` in eval mode (on CPU, in ``dtype``); restores the previous mode."""
+    """Logits and latents of ``x`` in eval mode (on CPU, in ``dtype``); restores the previous mode.
+
+    A model with batch norms after convolutions is evaluated as its folded copy
+    (:func:`~lpc_geom.models.fold.fold_batch_norms`: the same outputs up to float rounding, one pass less
+    over the activations).
+    """
     was_training = model.training
     model.eval()
+    evaluated = fold_batch_norms(model) if has_foldable_batch_norms(model) else model
     logits, latents = [], []
     for start in range(0, len(x), batch_size):
-        out = model(x[start: start + batch_size].to(device=device, dtype=dtype))
+        out = evaluated(x[start: start + batch_size].to(device=device, dtype=dtype))
         logits.append(out.logits.cpu())
         latents.append(out.latents.cpu())
     model.train(was_training)
