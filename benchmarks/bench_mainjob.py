@@ -17,7 +17,8 @@ so that they see the same machine load (CPU time of this process, one thread; me
 * ``fmn``: :func:`lpc_geom.analysis.robustness.fmn` (``--fmn-steps`` steps from zero) on 500 test inputs.
 
 It checks that the folded passes give the same logits and input gradients (up to float rounding) and
-writes the table with the load average before and after.
+writes the table with the load average before and after; the exit status is 1 when they differ by more than
+:data:`PARITY_TOLERANCE`.
 
 Run ``python benchmarks/bench_mainjob.py --help`` for the options.
 """
@@ -42,8 +43,9 @@ from lpc_geom.experiments.compare.grid import CompareSettings, build_jobs
 from lpc_geom.models import fold_batch_norms
 from lpc_geom.train.trainer import TRAIN_PROBE_SAMPLES, Trainer
 
-NAME = "bench_mainjob"
 TITLE = "The main job's evaluation and attack passes with folded batch norms"
+#: Largest relative difference of logits and input gradients (folded vs unfolded) that float32 rounding explains.
+PARITY_TOLERANCE = 1e-4
 
 
 def _cpu_seconds(fn, repeat: int = 1) -> float:
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=7, help="alternated timings per variant (median)")
     parser.add_argument("--fmn-steps", type=int, default=10, help="FMN steps of the fmn rows")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    add_results_argument(parser, NAME)
+    add_results_argument(parser, "bench_mainjob")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -150,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     write_fragment(args.results_dir, TITLE, text, load_before=load_before,
                    data={"median_cpu_seconds": median, "parity": parity, "repeats": args.repeats})
+    if max(parity.values()) > PARITY_TOLERANCE:
+        print(f"the folded model differs from the unfolded one by more than {PARITY_TOLERANCE:g}", file=sys.stderr)
+        return 1
     return 0
 
 
