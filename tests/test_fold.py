@@ -143,3 +143,27 @@ def test_unfoldable_batch_norms_stay():
         with torch.no_grad():
             assert torch.equal(folded(x), model.eval()(x))
     assert has_foldable_batch_norms(nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3)))
+
+
+def test_a_model_with_hooks_is_evaluated_as_it_is():
+    from lpc_geom.analysis.robustness import robustness_report
+    from lpc_geom.models.fold import has_hooks
+    from lpc_geom.train.trainer import predict
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", "LPC", (1, 40), 10, latent_dim=16, width=4)
+    _randomise_statistics(model, torch.Generator().manual_seed(7))
+    x = torch.randn(12, 40, generator=torch.Generator().manual_seed(8))
+    assert not has_hooks(model)
+    unhooked, _ = predict(model, x, torch.device("cpu"), torch.float32)  # folded: rounding-close
+    with torch.no_grad():
+        _assert_close(unhooked, model.eval()(x).logits, torch.float32)
+    calls = []
+    model.backbone.layer1[0].bn1.register_forward_hook(lambda *args: calls.append(1))
+    assert has_hooks(model)
+    hooked, _ = predict(model, x, torch.device("cpu"), torch.float32)
+    assert calls  # the model's own hook ran: no folded copy
+    seen = len(calls)
+    robustness_report(model, x, fmn_steps=2, lipschitz=False, max_iter=3)
+    assert len(calls) > seen
+    _assert_close(hooked, unhooked, torch.float32)

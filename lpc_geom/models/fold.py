@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["fold_batch_norms", "has_foldable_batch_norms"]
+__all__ = ["fold_batch_norms", "has_foldable_batch_norms", "has_hooks"]
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Per-module hook registries: a copy starts without hooks (the model's act on the model's own state).
@@ -93,6 +93,11 @@ def _module_tree_copy(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Modul
 def has_foldable_batch_norms(model: nn.Module) -> bool:
     """Whether :func:`fold_batch_norms` would fold at least one batch norm of ``model``."""
     return next(_pairs(model), None) is not None
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Whether a module of ``model`` carries forward or backward hooks (which a folded copy would not run)."""
+    return any(getattr(module, name, None) for module in model.modules() for name in _HOOK_DICTS)
 
 
 def _pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module, str]]:
