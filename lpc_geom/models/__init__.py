@@ -24,6 +24,7 @@ from lpc_geom.models.backbones import (
 )
 from lpc_geom.models.base import Classifier, HeadOutput
 from lpc_geom.models.build import HEADS, HeadFactory, build_model, head_factory, register_head
+from lpc_geom.models.fold import fold_batch_norms
 from lpc_geom.models.heads import CosineClassifier, EuclideanHead, build_head
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "build_head",
     "build_model",
     "feature_dim",
+    "fold_batch_norms",
     "geometry",
     "head_factory",
     "import_backbone",

@@ -48,6 +48,8 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    #: (convolution, batch norm) attribute pairs applied back to back (:func:`lpc_geom.models.fold.fold_batch_norms`)
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
     def __init__(self, c_in: int, planes: int, stride: int = 1, dims: int = 2):
         super().__init__()
@@ -77,6 +79,8 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    #: (convolution, batch norm) attribute pairs applied back to back (:func:`lpc_geom.models.fold.fold_batch_norms`)
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
     def __init__(self, c_in: int, planes: int, stride: int = 1, dims: int = 2):
         super().__init__()

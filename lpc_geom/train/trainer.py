@@ -37,6 +37,7 @@ from lpc_geom.data import Dataset, load_dataset, stratified_split
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
 from lpc_geom.models.backbones import backbone_record
+from lpc_geom.models.fold import fold_batch_norms, has_foldable_batch_norms, has_hooks
 from lpc_geom.monitor import CollapseMonitor, write_history
 from lpc_geom.optim import build_optimizer, resolve_optimizer
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json
@@ -132,13 +133,22 @@ def _with_backbone(config: TrainConfig | Mapping[str, Any], backbone: str) -> Tr
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype,
-            batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and latents of ``x`` in eval mode (on CPU, in ``dtype``); restores the previous mode."""
+            batch_size: int = 1024, fold: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and latents of ``x`` in eval mode (on CPU, in ``dtype``); restores the previous mode.
+
+    ``fold``: evaluate the model's copy with its batch norms folded into the preceding convolutions
+    (:func:`~lpc_geom.models.fold.fold_batch_norms`: the same outputs up to float rounding, one pass less
+    over the activations, and none of the model's hooks). None (default): when it has batch norms to fold
+    and no hooks.
+    """
     was_training = model.training
     model.eval()
+    if fold is None:
+        fold = has_foldable_batch_norms(model) and not has_hooks(model)
+    evaluated = fold_batch_norms(model) if fold else model
     logits, latents = [], []
     for start in range(0, len(x), batch_size):
-        out = model(x[start: start + batch_size].to(device=device, dtype=dtype))
+        out = evaluated(x[start: start + batch_size].to(device=device, dtype=dtype))
         logits.append(out.logits.cpu())
         latents.append(out.latents.cpu())
     model.train(was_training)
@@ -188,6 +198,9 @@ class Trainer:
         torch.manual_seed(config.seed)  # parameter initialisation; data order has its own generators
         model = model_from_config(config, self.data, backbone).to(device=self.device, dtype=self.dtype)
         self.model = model
+        # The evaluations run on the folded copy unless the model came with hooks of its own (those of the
+        # preconditioner below record statistics only in passes that build a graph, which evaluations do not).
+        self._fold = has_foldable_batch_norms(model) and not has_hooks(model)
         base_optimizer, use_kfac = resolve_optimizer(config.optimizer, model)
         self.optimizer = build_optimizer(model, base_optimizer, lr=config.lr, weight_decay=config.weight_decay)
         self.preconditioner = None
@@ -422,8 +435,9 @@ class Trainer:
 
     def _evaluate(self, epoch: int, gamma: float, lr: float) -> dict[str, float]:
         """Test accuracy and collapse figures of the test latents and of a fixed training subsample."""
-        logits, latents = predict(self.model, self.data.x_test, self.device, self.dtype)
-        _, train_latents = predict(self.model, self.data.x_train[self.train_probe], self.device, self.dtype)
+        logits, latents = predict(self.model, self.data.x_test, self.device, self.dtype, fold=self._fold)
+        _, train_latents = predict(self.model, self.data.x_train[self.train_probe], self.device, self.dtype,
+                                   fold=self._fold)
         for split, values in (("test", latents), ("test logits", logits), ("training", train_latents)):
             bad = int((~torch.isfinite(values)).sum())
             if bad:
@@ -439,7 +453,7 @@ class Trainer:
     def _validate(self, epoch: int) -> dict[str, Any]:
         """Accuracy on the held-out validation split, passed to the gamma schedule, and its decision."""
         x_val, y_val = self.validation
-        logits, _ = predict(self.model, x_val, self.device, self.dtype)
+        logits, _ = predict(self.model, x_val, self.device, self.dtype, fold=self._fold)
         accuracy = float((logits.argmax(1) == y_val).float().mean())
         decision = self.gamma.observe_validation(epoch, accuracy, samples=len(y_val))
         return {"val_acc": accuracy, "gamma_decision": decision, "gamma_tolerance": self.gamma.last_tolerance,
@@ -566,8 +580,9 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         """Write the final latents (train and test) and the summary; returns the summary."""
-        train_logits, train_latents = predict(self.model, self.data.x_train, self.device, self.dtype)
-        test_logits, test_latents = predict(self.model, self.data.x_test, self.device, self.dtype)
+        train_logits, train_latents = predict(self.model, self.data.x_train, self.device, self.dtype,
+                                               fold=self._fold)
+        test_logits, test_latents = predict(self.model, self.data.x_test, self.device, self.dtype, fold=self._fold)
         classifier = self.model.head.classifier
         final = dict(self.history[-1]) if self.history else {}
         final["train_acc_eval"] = float((train_logits.argmax(1) == self.data.y_train).float().mean())
