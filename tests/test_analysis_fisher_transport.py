@@ -181,13 +181,17 @@ def test_fisher_subsample_is_seeded_and_reported(rng):
 # -- module heads: autograd --------------------------------------------------------------------------------
 def test_module_head_autograd_agrees_with_closed_forms(rng):
     z, y = _blobs(rng, 150, 4, 5)
+    torch.manual_seed(0)  # the head's initialisation must not depend on which tests ran before in this process
     lin = torch.nn.Linear(4, 5).double()
     closed = analyze(z, y, classifier=lin)
     assert closed.to_dict() == analyze(z, y, classifier=(lin.weight, lin.bias)).to_dict()
     wrapped = analyze(z, y, classifier=torch.nn.Sequential(lin))  # any other module: called, autograd geometry
     assert "nc3" not in wrapped  # no .weight on the wrapper
+    # the autograd route's rounding is relative to the curvature itself (a spread of exactly 0 in closed
+    # form comes out of autograd at up to ~1e-10 for some initialisations)
+    scale = abs(closed["fisher_scalar_curvature"])
     for key in [*FISHER_KEYS, "nc4"]:
-        assert wrapped[key] == pytest.approx(closed[key], rel=1e-8, abs=1e-10), key
+        assert wrapped[key] == pytest.approx(closed[key], rel=1e-8, abs=1e-8 * max(1.0, scale)), key
 
 
 def test_hyperbolic_mlr_head_on_the_ball(rng):
