@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["fold_batch_norms", "has_foldable_batch_norms", "has_hooks"]
+__all__ = ["fold_batch_norms", "folds_for_evaluation", "has_foldable_batch_norms", "has_hooks"]
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Per-module hook registries: a copy starts without hooks (the model's act on the model's own state).
@@ -98,6 +98,15 @@ def has_foldable_batch_norms(model: nn.Module) -> bool:
 def has_hooks(model: nn.Module) -> bool:
     """Whether a module of ``model`` carries forward or backward hooks (which a folded copy would not run)."""
     return any(getattr(module, name, None) for module in model.modules() for name in _HOOK_DICTS)
+
+
+def folds_for_evaluation(model: nn.Module) -> bool:
+    """Whether evaluation should run on :func:`fold_batch_norms`'s copy of ``model``.
+
+    True when it has a batch norm to fold and no hooks (the copy would not run them, so a hooked model is
+    evaluated as it is).
+    """
+    return has_foldable_batch_norms(model) and not has_hooks(model)
 
 
 def _pairs(model: nn.Module) -> Iterator[tuple[nn.Module, nn.Module, str]]:

@@ -37,7 +37,7 @@ from lpc_geom.data import Dataset, load_dataset, stratified_split
 from lpc_geom.losses import Objective
 from lpc_geom.models import Classifier, build_model
 from lpc_geom.models.backbones import backbone_record
-from lpc_geom.models.fold import fold_batch_norms, has_foldable_batch_norms, has_hooks
+from lpc_geom.models.fold import fold_batch_norms, folds_for_evaluation
 from lpc_geom.monitor import CollapseMonitor, write_history
 from lpc_geom.optim import build_optimizer, resolve_optimizer
 from lpc_geom.train.checkpoint import load_checkpoint, save_checkpoint, write_bytes, write_json
@@ -144,7 +144,7 @@ def predict(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torc
     was_training = model.training
     model.eval()
     if fold is None:
-        fold = has_foldable_batch_norms(model) and not has_hooks(model)
+        fold = folds_for_evaluation(model)
     evaluated = fold_batch_norms(model) if fold else model
     logits, latents = [], []
     for start in range(0, len(x), batch_size):
@@ -200,7 +200,7 @@ class Trainer:
         self.model = model
         # The evaluations run on the folded copy unless the model came with hooks of its own (those of the
         # preconditioner below record statistics only in passes that build a graph, which evaluations do not).
-        self._fold = has_foldable_batch_norms(model) and not has_hooks(model)
+        self._fold = folds_for_evaluation(model)
         base_optimizer, use_kfac = resolve_optimizer(config.optimizer, model)
         self.optimizer = build_optimizer(model, base_optimizer, lr=config.lr, weight_decay=config.weight_decay)
         self.preconditioner = None

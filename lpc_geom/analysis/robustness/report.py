@@ -28,7 +28,7 @@ from lpc_geom.analysis.robustness.lipschitz import (
     lipschitz_lower_bound,
     lipschitz_upper_bound,
 )
-from lpc_geom.models.fold import fold_batch_norms, has_foldable_batch_norms, has_hooks
+from lpc_geom.models.fold import fold_batch_norms, folds_for_evaluation
 
 __all__ = ["read_robustness_json", "robustness_of", "robustness_report", "write_robustness_json"]
 
@@ -95,7 +95,7 @@ def robustness_report(model: nn.Module, inputs: torch.Tensor, labels: torch.Tens
     # The attacks and the empirical figures evaluate the model with its batch norms folded (same outputs up to
     # float rounding, one pass less per forward and backward) unless it has hooks, which the folded copy would
     # not run; the certified bound keeps the model's own layers.
-    attacked = fold_batch_norms(model) if has_foldable_batch_norms(model) and not has_hooks(model) else model
+    attacked = fold_batch_norms(model) if folds_for_evaluation(model) else model
     # FMN starts from DeepFool with its defaults: when this DeepFool is that one, its points are reused.
     reuse = bool(fmn_steps) and (candidates, overshoot, max_iter) == _DEEPFOOL_DEFAULTS
     result = deepfool(attacked, inputs, candidates=candidates, overshoot=overshoot, max_iter=max_iter,
